@@ -1,0 +1,1 @@
+"""liber-features core."""

@@ -1,0 +1,245 @@
+"""Where the Feast repo is, how it is configured, and the shape of the LIBER vectors in it.
+
+The shape (M memory slots × D dimensions) is read from the environment by both the feature
+definitions and the writers, so the applied schema and what we write agree; the definitions stamp
+it into the registry (``vector_length`` on each vector field, M and D in the view's tags), and the
+writers check every row against the *registered* view before anything reaches a store.
+
+Switching the embedded default (SQLite online store, file registry) to Redis + a SQL registry
+needs no file edits: Feast 0.67 itself honours ``FEAST_FS_YAML_FILE_PATH`` (an alternate yaml)
+and expands ``${VAR}`` in feature_store.yaml (``os.path.expandvars``; an unset variable stays
+literally ``${VAR}``, so :func:`open_store` checks for that and names it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from liber_features.errors import ConfigError, FeatureStoreError
+
+if TYPE_CHECKING:  # feast is heavy to import (it pulls torch when installed): only when used
+    from feast import FeatureStore
+
+__all__ = [
+    "LiberFeatureConfig",
+    "DEFAULT_REPO",
+    "LONG_TERM_VIEW",
+    "SHORT_TERM_VIEW",
+    "SHORT_TERM_PUSH_SOURCE",
+    "RANKER_SERVICE",
+    "data_file",
+    "feast_redis_connection",
+    "open_store",
+    "LONG_TERM_SCHEMA",
+    "SHORT_TERM_SCHEMA",
+    "sample_long_term",
+    "sample_short_term",
+    "write_parquet",
+]
+
+DEFAULT_REPO = Path("feature_repo")
+LONG_TERM_VIEW = "user_long_term_memory"
+SHORT_TERM_VIEW = "user_short_term_cache"
+SHORT_TERM_PUSH_SOURCE = "user_short_term_cache_push"
+RANKER_SERVICE = "liber_ranker_v1"
+# Tags on the feature views: the ranker reshapes the flat vectors with them, the writers check them.
+TAG_MEMORY_SLOTS = "liber.memory_slots"
+TAG_VECTOR_DIM = "liber.vector_dim"
+
+_TS = pa.timestamp("us", tz="UTC")
+# The offline data contract (Parquet under LIBER_DATA_DIR); the feature views read these columns.
+LONG_TERM_SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("sealed_at", _TS), ("created_at", _TS),
+    ("partition_count", pa.int64()),
+    ("summary_vectors", pa.list_(pa.float32())), ("shift_vectors", pa.list_(pa.float32())),
+    ("latest_summary", pa.string()), ("latest_shift", pa.string()), ("encoder_version", pa.string()),
+])  # fmt: skip
+SHORT_TERM_SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("event_timestamp", _TS), ("created_at", _TS),
+    ("cache_item_ids", pa.list_(pa.string())), ("cache_length", pa.int64()),
+    ("cache_oldest_at", _TS), ("cache_newest_at", _TS),
+])  # fmt: skip
+
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})")  # the pattern of posixpath.expandvars
+
+
+class LiberFeatureConfig(BaseModel):
+    """Shape of the long-term memory vectors, shared by the feature views and the writers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory_slots: int = Field(8, ge=1, le=1024)
+    """M: partitions kept per user (slot 0 = newest, zero-padded when fewer). Env LIBER_MEMORY_SLOTS."""
+
+    vector_dim: int = Field(384, ge=1, le=65536)
+    """D: text-encoder output dimension. Env LIBER_VECTOR_DIM."""
+
+    @property
+    def vector_length(self) -> int:
+        """Length of one flattened M×D vector field (``summary_vectors``, ``shift_vectors``)."""
+        return self.memory_slots * self.vector_dim
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LiberFeatureConfig:
+        """Read LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM (unset → defaults); bad values → ConfigError."""
+        env = os.environ if environ is None else environ
+        raw = {
+            field: env[var]
+            for field, var in (("memory_slots", "LIBER_MEMORY_SLOTS"), ("vector_dim", "LIBER_VECTOR_DIM"))
+            if env.get(var, "").strip()
+        }
+        try:
+            return cls.model_validate({k: int(v) for k, v in raw.items()})
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"bad LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM {raw}: {exc}") from exc
+
+
+def data_file(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Path of an offline Parquet table as Feast should store it in the registry.
+
+    Unset LIBER_DATA_DIR gives ``data/<name>``: Feast resolves relative paths against the feature
+    repo, so the registry stays valid wherever the checkout lives. A set LIBER_DATA_DIR should be
+    absolute (a relative one is, again, resolved by Feast against the feature repo).
+    """
+    env = os.environ if environ is None else environ
+    base = env.get("LIBER_DATA_DIR", "").strip()
+    return f"{base.rstrip('/')}/{name}" if base else f"data/{name}"
+
+
+def feast_redis_connection(url: str) -> str:
+    """Translate ``redis://[:password@]host:port/db`` into Feast's ``host:port,db=N,...`` form.
+
+    Feast's Redis config does not take URLs (it splits on ``,`` and ``:``), while redis-py, our
+    tests and most deployments speak URLs; this is the one place that bridges them.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"not a redis:// URL: {url!r}")
+    db = (parts.path or "/0").strip("/") or "0"
+    out = [f"{parts.hostname}:{parts.port or 6379}", f"db={db}"]
+    if parts.username:
+        out.append(f"username={unquote(parts.username)}")
+    if parts.password:
+        out.append(f"password={unquote(parts.password)}")
+    if parts.scheme == "rediss":
+        out.append("ssl=true")
+    return ",".join(out)
+
+
+def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``os.path.expandvars`` as Feast applies it, over ``env``; also return the names left unset."""
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1).strip("{}")
+        if name in env:
+            return env[name]
+        if not m.string[: m.start()].rsplit("\n", 1)[-1].lstrip().startswith("#"):
+            missing.append(name)
+        return m.group(0)
+
+    return _VAR.sub(sub, text), sorted(set(missing))
+
+
+def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] | None = None) -> FeatureStore:
+    """A FeatureStore for ``repo_path`` built from the yaml Feast would pick (FEAST_FS_YAML_FILE_PATH,
+    else ``<repo>/feature_store.yaml``), expanded as Feast expands it, with errors that say what to set.
+
+    LIBER_REDIS_CONNECTION (Feast's form) is derived from LIBER_REDIS_URL (a redis:// URL) when
+    only the latter is set, so liber commands need just the URL (plain ``feast`` needs the former).
+    Nothing connects here: a dead Redis shows up on the first read or write as FeatureStoreError.
+    """
+    from feast import FeatureStore, RepoConfig
+
+    env = dict(os.environ if environ is None else environ)
+    if env.get("LIBER_REDIS_URL") and not env.get("LIBER_REDIS_CONNECTION"):
+        env["LIBER_REDIS_CONNECTION"] = feast_redis_connection(env["LIBER_REDIS_URL"])
+    repo = Path(repo_path).absolute()
+    yaml_path = Path(env.get("FEAST_FS_YAML_FILE_PATH") or repo / "feature_store.yaml").absolute()
+    try:
+        text, missing = _expand(yaml_path.read_text(), env)
+    except OSError as exc:
+        raise ConfigError(f"cannot read Feast config {yaml_path}: {exc}") from exc
+    if missing:
+        raise ConfigError(f"{yaml_path} needs environment variable(s) {', '.join(missing)}")
+    if re.search(r"^\s*connection_string:\s*[\"']?rediss?://", text, re.MULTILINE):
+        raise ConfigError(
+            f"{yaml_path}: Feast wants a Redis connection string like '127.0.0.1:6379,db=0', "
+            "not a redis:// URL; put the URL in LIBER_REDIS_URL (and unset LIBER_REDIS_CONNECTION): "
+            "liber translates it"
+        )
+    try:
+        config = RepoConfig(**yaml.safe_load(text))
+        config.repo_path = repo  # as feast.repo_config.load_repo_config does
+        return FeatureStore(repo_path=str(repo), config=config)
+    except Exception as exc:  # Feast raises a zoo of types here; keep its message, type it ours
+        raise FeatureStoreError(f"cannot open the Feast repo {repo} ({yaml_path}): {exc}") from exc
+
+
+# --- sample frames: a bootstrap for trying the repo, and the fixtures of our tests and bench ---
+
+
+def sample_long_term(
+    users: Sequence[str],
+    sealed_at: datetime,
+    *,
+    created_at: datetime | None = None,
+    partition_count: int = 3,
+    encoder_version: str = "v1",
+    shape: LiberFeatureConfig | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """One long-term row per user, random float32 vectors in the first ``partition_count`` slots."""
+    shape = shape or LiberFeatureConfig.from_env()
+    rng = np.random.default_rng(seed)
+    filled = min(partition_count, shape.memory_slots) * shape.vector_dim
+
+    def vectors() -> list[np.ndarray]:
+        out = np.zeros((len(users), shape.vector_length), dtype=np.float32)
+        out[:, :filled] = rng.standard_normal((len(users), filled), dtype=np.float32)
+        return list(out)
+
+    return pd.DataFrame({
+        "user_id": list(users),
+        "sealed_at": pd.Timestamp(sealed_at),
+        "created_at": pd.Timestamp(created_at or sealed_at),
+        "partition_count": partition_count,
+        "summary_vectors": vectors(),
+        "shift_vectors": vectors(),
+        "latest_summary": [f"{u} liked sample items ({encoder_version})" for u in users],
+        "latest_shift": [f"{u} drifted to new items ({encoder_version})" for u in users],
+        "encoder_version": encoder_version,
+    })  # fmt: skip
+
+
+def sample_short_term(users: Sequence[str], event_timestamp: datetime, *, items: int = 3) -> pd.DataFrame:
+    """One short-term cache state per user with ``items`` item ids."""
+    ts = pd.Timestamp(event_timestamp)
+    return pd.DataFrame({
+        "user_id": list(users),
+        "event_timestamp": ts,
+        "created_at": ts,
+        "cache_item_ids": [[f"{u}-item{i}" for i in range(items)] for u in users],
+        "cache_length": items,
+        "cache_oldest_at": ts - pd.Timedelta(minutes=items),
+        "cache_newest_at": ts,
+    })  # fmt: skip
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None:
+    """Write ``df`` with the contract's Arrow schema (microsecond UTC timestamps, float32 lists)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), path)

@@ -1,0 +1,266 @@
+"""UIL — the cascaded interest job: once per sealed partition, a summary, then a shift.
+
+The job is torch-free: it drives any ``LLM`` and ``TextEncoder`` (``encoders/`` supplies the real
+ones; tests may pass fakes). It runs in *waves*: a partition is ready when it has no output for
+the current (prompt version, LLM id) and its predecessor's summary exists — so one wave holds
+the next partition of many users, and batches mix users.
+
+Exactly once: each batch's texts and vectors commit in one transaction; a rerun selects only
+partitions without a ``done`` row, so it makes zero LLM calls for committed work, and a job
+killed mid-batch redoes only that batch. A batch whose generation raises is recorded as
+``failed`` with the error and retried by the next run (never within the same run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, select
+from tqdm import tqdm
+
+from .errors import EncoderError, VectorShapeError
+from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
+from .ledger import vectors as vec_t
+from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, sanitize,
+                      shift_messages, summary_messages)
+
+__all__ = ["EncodeConfig", "EncodeSummary", "LLMLike", "TextEncoderLike", "run_encode"]
+
+
+class LLMLike(Protocol):
+    llm_id: str
+    decoding: dict
+
+    def generate(self, prompts: list[list[dict[str, str]]]) -> list[Any]: ...
+
+
+class TextEncoderLike(Protocol):
+    encoder_id: str
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class EncodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(8, ge=1)
+    users: list[str] | None = None
+    limit: int | None = Field(None, ge=0, description="stop after this many partitions")
+    prompts: PromptConfig = PromptConfig()
+
+
+@dataclass
+class EncodeSummary:
+    partitions_done: int = 0
+    llm_calls: int = 0
+    skipped_already_done: int = 0
+    failed: int = 0
+    vectors_written: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds_llm: float = 0.0
+    seconds_encoder: float = 0.0
+    seconds_total: float = 0.0
+    tokens_per_s: float = 0.0
+    prompt_version: str = ""
+    llm_id: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Part:
+    id: int
+    user_id: str
+    seq: int
+    events: list
+
+
+def _load(ledger: Ledger, cfg: EncodeConfig, pv: str, llm_id: str):
+    """All candidate partitions plus the summaries already done, keyed by (user, seq)."""
+    with ledger.engine.connect() as conn:
+        q = select(parts_t.c.id, parts_t.c.user_id, parts_t.c.seq, parts_t.c.events_json)
+        if cfg.users:
+            q = q.where(parts_t.c.user_id.in_(cfg.users))
+        parts = [_Part(r.id, r.user_id, r.seq, json.loads(r.events_json))
+                 for r in conn.execute(q.order_by(parts_t.c.seq, parts_t.c.user_id))]
+        done = {r.partition_id: r.summary for r in conn.execute(
+            select(int_t.c.partition_id, int_t.c.summary).where(
+                int_t.c.prompt_version == pv, int_t.c.llm_id == llm_id, int_t.c.status == "done"))}
+        catalog = {r.item_id: (r.title, r.categories) for r in conn.execute(select(items_t))}
+    return parts, done, catalog
+
+
+def _lines(part: _Part, catalog: dict[str, tuple[str, str]]) -> list[ItemLine]:
+    out = []
+    for event_id, item_id, ts_us, rating in part.events:
+        title, cats = catalog.get(item_id, (f"item {item_id}", ""))
+        out.append(ItemLine(title=title, categories=cats, rating=rating, ts_us=ts_us))
+    return out
+
+
+def _text(gen: Any, cap: int) -> str:
+    # Stored as generated, only trimmed and length-capped.
+    return str(gen.text).strip()[:cap]
+
+
+def _run_batch(batch: list[_Part], prev: dict[tuple[str, int], str], catalog, llm: LLMLike,
+               enc: TextEncoderLike, cfg: EncodeConfig, s: EncodeSummary):
+    """Summaries, then shifts (needing the same batch's summaries), then vectors."""
+    p = cfg.prompts
+    t0 = time.perf_counter()
+    gens = llm.generate([summary_messages(_lines(x, catalog), p) for x in batch])
+    summaries = [_text(g, p.output_chars) for g in gens]
+    need = [i for i, x in enumerate(batch) if x.seq > 0]
+    shift_gens = llm.generate([shift_messages(prev[(batch[i].user_id, batch[i].seq - 1)],
+                                              summaries[i], p) for i in need]) if need else []
+    s.seconds_llm += time.perf_counter() - t0
+    s.llm_calls += len(gens) + len(shift_gens)
+    shifts = [FIRST_SHIFT] * len(batch)
+    tokens = [[g.prompt_tokens, g.completion_tokens] for g in gens]
+    for i, g in zip(need, shift_gens):
+        shifts[i] = _text(g, p.output_chars)
+        tokens[i][0] += g.prompt_tokens
+        tokens[i][1] += g.completion_tokens
+    t1 = time.perf_counter()
+    vecs = np.asarray(enc.encode(summaries + shifts), dtype=np.float32)
+    s.seconds_encoder += time.perf_counter() - t1
+    if vecs.shape != (2 * len(batch), enc.dim):
+        raise VectorShapeError(f"text encoder {enc.encoder_id} returned {vecs.shape}, "
+                               f"expected {(2 * len(batch), enc.dim)}")
+    return summaries, shifts, tokens, vecs
+
+
+def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeConfig | None = None,
+               *, progress: bool | None = None) -> EncodeSummary:
+    """Encode every ready partition (bounded by ``cfg.users`` / ``cfg.limit``)."""
+    cfg = cfg or EncodeConfig()
+    started = time.perf_counter()
+    pv = prompt_version(cfg.prompts)
+    s = EncodeSummary(prompt_version=pv, llm_id=llm.llm_id)
+    run_id = ledger.start_run("encode", {"prompt_version": pv, "llm_id": llm.llm_id,
+                                         "encoder_id": enc.encoder_id, "decoding": llm.decoding,
+                                         **cfg.model_dump(exclude={"prompts"})})
+    s.vectors_written += _fill_vectors(ledger, enc, pv, llm.llm_id, cfg, s)
+    parts, done, catalog = _load(ledger, cfg, pv, llm.llm_id)
+    prev = {(x.user_id, x.seq): done[x.id] for x in parts if x.id in done}
+    s.skipped_already_done = len(prev)
+    failed_now: set[int] = set()
+    budget = cfg.limit if cfg.limit is not None else len(parts)
+    bar = tqdm(total=min(budget, len(parts) - len(prev)), unit="part", desc="encode",
+               disable=None if progress is None else not progress)
+    status = "ok"
+    try:
+        while budget > 0:
+            ready = [x for x in parts if (x.user_id, x.seq) not in prev and x.id not in failed_now
+                     and (x.seq == 0 or (x.user_id, x.seq - 1) in prev)]
+            if not ready:
+                break
+            for i in range(0, min(len(ready), budget), cfg.batch_size):
+                batch = ready[i:i + cfg.batch_size][:budget]
+                if not batch:
+                    break
+                budget -= len(batch)
+                try:
+                    summaries, shifts, tokens, vecs = _run_batch(batch, prev, catalog, llm, enc, cfg, s)
+                except (EncoderError, VectorShapeError, RuntimeError, ValueError, OSError) as exc:
+                    _record_failure(ledger, batch, pv, llm, run_id, exc)
+                    failed_now.update(x.id for x in batch)
+                    s.failed += len(batch)
+                    s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    continue
+                _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id)
+                for x, text in zip(batch, summaries):
+                    prev[(x.user_id, x.seq)] = text
+                s.partitions_done += len(batch)
+                s.prompt_tokens += sum(t[0] for t in tokens)
+                s.completion_tokens += sum(t[1] for t in tokens)
+                bar.update(len(batch))
+                bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
+    except BaseException as exc:
+        status = "failed"
+        s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        raise
+    finally:
+        bar.close()
+        s.seconds_llm = round(s.seconds_llm, 3)
+        s.seconds_encoder = round(s.seconds_encoder, 3)
+        s.seconds_total = round(time.perf_counter() - started, 3)
+        s.tokens_per_s = round(s.completion_tokens / s.seconds_llm, 2) if s.seconds_llm else 0.0
+        ledger.finish_run(run_id, status, s.as_dict())
+    return s
+
+
+def _upsert_interest(ledger, conn, rows):
+    ledger.upsert(conn, int_t, rows, ["partition_id", "prompt_version", "llm_id"])
+
+
+def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id) -> None:
+    stamp = now_us()
+    decoding = json.dumps(llm.decoding, sort_keys=True)
+    with ledger.begin() as conn:
+        _upsert_interest(ledger, conn, [{
+            "partition_id": x.id, "prompt_version": pv, "llm_id": llm.llm_id, "status": "done",
+            "summary": summ, "shift": shift, "decoding": decoding, "prompt_tokens": tok[0],
+            "completion_tokens": tok[1], "error": None, "attempts": 1, "run_id": run_id,
+            "updated_us": stamp} for x, summ, shift, tok in zip(batch, summaries, shifts, tokens)])
+        ids = dict(conn.execute(select(int_t.c.partition_id, int_t.c.id).where(and_(
+            int_t.c.partition_id.in_([x.id for x in batch]), int_t.c.prompt_version == pv,
+            int_t.c.llm_id == llm.llm_id))).all())
+        n = len(batch)
+        ledger.upsert(conn, vec_t, [{
+            "interest_id": ids[x.id], "encoder_id": enc.encoder_id, "dim": enc.dim,
+            "summary_vec": vecs[i].tobytes(), "shift_vec": vecs[n + i].tobytes(),
+            "created_us": stamp} for i, x in enumerate(batch)], ["interest_id", "encoder_id"])
+
+
+def _record_failure(ledger, batch, pv, llm, run_id, exc: BaseException) -> None:
+    message = sanitize(f"{type(exc).__name__}: {exc}", 2000)
+    with ledger.begin() as conn:
+        _upsert_interest(ledger, conn, [{
+            "partition_id": x.id, "prompt_version": pv, "llm_id": llm.llm_id, "status": "failed",
+            "summary": None, "shift": None, "decoding": json.dumps(llm.decoding, sort_keys=True),
+            "prompt_tokens": 0, "completion_tokens": 0, "error": message, "attempts": 1,
+            "run_id": run_id, "updated_us": now_us()} for x in batch])
+
+
+def _fill_vectors(ledger: Ledger, enc: TextEncoderLike, pv: str, llm_id: str, cfg: EncodeConfig,
+                  s: EncodeSummary) -> int:
+    """Vectors for texts already generated but not yet encoded by *this* text encoder.
+
+    A new text encoder must not cost a single LLM call: the texts are in the ledger.
+    """
+    q = (select(int_t.c.id, int_t.c.summary, int_t.c.shift)
+         .select_from(int_t.join(parts_t, parts_t.c.id == int_t.c.partition_id)
+                      .outerjoin(vec_t, and_(vec_t.c.interest_id == int_t.c.id,
+                                             vec_t.c.encoder_id == enc.encoder_id)))
+         .where(int_t.c.prompt_version == pv, int_t.c.llm_id == llm_id,
+                int_t.c.status == "done", vec_t.c.id.is_(None)))
+    if cfg.users:
+        q = q.where(parts_t.c.user_id.in_(cfg.users))
+    with ledger.engine.connect() as conn:
+        todo = conn.execute(q).all()
+    chunk = max(cfg.batch_size, 64)
+    for i in range(0, len(todo), chunk):
+        rows = todo[i:i + chunk]
+        t0 = time.perf_counter()
+        vecs = np.asarray(enc.encode([r.summary for r in rows] + [r.shift for r in rows]),
+                          dtype=np.float32)
+        s.seconds_encoder += time.perf_counter() - t0
+        if vecs.shape != (2 * len(rows), enc.dim):
+            raise VectorShapeError(f"text encoder {enc.encoder_id} returned {vecs.shape}, "
+                                   f"expected {(2 * len(rows), enc.dim)}")
+        with ledger.begin() as conn:
+            ledger.upsert(conn, vec_t, [{
+                "interest_id": r.id, "encoder_id": enc.encoder_id, "dim": enc.dim,
+                "summary_vec": vecs[j].tobytes(), "shift_vec": vecs[len(rows) + j].tobytes(),
+                "created_us": now_us()} for j, r in enumerate(rows)], ["interest_id", "encoder_id"])
+    return len(todo)

@@ -1,0 +1,251 @@
+"""The SQL ledger: one source of truth for events seen, partitions, caches, quarantine, runs,
+and the encoder's interests and vectors.
+
+SQLAlchemy Core over SQLite (a local file, the default) or PostgreSQL (production: several
+encoder workers share it). Every write that belongs together happens in one transaction, so a
+crashed job leaves either all or nothing of a chunk and a rerun continues from there.
+
+Times are stored as integer microseconds since the epoch (UTC): exact, and identical on both
+backends. A ``schema`` maps every table into a PostgreSQL schema (tests use one per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from sqlalchemy import (
+    BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+    UniqueConstraint, create_engine, event, func, select, text,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .errors import LedgerError
+
+__all__ = ["Ledger", "default_ledger_url", "metadata", "now_us"]
+
+metadata = MetaData()
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # running | ok | failed
+    Column("started_us", BigInteger, nullable=False),
+    Column("finished_us", BigInteger),
+    Column("params", Text),
+    Column("summary", Text),
+)
+events = Table(
+    "events", metadata,
+    # Kept for exactly-once ingestion (dedupe across runs) and for replay.
+    Column("event_id", String(64), primary_key=True),
+    Column("user_id", String(128), nullable=False, index=True),
+    Column("item_id", String(128), nullable=False),
+    Column("ts_us", BigInteger, nullable=False),
+    Column("rating", Float),
+    Column("run_id", Integer, nullable=False),
+)
+items = Table(
+    "items", metadata,
+    Column("item_id", String(128), primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("categories", Text, nullable=False),
+)
+partitions = Table(
+    "partitions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", String(128), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("start_us", BigInteger, nullable=False),
+    Column("end_us", BigInteger, nullable=False),
+    Column("sealed_at_us", BigInteger, nullable=False, index=True),
+    Column("n_events", Integer, nullable=False),
+    Column("events_json", Text, nullable=False),  # [[event_id, item_id, ts_us, rating], ...]
+    Column("content_hash", String(32), nullable=False),
+    Column("rule", String(8), nullable=False),
+    Column("run_id", Integer, nullable=False),
+    UniqueConstraint("user_id", "seq", name="uq_partition_user_seq"),
+)
+user_cache = Table(
+    "user_cache", metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("next_seq", Integer, nullable=False),
+    Column("last_seal_us", BigInteger),
+    Column("cache_json", Text, nullable=False),
+    Column("n_cached", Integer, nullable=False),
+    Column("late_total", Integer, nullable=False),
+    Column("updated_run", Integer, nullable=False),
+)
+quarantine = Table(
+    "quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # sha1(source, row, raw): the same bad row quarantined twice is one row.
+    Column("key", String(40), nullable=False, unique=True),
+    Column("run_id", Integer, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("row", BigInteger, nullable=False),
+    Column("field", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+)
+interests = Table(
+    "interests", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("partition_id", Integer, ForeignKey("partitions.id"), nullable=False),
+    Column("prompt_version", String(32), nullable=False),
+    Column("llm_id", String(256), nullable=False),
+    Column("status", String(8), nullable=False),  # done | failed
+    Column("summary", Text),
+    Column("shift", Text),
+    Column("decoding", Text),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("run_id", Integer, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    UniqueConstraint("partition_id", "prompt_version", "llm_id", name="uq_interest_version"),
+)
+vectors = Table(
+    "vectors", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("interest_id", Integer, ForeignKey("interests.id"), nullable=False),
+    Column("encoder_id", String(128), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("summary_vec", LargeBinary, nullable=False),  # float32 little-endian
+    Column("shift_vec", LargeBinary, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    UniqueConstraint("interest_id", "encoder_id", name="uq_vector_encoder"),
+)
+
+
+def now_us() -> int:
+    import time
+
+    return time.time_ns() // 1000
+
+
+def default_ledger_url() -> str:
+    """``$LIBER_LEDGER_URL``, else a SQLite file under ``./.liber/``."""
+    url = os.environ.get("LIBER_LEDGER_URL")
+    if url:
+        return url
+    return f"sqlite:///{Path('.liber/ledger.db').resolve()}"
+
+
+class Ledger:
+    """Connection to the ledger; creates the tables on first use."""
+
+    def __init__(self, url: str | None = None, *, schema: str | None = None) -> None:
+        self.url = url or default_ledger_url()
+        self.schema = schema
+        try:
+            self.engine = self._make_engine(self.url, schema)
+            with self.engine.begin() as conn:
+                if schema and conn.dialect.name == "postgresql":
+                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                metadata.create_all(conn)
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot open ledger {self._safe_url()}: {exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+        self.dialect = self.engine.dialect.name
+
+    @staticmethod
+    def _make_engine(url: str, schema: str | None) -> Engine:
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, future=True, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI hook
+                # WAL lets a reader (the encoder) run while ingest writes; NORMAL is durable in WAL.
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+        if schema:
+            engine = engine.execution_options(schema_translate_map={None: schema})
+        return engine
+
+    def _safe_url(self) -> str:
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # a malformed URL is itself the problem being reported
+            return "<malformed url>"
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: everything inside commits together or not at all."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"ledger write failed on {self._safe_url()}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+
+    def insert_ignore(self, conn: Connection, table: Table, rows: Sequence[dict],
+                      keys: Sequence[str]) -> None:
+        """INSERT … ON CONFLICT (keys) DO NOTHING, on either backend."""
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(insert(table).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+
+    def upsert(self, conn: Connection, table: Table, rows: Sequence[dict],
+               keys: Sequence[str]) -> None:
+        """INSERT … ON CONFLICT (keys) DO UPDATE every other column, on either backend."""
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(table)
+        update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), list(rows))
+
+    # -- runs ------------------------------------------------------------------------------
+    def start_run(self, kind: str, params: dict[str, Any]) -> int:
+        with self.begin() as conn:
+            result = conn.execute(runs.insert().values(
+                kind=kind, status="running", started_us=now_us(),
+                params=json.dumps(params, default=str)))
+            return int(result.inserted_primary_key[0])
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(
+                status=status, finished_us=now_us(), summary=json.dumps(summary, default=str)))
+
+    # -- reads -----------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Ledger-wide totals, for summaries and the demo."""
+        with self.engine.connect() as conn:
+            def one(stmt) -> int:
+                return int(conn.execute(stmt).scalar() or 0)
+
+            return {
+                "ledger_events": one(select(func.count()).select_from(events)),
+                "ledger_users": one(select(func.count()).select_from(user_cache)),
+                "ledger_partitions": one(select(func.count()).select_from(partitions)),
+                "ledger_cached_events": one(select(func.coalesce(func.sum(user_cache.c.n_cached), 0))),
+                "ledger_quarantined": one(select(func.count()).select_from(quarantine)),
+            }
+
+    def drop_schema(self) -> None:
+        """Remove this ledger's PostgreSQL schema (tests) — never used on the default path."""
+        if self.schema and self.dialect == "postgresql":
+            with self.engine.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+        self.engine.dispose()

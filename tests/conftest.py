@@ -1,0 +1,56 @@
+"""Shared fixtures: real services from env vars, one PostgreSQL schema / key prefix per run.
+
+Redis and PostgreSQL tests never skip: if a service is down, they fail with the URL they tried.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def ml_latest_small() -> Path:
+    """The real MovieLens ml-latest-small (never copied into the repo)."""
+    env = os.environ.get("LIBER_ML_LATEST_SMALL")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared/data/ml-latest-small",
+                                                      Path("/work/shared/data/ml-latest-small")]:
+        if (candidate / "ratings.csv").exists():
+            return candidate
+    raise FileNotFoundError("ml-latest-small not found: set LIBER_ML_LATEST_SMALL")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return REDIS_URL
+
+
+@pytest.fixture
+def unique_name(request) -> str:
+    """A name no other test or test run uses (schemas, Feast projects, key prefixes)."""
+    return f"t{RUN_ID}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger(request, tmp_path, unique_name):
+    """A fresh ledger on SQLite (a temp file) and on the real PostgreSQL (its own schema)."""
+    from liber_features.ledger import Ledger
+
+    if request.param == "sqlite":
+        led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    else:
+        led = Ledger(PG_URL, schema=unique_name)
+    yield led
+    led.drop_schema()

@@ -1,0 +1,278 @@
+"""Online writes that never lose data, against SQLite and the real Redis (+ PostgreSQL registry).
+
+Each test builds a throwaway copy of feature_repo/ with its own Feast project name, so runs never
+collide; Redis keys (suffixed by the project) and the project's registry rows are removed after.
+Redis or PostgreSQL being unreachable fails the test: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from liber_features.errors import FeatureStoreError, VectorShapeError
+from liber_features.featurestore import (
+    LONG_TERM_SCHEMA,
+    LONG_TERM_VIEW,
+    RANKER_SERVICE,
+    SHORT_TERM_SCHEMA,
+    SHORT_TERM_VIEW,
+    open_store,
+    sample_long_term,
+    sample_short_term,
+    write_parquet,
+)
+from liber_features.online import materialize, materialize_late, push_short_term_cache, write_online
+
+REPO = Path(__file__).resolve().parents[1] / "feature_repo"
+REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+USERS = [f"user-{i}" for i in range(6)]
+LONG_PATH, SHORT_PATH = "data/user_long_term_memory.parquet", "data/user_short_term_cache.parquet"
+
+
+class Repo:
+    """A throwaway feature repo + its store; ``env`` is what a shell would export."""
+
+    def __init__(self, root: Path, backend: str) -> None:
+        self.root, self.backend = root, backend
+        self.project = f"liber_t_{uuid.uuid4().hex[:10]}"
+        shutil.copy(REPO / "definitions.py", root)
+        for name in ("feature_store.yaml", "feature_store.redis.yaml"):
+            text = (REPO / name).read_text().replace("project: liber\n", f"project: {self.project}\n")
+            (root / name).write_text(text)
+        self.env: dict[str, str] = {}
+        if backend == "redis":
+            self.env |= {
+                "FEAST_FS_YAML_FILE_PATH": str(root / "feature_store.redis.yaml"),
+                "LIBER_REDIS_URL": REDIS_URL,
+                "LIBER_REGISTRY_URL": PG_URL,
+            }
+
+    def write(self, long_term: pd.DataFrame | None = None, short_term: pd.DataFrame | None = None) -> None:
+        if long_term is not None:
+            write_parquet(long_term, self.root / LONG_PATH, LONG_TERM_SCHEMA)
+        if short_term is not None:
+            write_parquet(short_term, self.root / SHORT_PATH, SHORT_TERM_SCHEMA)
+
+    def store(self):
+        return open_store(self.root, environ={**os.environ, **self.env})
+
+    def apply(self):
+        """``feast apply`` through the Python API: every Feast object definitions.py declares."""
+        from feast import Entity, FeatureService, FeatureView
+        from feast.data_source import DataSource
+
+        spec = importlib.util.spec_from_file_location(f"defs_{self.project}", self.root / "definitions.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        kinds = (Entity, FeatureView, FeatureService, DataSource)
+        store = self.store()
+        store.apply([v for v in vars(module).values() if isinstance(v, kinds)])
+        return store
+
+
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()  # unreachable Redis must fail the test, never skip it
+    return client
+
+
+def cleanup(repo: Repo) -> None:
+    if repo.backend != "redis":
+        return
+    client = redis_client()
+    keys = list(client.scan_iter(match=b"*" + repo.project.encode(), count=1000))
+    if keys:
+        client.delete(*keys)
+    repo.store().registry.delete_project(repo.project)  # never store.teardown(): it drops every project
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """Tests set the environment they need through Repo.env; nothing leaks in from the shell."""
+    for name in ("LIBER_DATA_DIR", "LIBER_MEMORY_SLOTS", "LIBER_VECTOR_DIM", "FEAST_FS_YAML_FILE_PATH",
+                 "LIBER_REDIS_URL", "LIBER_REDIS_CONNECTION", "LIBER_REGISTRY_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+BACKENDS = ["sqlite", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.postgres])]
+
+
+@pytest.fixture(params=BACKENDS)
+def repo(request, tmp_path):
+    r = Repo(tmp_path, request.param)
+    if r.backend == "redis":
+        redis_client()
+    r.write(sample_long_term(USERS, NOW - timedelta(days=30)), sample_short_term(USERS, NOW - timedelta(days=1)))
+    yield r
+    cleanup(r)
+
+
+@pytest.fixture
+def redis_repo(tmp_path):
+    r = Repo(tmp_path, "redis")
+    redis_client()
+    r.write(sample_long_term(USERS, NOW - timedelta(days=30)), sample_short_term(USERS, NOW - timedelta(days=1)))
+    yield r
+    cleanup(r)
+
+
+def online(store, users=USERS, service=True) -> dict[str, list]:
+    features = store.get_feature_service(RANKER_SERVICE) if service else [
+        f"{LONG_TERM_VIEW}:{f}" for f in ("summary_vectors", "encoder_version")]
+    rows = [{"user_id": u} for u in users]
+    return store.get_online_features(features=features, entity_rows=rows, full_feature_names=True).to_dict()
+
+
+def f32(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+def assert_vectors(actual, expected) -> None:
+    """Bit-exact float32 comparison (NaN payloads and -0.0 included)."""
+    a, e = f32(actual), f32(expected)
+    assert a.shape == e.shape and np.array_equal(a.view(np.uint32), e.view(np.uint32))
+
+
+def test_ranker_service_apply_materialize_push_fetch(repo):
+    store = repo.apply()
+    report = materialize(store)
+    assert report.late_since is None  # a first run covers everything from now - ttl
+    push = sample_short_term(USERS[:2], NOW, items=5)
+    assert push_short_term_cache(store, push) == 2
+
+    got = online(store)
+    expected = sample_long_term(USERS, NOW - timedelta(days=30))
+    for i, user in enumerate(USERS):
+        assert got["user_id"][i] == user
+        for col in ("summary_vectors", "shift_vectors"):
+            assert_vectors(got[f"{LONG_TERM_VIEW}__{col}"][i], expected[col][i])
+        for col in ("partition_count", "latest_summary", "latest_shift", "encoder_version"):
+            assert got[f"{LONG_TERM_VIEW}__{col}"][i] == expected[col][i]
+        cache = push if i < 2 else sample_short_term(USERS, NOW - timedelta(days=1))
+        assert got[f"{SHORT_TERM_VIEW}__cache_item_ids"][i] == list(cache["cache_item_ids"][i])
+        assert got[f"{SHORT_TERM_VIEW}__cache_length"][i] == cache["cache_length"][i]
+        assert got[f"{SHORT_TERM_VIEW}__cache_newest_at"][i] == cache["cache_newest_at"][i]
+
+
+def test_online_equals_point_in_time_historical(repo):
+    """No train/serve skew: the same user and time give the same float32 vectors both ways."""
+    old, new = NOW - timedelta(days=30), NOW - timedelta(days=2)
+    frames = [sample_long_term(USERS, old), sample_long_term(USERS, new, partition_count=4, seed=1)]
+    repo.write(pd.concat(frames, ignore_index=True))
+    store = repo.apply()
+    materialize(store)
+    entity_df = pd.DataFrame({
+        "user_id": USERS * 2,
+        "event_timestamp": [NOW] * len(USERS) + [new - timedelta(seconds=1)] * len(USERS),
+    })  # fmt: skip
+    hist = store.get_historical_features(
+        entity_df=entity_df, features=store.get_feature_service(RANKER_SERVICE), full_feature_names=True
+    ).to_df()
+    got = online(store)
+    for i, user in enumerate(USERS):
+        now_row = hist[(hist.user_id == user) & (hist.event_timestamp == NOW)].iloc[0]
+        before_row = hist[(hist.user_id == user) & (hist.event_timestamp < new)].iloc[0]
+        for col in ("summary_vectors", "shift_vectors"):
+            name = f"{LONG_TERM_VIEW}__{col}"
+            assert_vectors(now_row[name], got[name][i])  # serve == train at the same time
+            assert_vectors(now_row[name], frames[1][col][i])
+            assert_vectors(before_row[name], frames[0][col][i])  # no leak of a later partition
+        assert now_row[f"{LONG_TERM_VIEW}__partition_count"] == got[f"{LONG_TERM_VIEW}__partition_count"][i] == 4
+
+
+def test_late_partition_reaches_online(repo):
+    store = repo.apply()
+    materialize(store)
+    watermark = store.get_feature_view(LONG_TERM_VIEW, allow_registry_cache=False).most_recent_end_time
+    # Sealed a day before the watermark, encoded (created) after it: the LLM lagged the seal.
+    late = sample_long_term(USERS[:1], NOW - timedelta(days=1), created_at=watermark + timedelta(seconds=1),
+                            partition_count=4, seed=7)
+    repo.write(pd.concat([sample_long_term(USERS, NOW - timedelta(days=30)), late], ignore_index=True))
+
+    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    stale = online(store, USERS[:1], service=False)
+    assert not np.array_equal(f32(stale[f"{LONG_TERM_VIEW}__summary_vectors"][0]), late.summary_vectors[0])
+
+    report = materialize(store)  # incremental again + the late pass from the previous watermark
+    assert report.late_rows == 1
+    got = online(store, USERS[:1], service=False)
+    assert_vectors(got[f"{LONG_TERM_VIEW}__summary_vectors"][0], late.summary_vectors[0])
+
+
+def test_encoder_version_change_reaches_online(repo):
+    store = repo.apply()
+    materialize(store)
+    sealed = NOW - timedelta(days=30)
+    reencoded = sample_long_term(USERS, sealed, created_at=NOW, encoder_version="v2", seed=3)
+    repo.write(pd.concat([sample_long_term(USERS, sealed), reencoded], ignore_index=True))
+    assert materialize_late(store, NOW - timedelta(minutes=1)) == len(USERS)
+    got = online(store, service=False)
+    assert got[f"{LONG_TERM_VIEW}__encoder_version"] == ["v2"] * len(USERS)
+    for i in range(len(USERS)):
+        assert_vectors(got[f"{LONG_TERM_VIEW}__summary_vectors"][i], reencoded.summary_vectors[i])
+
+
+def test_wrong_vector_length_is_refused_before_any_write(repo):
+    store = repo.apply()
+    rows = sample_long_term(["good", "bad"], NOW)
+    rows.at[1, "shift_vectors"] = rows.at[1, "shift_vectors"][:-1]
+    with pytest.raises(VectorShapeError, match=r"user_id='bad'.*shift_vectors.*3071.*3072"):
+        write_online(store, LONG_TERM_VIEW, rows)
+    assert online(store, ["good"], service=False)[f"{LONG_TERM_VIEW}__summary_vectors"] == [None]
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_redis_writer_matches_feast_byte_for_byte(redis_repo):
+    """Our pipelined writer produces exactly the hash Feast's own write produces, and reads back."""
+    store = redis_repo.apply()
+    rows = sample_long_term(USERS, NOW - timedelta(hours=1))
+    rows.at[0, "summary_vectors"][:4] = [np.nan, -0.0, 1e-45, np.inf]  # bit patterns must survive
+    client = redis_client()
+
+    store.write_to_online_store(LONG_TERM_VIEW, rows)
+    feast_hashes = {k: client.hgetall(k) for k in client.scan_iter(match=b"*" + redis_repo.project.encode())}
+    client.delete(*feast_hashes)
+    assert write_online(store, LONG_TERM_VIEW, rows) == len(USERS)
+    ours = {k: client.hgetall(k) for k in client.scan_iter(match=b"*" + redis_repo.project.encode())}
+    assert ours == feast_hashes and len(ours) == len(USERS)
+
+    got = online(store, service=False)
+    for i in range(len(USERS)):
+        assert_vectors(got[f"{LONG_TERM_VIEW}__summary_vectors"][i], rows.summary_vectors[i])
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_redis_writer_same_time_overwrites_older_never_does(redis_repo):
+    store = redis_repo.apply()
+    ts = NOW - timedelta(minutes=5)
+    push_short_term_cache(store, sample_short_term(USERS[:1], ts, items=4))
+    cleared = sample_short_term(USERS[:1], ts, items=0)  # sealed at the same second: cache emptied
+    assert push_short_term_cache(store, cleared) == 1
+    assert online(store, USERS[:1])[f"{SHORT_TERM_VIEW}__cache_length"] == [0]
+    assert push_short_term_cache(store, sample_short_term(USERS[:1], ts - timedelta(seconds=1), items=9)) == 0
+    assert online(store, USERS[:1])[f"{SHORT_TERM_VIEW}__cache_length"] == [0]
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_unreachable_redis_is_a_feature_store_error(redis_repo):
+    store = redis_repo.apply()
+    redis_repo.env["LIBER_REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    with pytest.raises(FeatureStoreError, match="ConnectionError"):
+        push_short_term_cache(redis_repo.store(), sample_short_term(USERS, NOW))
+    assert store.project == redis_repo.project
