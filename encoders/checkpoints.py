@@ -171,6 +171,7 @@ def smollm2_checkpoint() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the renamed cache should read like any other dir
     try:
         _convert_gguf(gguf, tmp)
         (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "source_sha1": source}))

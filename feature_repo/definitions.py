@@ -11,6 +11,7 @@ environment (vector shape, data directory) but opens no file and no connection.
 """
 
 from datetime import timedelta
+from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String, UnixTimestamp
@@ -26,6 +27,7 @@ from liber_features.featurestore import (
     data_file,
 )
 
+HERE = Path(__file__).parent  # a path computation, not a read: data is located, never opened
 SHAPE = LiberFeatureConfig.from_env()
 SHAPE_TAGS = {TAG_MEMORY_SLOTS: str(SHAPE.memory_slots), TAG_VECTOR_DIM: str(SHAPE.vector_dim)}
 
@@ -44,7 +46,7 @@ user = Entity(
 
 long_term_source = FileSource(
     name="user_long_term_memory_source",
-    path=data_file("user_long_term_memory.parquet"),
+    path=data_file("user_long_term_memory.parquet", HERE),
     timestamp_field="sealed_at",
     created_timestamp_column="created_at",
     description="One row per (user_id, sealed_at): state after that partition was encoded.",
@@ -81,7 +83,7 @@ user_long_term_memory = FeatureView(
 
 short_term_source = FileSource(
     name="user_short_term_cache_source",
-    path=data_file("user_short_term_cache.parquet"),
+    path=data_file("user_short_term_cache.parquet", HERE),
     timestamp_field="event_timestamp",
     created_timestamp_column="created_at",
 )

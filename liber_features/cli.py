@@ -89,25 +89,46 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
             raise ConfigError(f"--rating-range must be MIN,MAX, got {rating_range!r}") from None
         cfg = {"rating_min": lo, "rating_max": hi}
     loaded = load_events(events_path, catalog_path, LoadConfig(**cfg))
-    on_caches = None
+    from .featurestore import SHORT_TERM_VIEW
+    from .ingest import append_cache_history
+
+    history = _table_path(repo, f"{SHORT_TERM_VIEW}.parquet")
+    store = None
     if push:
-        from .online import push_short_term_cache
         from .featurestore import open_store
 
         store = open_store(repo)
-        on_caches = lambda df: push_short_term_cache(store, df)  # noqa: E731
+
+    def on_caches(df) -> None:
+        # The ledger has committed by now: a failure here loses nothing, a rerun re-derives it.
+        append_cache_history(df, history)
+        if store is not None:
+            from .online import push_short_term_cache
+
+            push_short_term_cache(store, df)
     ledger = Ledger(ledger_url, schema=ledger_schema)
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
                          progress=None if not as_json else False, on_caches=on_caches)
     emit(summary.as_dict(), as_json, f"ingested {loaded.source} ({loaded.layout})")
 
 
+@cli.command()
+@ledger_option
+@schema_option
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def status(ledger_url, ledger_schema, as_json) -> None:
+    """Ledger totals and encoder progress."""
+    from .ledger import Ledger, encode_progress
+
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    emit({**ledger.counts(), **encode_progress(ledger)}, as_json, f"ledger {ledger.safe_url()}")
+
+
 def _table_path(repo: str, name: str) -> Path:
     """Where an offline table lives on disk: LIBER_DATA_DIR, else ``<repo>/data``."""
     from .featurestore import data_file
 
-    path = Path(data_file(name))
-    return path if path.is_absolute() else Path(repo) / path
+    return Path(data_file(name, repo_dir=repo))
 
 
 @cli.command()
@@ -155,6 +176,12 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     emit(summary, as_json, "encoded sealed partitions")
     if summary["failed"]:
         sys.exit(1)
+
+
+from .cli_feast import COMMANDS as _FEAST_COMMANDS  # noqa: E402 - registered after the group
+
+for _command in _FEAST_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

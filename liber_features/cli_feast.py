@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
 
-from liber_features.errors import ConfigError, LiberError
+from liber_features.errors import ConfigError, FeatureStoreError, LiberError
 
 __all__ = ["materialize", "COMMANDS"]
 
@@ -31,6 +32,32 @@ def _utc(value: str | None, option: str) -> datetime | None:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
+def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
+    """Split the repo's views into those whose local Parquet exists and those whose does not.
+
+    The short-term view is push-fed: a missing Parquet just skips it. Missing long-term data is an
+    error that says what to run, instead of the offline store's stack trace.
+    """
+    from feast import FileSource
+
+    from liber_features.featurestore import LONG_TERM_VIEW
+
+    ready, missing = [], []
+    for view in store.list_feature_views(allow_cache=False):
+        src, path = view.batch_source, None
+        if isinstance(src, FileSource) and "://" not in src.path:
+            path = Path(FileSource.get_uri_for_file_path(store.config.repo_path, src.path))
+        if path is None or path.exists():
+            ready.append(view.name)
+        elif view.name == LONG_TERM_VIEW:
+            raise FeatureStoreError(f"no long-term memory table at {path}: run `liber encode` first")
+        else:
+            missing.append(view.name)
+    if not ready and not missing:
+        raise FeatureStoreError(f"no feature views in project {store.project!r}: run `feast apply` first")
+    return ready, missing
+
+
 @click.command()
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast feature repo (its yaml: FEAST_FS_YAML_FILE_PATH, else <repo>/feature_store.yaml)")
@@ -43,12 +70,15 @@ def _utc(value: str | None, option: str) -> datetime | None:
 def materialize(repo: str, end: str | None, late_since: str | None, as_json: bool) -> None:
     """Materialize LIBER features online: incremental to now, then late and re-encoded rows."""
     from liber_features.featurestore import open_store
+    from liber_features.online import _store_errors as store_errors
     from liber_features.online import materialize as run_materialize
 
     try:
         store = open_store(repo)
+        with store_errors("reading the Feast registry"):
+            ready, skipped = _views_with_data(store)
         report = run_materialize(
-            store, end=_utc(end, "--end"), late_since=_utc(late_since, "--late-since")
+            store, end=_utc(end, "--end"), late_since=_utc(late_since, "--late-since"), views=ready
         )
     except LiberError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -59,6 +89,7 @@ def materialize(repo: str, end: str | None, late_since: str | None, as_json: boo
         "end": report.end.isoformat(),
         "late_since": report.late_since.isoformat() if report.late_since else None,
         "late_users_written": report.late_rows,
+        "skipped_views_without_data": skipped,
     }
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))

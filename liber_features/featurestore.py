@@ -107,16 +107,19 @@ class LiberFeatureConfig(BaseModel):
             raise ConfigError(f"bad LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM {raw}: {exc}") from exc
 
 
-def data_file(name: str, environ: Mapping[str, str] | None = None) -> str:
-    """Path of an offline Parquet table as Feast should store it in the registry.
+def data_file(name: str, repo_dir: str | Path | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """Path of an offline Parquet table: ``$LIBER_DATA_DIR/<name>``, LIBER_DATA_DIR defaulting to
+    ``data`` and a relative one meaning relative to the feature repo (Feast's rule for file sources).
 
-    Unset LIBER_DATA_DIR gives ``data/<name>``: Feast resolves relative paths against the feature
-    repo, so the registry stays valid wherever the checkout lives. A set LIBER_DATA_DIR should be
-    absolute (a relative one is, again, resolved by Feast against the feature repo).
+    With ``repo_dir`` the result is absolute. The definitions pass it because Feast's DuckDB offline
+    store reads a relative path against the process's working directory, not the repo, so
+    ``get_historical_features`` run from elsewhere would look in the wrong place.
     """
     env = os.environ if environ is None else environ
-    base = env.get("LIBER_DATA_DIR", "").strip()
-    return f"{base.rstrip('/')}/{name}" if base else f"data/{name}"
+    path = Path(env.get("LIBER_DATA_DIR", "").strip() or "data") / name
+    if repo_dir is not None and not path.is_absolute():
+        path = Path(repo_dir).absolute() / path
+    return str(path)
 
 
 def feast_redis_connection(url: str) -> str:
@@ -243,3 +246,30 @@ def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None
     """Write ``df`` with the contract's Arrow schema (microsecond UTC timestamps, float32 lists)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), path)
+
+
+def apply_repo(store: FeatureStore, repo_path: str | Path = DEFAULT_REPO) -> list[str]:
+    """``feast apply`` through the Python API: register every object ``definitions.py`` declares.
+
+    The module is loaded fresh (not from sys.modules) because it reads M, D and the data dir from
+    the environment at import. Returns the names applied.
+    """
+    import importlib.util
+    import uuid
+
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+
+    path = Path(repo_path) / "definitions.py"
+    spec = importlib.util.spec_from_file_location(f"liber_defs_{uuid.uuid4().hex}", path)
+    if spec is None or spec.loader is None:
+        raise FeatureStoreError(f"no feature definitions at {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    objects = [v for v in vars(module).values()
+               if isinstance(v, (Entity, FeatureView, FeatureService, DataSource))]
+    try:
+        store.apply(objects)
+    except Exception as exc:  # Feast raises many unrelated types; keep the message, type it ours
+        raise FeatureStoreError(f"feast apply of {path} failed: {exc}") from exc
+    return sorted(o.name for o in objects)

@@ -12,10 +12,13 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import select
 from tqdm import tqdm
 
@@ -25,7 +28,7 @@ from .ledger import Ledger, events as events_t, items as items_t, now_us, partit
 from .ledger import quarantine as quarantine_t, runs as runs_t, user_cache as cache_t
 from .partition import CachedEvent, PartitionRule, SealedPartition, UserState, advance
 
-__all__ = ["IngestSummary", "ingest", "load_states", "cache_frame"]
+__all__ = ["IngestSummary", "ingest", "load_states", "cache_frame", "append_cache_history"]
 
 
 @dataclass
@@ -76,19 +79,43 @@ def load_states(conn, user_ids: list[str]) -> dict[str, UserState]:
 
 
 def cache_frame(states: list[UserState]) -> pd.DataFrame:
-    """Short-term cache rows for the online store (one per user with a non-empty cache)."""
-    rows = [s for s in states if s.cache]
-    newest = [s.cache[-1].ts_us for s in rows]
+    """Short-term cache rows for the online store and its offline history, one per user.
+
+    A cache just emptied by a seal is a row too (length 0, stamped at the seal): otherwise the
+    online store would keep serving events that now live in a long-term partition.
+    """
+    def ts(values: list[int | None]) -> pd.Series:
+        return pd.to_datetime(pd.Series(values, dtype="Int64"), unit="us", utc=True)
+
+    newest = [s.cache[-1].ts_us if s.cache else s.last_seal_us for s in states]
     return pd.DataFrame({
-        "user_id": pd.Series([s.user_id for s in rows], dtype="string"),
-        "event_timestamp": pd.to_datetime(np.array(newest, dtype="int64"), unit="us", utc=True),
+        "user_id": [s.user_id for s in states],
+        "event_timestamp": ts(newest),
         "created_at": pd.Timestamp(now_us(), unit="us", tz="UTC"),
-        "cache_item_ids": [[e.item_id for e in s.cache] for s in rows],
-        "cache_length": np.array([len(s.cache) for s in rows], dtype="int64"),
-        "cache_oldest_at": pd.to_datetime(np.array([s.cache[0].ts_us for s in rows], dtype="int64"),
-                                          unit="us", utc=True),
-        "cache_newest_at": pd.to_datetime(np.array(newest, dtype="int64"), unit="us", utc=True),
+        "cache_item_ids": [[e.item_id for e in s.cache] for s in states],
+        "cache_length": np.array([len(s.cache) for s in states], dtype="int64"),
+        "cache_oldest_at": ts([s.cache[0].ts_us if s.cache else None for s in states]),
+        "cache_newest_at": ts([s.cache[-1].ts_us if s.cache else None for s in states]),
     })
+
+
+def append_cache_history(df: pd.DataFrame, path: str | Path) -> Path:
+    """Append cache states to the short-term view's offline table (atomic rewrite).
+
+    Training joins read it point-in-time; its granularity is one row per user per ingest run.
+    """
+    from .featurestore import SHORT_TERM_SCHEMA
+
+    path = Path(path)
+    new = pa.Table.from_pandas(df[SHORT_TERM_SCHEMA.names], schema=SHORT_TERM_SCHEMA,
+                               preserve_index=False)
+    table = pa.concat_tables([pq.read_table(path, schema=SHORT_TERM_SCHEMA), new]) \
+        if path.exists() else new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
 
 
 def _partition_row(p: SealedPartition, run_id: int) -> dict[str, Any]:

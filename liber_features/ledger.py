@@ -151,7 +151,7 @@ class Ledger:
                     conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
                 metadata.create_all(conn)
         except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open ledger {self._safe_url()}: {exc.__class__.__name__}: "
+            raise LedgerError(f"cannot open ledger {self.safe_url()}: {exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0]}") from exc
         self.dialect = self.engine.dialect.name
 
@@ -173,7 +173,7 @@ class Ledger:
             engine = engine.execution_options(schema_translate_map={None: schema})
         return engine
 
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
         try:
             from sqlalchemy.engine import make_url
 
@@ -188,7 +188,7 @@ class Ledger:
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise LedgerError(f"ledger write failed on {self._safe_url()}: "
+            raise LedgerError(f"ledger write failed on {self.safe_url()}: "
                               f"{str(exc).splitlines()[0]}") from exc
 
     def insert_ignore(self, conn: Connection, table: Table, rows: Sequence[dict],
@@ -249,3 +249,13 @@ class Ledger:
             with self.engine.begin() as conn:
                 conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
         self.engine.dispose()
+
+
+def encode_progress(ledger: "Ledger") -> dict[str, int]:
+    """How far the encoder is, across all versions: done / failed outputs and partitions."""
+    with ledger.engine.connect() as conn:
+        status = dict(conn.execute(select(interests.c.status, func.count())
+                                   .group_by(interests.c.status)).all())
+        total = conn.execute(select(func.count()).select_from(partitions)).scalar() or 0
+    return {"partitions": int(total), "interests_done": int(status.get("done", 0)),
+            "interests_failed": int(status.get("failed", 0))}

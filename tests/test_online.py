@@ -7,7 +7,6 @@ Redis or PostgreSQL being unreachable fails the test: it is never skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import uuid
@@ -20,6 +19,7 @@ import pytest
 
 from liber_features.errors import FeatureStoreError, VectorShapeError
 from liber_features.featurestore import (
+    apply_repo,
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     RANKER_SERVICE,
@@ -69,15 +69,8 @@ class Repo:
 
     def apply(self):
         """``feast apply`` through the Python API: every Feast object definitions.py declares."""
-        from feast import Entity, FeatureService, FeatureView
-        from feast.data_source import DataSource
-
-        spec = importlib.util.spec_from_file_location(f"defs_{self.project}", self.root / "definitions.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        kinds = (Entity, FeatureView, FeatureService, DataSource)
         store = self.store()
-        store.apply([v for v in vars(module).values() if isinstance(v, kinds)])
+        apply_repo(store, self.root)
         return store
 
 

@@ -1,8 +1,9 @@
 """Tiny random checkpoints built in-process, for unit tests that must not need a model file.
 
-Import the fixtures into a test module (``from tests.tinymodels import tiny_llm_dir``). Both are
-session-scoped: building one takes ~0.2 s, but every test then loads from the same folder.
-The models are random: their text is junk, so tests assert on structure, not content.
+Import the fixtures into a test module (``from tinymodels import tiny_llm_dir``): pytest's default
+"prepend" import mode puts tests/ on sys.path, as it has no __init__.py. Both are session-scoped:
+building one takes ~0.2 s, and every test then loads from the same folder. The models are random:
+their text is junk, so tests assert on structure, not content.
 """
 
 from __future__ import annotations
