@@ -178,6 +178,30 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--data", type=click.Path(), default=None,
+              help="GroupLens directory [default: ../shared/data/ml-latest-small or "
+                   "$LIBER_ML_LATEST_SMALL]")
+@click.option("--workdir", type=click.Path(), default=".liber/demo", show_default=True,
+              help="where the demo's SQLite ledger lives")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
+@click.option("--users", default="5,8,9", show_default=True, metavar="ID,ID,...",
+              help="users whose partitions the LLM encodes (the whole log is ingested)")
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
+    """Run the whole pipeline end to end on the embedded defaults (SQLite ledger + online store)."""
+    from .demo import default_data_dir, run_demo
+
+    result = run_demo(data=Path(data) if data else default_data_dir(), workdir=Path(workdir),
+                      repo=Path(repo), users=[u.strip() for u in users.split(",") if u.strip()],
+                      k=k, max_new_tokens=max_new_tokens,
+                      say=(lambda _m: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(result, default=str, sort_keys=True))
+
+
 from .cli_feast import COMMANDS as _FEAST_COMMANDS  # noqa: E402 - registered after the group
 
 for _command in _FEAST_COMMANDS:
