@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -223,13 +223,18 @@ def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id
 
 
 def _record_failure(ledger, batch, pv, llm, run_id, exc: BaseException) -> None:
+    """Mark the batch failed with the error; ``attempts`` counts tries across runs."""
     message = sanitize(f"{type(exc).__name__}: {exc}", 2000)
     with ledger.begin() as conn:
+        tried = dict(conn.execute(select(int_t.c.partition_id, int_t.c.attempts).where(
+            int_t.c.partition_id.in_([x.id for x in batch]), int_t.c.prompt_version == pv,
+            int_t.c.llm_id == llm.llm_id)).all())
         _upsert_interest(ledger, conn, [{
             "partition_id": x.id, "prompt_version": pv, "llm_id": llm.llm_id, "status": "failed",
             "summary": None, "shift": None, "decoding": json.dumps(llm.decoding, sort_keys=True),
-            "prompt_tokens": 0, "completion_tokens": 0, "error": message, "attempts": 1,
-            "run_id": run_id, "updated_us": now_us()} for x in batch])
+            "prompt_tokens": 0, "completion_tokens": 0, "error": message,
+            "attempts": tried.get(x.id, 0) + 1, "run_id": run_id, "updated_us": now_us()}
+            for x in batch])
 
 
 def _fill_vectors(ledger: Ledger, enc: TextEncoderLike, pv: str, llm_id: str, cfg: EncodeConfig,

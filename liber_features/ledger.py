@@ -191,27 +191,27 @@ class Ledger:
             raise LedgerError(f"ledger write failed on {self.safe_url()}: "
                               f"{str(exc).splitlines()[0]}") from exc
 
-    def insert_ignore(self, conn: Connection, table: Table, rows: Sequence[dict],
-                      keys: Sequence[str]) -> None:
-        """INSERT … ON CONFLICT (keys) DO NOTHING, on either backend."""
-        if not rows:
-            return
+    def _insert(self, table: Table):
+        """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL both do)."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        conn.execute(insert(table).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+        return insert(table)
+
+    def insert_ignore(self, conn: Connection, table: Table, rows: Sequence[dict],
+                      keys: Sequence[str]) -> None:
+        """INSERT … ON CONFLICT (keys) DO NOTHING, on either backend."""
+        if rows:
+            stmt = self._insert(table).on_conflict_do_nothing(index_elements=list(keys))
+            conn.execute(stmt, list(rows))
 
     def upsert(self, conn: Connection, table: Table, rows: Sequence[dict],
                keys: Sequence[str]) -> None:
         """INSERT … ON CONFLICT (keys) DO UPDATE every other column, on either backend."""
         if not rows:
             return
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(table)
+        stmt = self._insert(table)
         update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), list(rows))
 

@@ -124,8 +124,14 @@ def test_failed_generation_is_recorded_and_retried_next_run(filled):
     with filled.engine.connect() as conn:
         failed = conn.execute(select(interests).where(interests.c.status == "failed")).all()
     assert len(failed) == 1 and "backend exploded" in failed[0].error
+    assert failed[0].attempts == 1
+    s = run_encode(filled, FakeLLM(fail_on="Movie 5"), FakeEncoder(), progress=False)
+    assert (s.partitions_done, s.failed) == (0, 1)
+    with filled.engine.connect() as conn:
+        assert conn.execute(select(interests.c.attempts).where(
+            interests.c.status == "failed")).scalar() == 2
     s = run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
-    assert (s.partitions_done, s.failed, s.llm_calls) == (1, 0, 2)
+    assert (s.partitions_done, s.failed, s.llm_calls) == (1, 0, 2)  # retried, now done
     assert len(done_rows(filled)) == 4
 
 

@@ -7,11 +7,7 @@ Redis or PostgreSQL being unreachable fails the test: it is never skipped.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,77 +15,18 @@ import pytest
 
 from liber_features.errors import FeatureStoreError, VectorShapeError
 from liber_features.featurestore import (
-    apply_repo,
-    LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     RANKER_SERVICE,
-    SHORT_TERM_SCHEMA,
     SHORT_TERM_VIEW,
-    open_store,
     sample_long_term,
     sample_short_term,
-    write_parquet,
 )
 from liber_features.online import materialize, materialize_late, push_short_term_cache, write_online
 
-REPO = Path(__file__).resolve().parents[1] / "feature_repo"
-REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from feastrepo import Repo, cleanup, redis_client
+
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 USERS = [f"user-{i}" for i in range(6)]
-LONG_PATH, SHORT_PATH = "data/user_long_term_memory.parquet", "data/user_short_term_cache.parquet"
-
-
-class Repo:
-    """A throwaway feature repo + its store; ``env`` is what a shell would export."""
-
-    def __init__(self, root: Path, backend: str) -> None:
-        self.root, self.backend = root, backend
-        self.project = f"liber_t_{uuid.uuid4().hex[:10]}"
-        shutil.copy(REPO / "definitions.py", root)
-        for name in ("feature_store.yaml", "feature_store.redis.yaml"):
-            text = (REPO / name).read_text().replace("project: liber\n", f"project: {self.project}\n")
-            (root / name).write_text(text)
-        self.env: dict[str, str] = {}
-        if backend == "redis":
-            self.env |= {
-                "FEAST_FS_YAML_FILE_PATH": str(root / "feature_store.redis.yaml"),
-                "LIBER_REDIS_URL": REDIS_URL,
-                "LIBER_REGISTRY_URL": PG_URL,
-            }
-
-    def write(self, long_term: pd.DataFrame | None = None, short_term: pd.DataFrame | None = None) -> None:
-        if long_term is not None:
-            write_parquet(long_term, self.root / LONG_PATH, LONG_TERM_SCHEMA)
-        if short_term is not None:
-            write_parquet(short_term, self.root / SHORT_PATH, SHORT_TERM_SCHEMA)
-
-    def store(self):
-        return open_store(self.root, environ={**os.environ, **self.env})
-
-    def apply(self):
-        """``feast apply`` through the Python API: every Feast object definitions.py declares."""
-        store = self.store()
-        apply_repo(store, self.root)
-        return store
-
-
-def redis_client():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.ping()  # unreachable Redis must fail the test, never skip it
-    return client
-
-
-def cleanup(repo: Repo) -> None:
-    if repo.backend != "redis":
-        return
-    client = redis_client()
-    keys = list(client.scan_iter(match=b"*" + repo.project.encode(), count=1000))
-    if keys:
-        client.delete(*keys)
-    repo.store().registry.delete_project(repo.project)  # never store.teardown(): it drops every project
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,81 @@
+"""Throwaway copies of feature_repo/ for tests: own Feast project per copy, cleaned up after.
+
+On Redis the copy uses the real server and a PostgreSQL SQL registry; an unreachable Redis fails
+the test (``redis_client`` pings), it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from liber_features.featurestore import (
+    LONG_TERM_SCHEMA,
+    SHORT_TERM_SCHEMA,
+    apply_repo,
+    open_store,
+    write_parquet,
+)
+
+REPO = Path(__file__).resolve().parents[1] / "feature_repo"
+REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+LONG_PATH, SHORT_PATH = "data/user_long_term_memory.parquet", "data/user_short_term_cache.parquet"
+
+
+class Repo:
+    """A throwaway feature repo + its store; ``env`` is what a shell would export."""
+
+    def __init__(self, root: Path, backend: str) -> None:
+        self.root, self.backend = root, backend
+        self.project = f"liber_t_{uuid.uuid4().hex[:10]}"
+        shutil.copy(REPO / "definitions.py", root)
+        for name in ("feature_store.yaml", "feature_store.redis.yaml"):
+            text = (REPO / name).read_text().replace("project: liber\n", f"project: {self.project}\n")
+            (root / name).write_text(text)
+        self.env: dict[str, str] = {}
+        if backend == "redis":
+            self.env |= {
+                "FEAST_FS_YAML_FILE_PATH": str(root / "feature_store.redis.yaml"),
+                "LIBER_REDIS_URL": REDIS_URL,
+                "LIBER_REGISTRY_URL": PG_URL,
+            }
+
+    def write(self, long_term: pd.DataFrame | None = None, short_term: pd.DataFrame | None = None) -> None:
+        if long_term is not None:
+            write_parquet(long_term, self.root / LONG_PATH, LONG_TERM_SCHEMA)
+        if short_term is not None:
+            write_parquet(short_term, self.root / SHORT_PATH, SHORT_TERM_SCHEMA)
+
+    def store(self):
+        return open_store(self.root, environ={**os.environ, **self.env})
+
+    def apply(self):
+        """``feast apply`` through the Python API: every Feast object definitions.py declares."""
+        store = self.store()
+        apply_repo(store, self.root)
+        return store
+
+
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()  # unreachable Redis must fail the test, never skip it
+    return client
+
+
+def cleanup(repo: Repo) -> None:
+    if repo.backend != "redis":
+        return
+    client = redis_client()
+    keys = list(client.scan_iter(match=b"*" + repo.project.encode(), count=1000))
+    if keys:
+        client.delete(*keys)
+    repo.store().registry.delete_project(repo.project)  # never store.teardown(): it drops every project
+
+
