@@ -100,7 +100,8 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
         store = open_store(repo)
 
     def on_caches(df) -> None:
-        # The ledger has committed by now: a failure here loses nothing, a rerun re-derives it.
+        # The ledger has committed by now: a failure here loses nothing, and
+        # `liber push-caches` re-sends every cache from the ledger.
         append_cache_history(df, history)
         if store is not None:
             from .online import push_short_term_cache
@@ -110,6 +111,25 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
                          progress=None if not as_json else False, on_caches=on_caches)
     emit(summary.as_dict(), as_json, f"ingested {loaded.source} ({loaded.layout})")
+
+
+@cli.command("push-caches")
+@ledger_option
+@schema_option
+@click.option("--users", default=None, metavar="ID,ID,...", help="only these users (default: all)")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
+    """Push the ledger's current short-term caches online (repairs a failed `ingest --push`)."""
+    from .featurestore import open_store
+    from .ingest import current_caches
+    from .ledger import Ledger
+    from .online import push_short_term_cache
+
+    df = current_caches(Ledger(ledger_url, schema=ledger_schema),
+                        [u.strip() for u in users.split(",")] if users else None)
+    pushed = push_short_term_cache(open_store(repo), df)
+    emit({"caches_pushed": pushed}, as_json, "pushed short-term caches")
 
 
 @cli.command()

@@ -9,14 +9,12 @@ Rerunning it does no LLM work twice.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 
 __all__ = ["run_demo", "default_data_dir"]
 
@@ -32,24 +30,12 @@ def default_data_dir() -> Path:
     return here.parent / "shared" / "data" / "ml-latest-small"
 
 
-def _current_caches(ledger) -> pd.DataFrame:
-    from .ingest import cache_frame
-    from .ledger import user_cache
-    from .partition import CachedEvent, UserState
-
-    with ledger.engine.connect() as conn:
-        states = [UserState(user_id=r.user_id, next_seq=r.next_seq, last_seal_us=r.last_seal_us,
-                            cache=[CachedEvent.from_row(x) for x in json.loads(r.cache_json)])
-                  for r in conn.execute(select(user_cache))]
-    return cache_frame(states)
-
-
 def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
              max_new_tokens: int, say: Callable[[str], None]) -> dict[str, Any]:
     from .events import load_events
     from .featurestore import (LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW,
                                LiberFeatureConfig, apply_repo, data_file, open_store)
-    from .ingest import append_cache_history, ingest
+    from .ingest import append_cache_history, current_caches, ingest
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
     from .memory import memory_table, write_memory_table
@@ -92,7 +78,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
                          versions=(e.prompt_version, llm.llm_id, enc.encoder_id))
     write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo))
     history = Path(data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo))
-    current = _current_caches(ledger)
+    current = current_caches(ledger)
     if caches or not history.exists():
         append_cache_history(current, history)
     say(f"    {table.num_rows} long-term rows, {len(current)} short-term caches")

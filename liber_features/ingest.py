@@ -28,7 +28,8 @@ from .ledger import Ledger, events as events_t, items as items_t, now_us, partit
 from .ledger import quarantine as quarantine_t, runs as runs_t, user_cache as cache_t
 from .partition import CachedEvent, PartitionRule, SealedPartition, UserState, advance
 
-__all__ = ["IngestSummary", "ingest", "load_states", "cache_frame", "append_cache_history"]
+__all__ = ["IngestSummary", "ingest", "load_states", "cache_frame", "current_caches",
+           "append_cache_history"]
 
 
 @dataclass
@@ -97,6 +98,16 @@ def cache_frame(states: list[UserState]) -> pd.DataFrame:
         "cache_oldest_at": ts([s.cache[0].ts_us if s.cache else None for s in states]),
         "cache_newest_at": ts([s.cache[-1].ts_us if s.cache else None for s in states]),
     })
+
+
+def current_caches(ledger: Ledger, users: list[str] | None = None) -> pd.DataFrame:
+    """Every user's short-term cache as the ledger holds it now (``cache_frame`` rows)."""
+    with ledger.engine.connect() as conn:
+        q = select(cache_t.c.user_id)
+        if users:
+            q = q.where(cache_t.c.user_id.in_(users))
+        ids = conn.execute(q).scalars().all()
+        return cache_frame(list(load_states(conn, list(ids)).values()))
 
 
 def append_cache_history(df: pd.DataFrame, path: str | Path) -> Path:

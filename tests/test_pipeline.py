@@ -51,6 +51,16 @@ def test_ingest_push_keeps_online_caches_current_and_clears_them_on_seal(tmp_pat
         assert got["u1"] == (1, ["13"]) and got["u2"] == (1, ["10"])
         history = pq.read_table(tmp_path / "data" / f"{SHORT_TERM_VIEW}.parquet").to_pandas()
         assert sorted(history.user_id) == ["u1", "u1", "u2"]
+
+        # A lost push (Redis flushed, a failed --push) is repaired from the ledger.
+        client = redis_client()
+        client.delete(*client.scan_iter(match=b"*" + repo.project.encode()))
+        assert cache_online(store, ["u1"])["u1"][0] is None
+        r = CliRunner().invoke(cli, ["push-caches", "--ledger", ledger, "--repo", str(tmp_path),
+                                     "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output.strip().splitlines()[-1]) == {"caches_pushed": 2}
+        assert cache_online(store, ["u1", "u2"]) == {"u1": (1, ["13"]), "u2": (1, ["10"])}
     finally:
         cleanup(repo)
 
