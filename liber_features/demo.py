@@ -45,7 +45,8 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     import warnings
 
     # ibis (under Feast's DuckDB store) warns about its own use of duckdb; not ours to fix.
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ibis\..*")
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated",
+                            category=DeprecationWarning)
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     ledger = Ledger(f"sqlite:///{(workdir / 'ledger.db').resolve()}")
