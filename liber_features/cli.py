@@ -180,6 +180,11 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     from .ledger import Ledger
     from .memory import memory_table, write_memory_table
 
+    import signal
+
+    # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
+    # as failed instead of leaving it "running" forever. Committed batches are kept either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ledger = Ledger(ledger_url, schema=ledger_schema)
     cfg = EncodeConfig(batch_size=batch_size, limit=limit,
                        users=[u.strip() for u in users.split(",") if u.strip()] if users else None)

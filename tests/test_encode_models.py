@@ -80,6 +80,24 @@ def test_real_models_store_texts_vectors_and_rerun_makes_no_llm_calls(tmp_path, 
     assert (s2["llm_calls"], s2["partitions_done"], s2["skipped_already_done"]) == (0, 0, 6)
 
 
+def test_sigterm_ends_the_run_as_failed_keeping_committed_batches(tmp_path, movielens):
+    from liber_features.ledger import runs
+
+    url = fresh_ledger(tmp_path / "term.db", movielens)
+    cmd = [sys.executable, "-m", "liber_features.cli", "encode", "--ledger", url,
+           "--users", ",".join(USERS), "--batch-size", "2", "--max-new-tokens", "8", "--no-table"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while sum(done_per_partition(url).values()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.terminate()
+    assert proc.wait(timeout=60) == 143
+    with Ledger(url).engine.connect() as conn:
+        status = conn.execute(select(runs.c.status).where(runs.c.kind == "encode")).scalar_one()
+    assert status == "failed" and sum(done_per_partition(url).values()) >= 2
+
+
 def test_sigkill_mid_run_then_rerun_loses_nothing_and_redoes_at_most_one_batch(tmp_path, movielens):
     url = fresh_ledger(tmp_path / "kill.db", movielens)
     cmd = [sys.executable, "-m", "liber_features.cli", "encode", "--ledger", url,
