@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, select
 from tqdm import tqdm
 
-from .errors import EncoderError, VectorShapeError
+from .errors import EncoderError, LLMUnavailable, VectorShapeError
 from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
 from .ledger import vectors as vec_t
 from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, sanitize,
@@ -171,6 +171,10 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                 budget -= len(batch)
                 try:
                     summaries, shifts, tokens, vecs = _run_batch(batch, prev, catalog, llm, enc, cfg, s)
+                except LLMUnavailable:
+                    # The backend is down, not this batch bad: stop, mark nothing failed, and
+                    # let the next run pick up exactly here.
+                    raise
                 except (EncoderError, VectorShapeError, RuntimeError, ValueError, OSError) as exc:
                     _record_failure(ledger, batch, pv, llm, run_id, exc)
                     failed_now.update(x.id for x in batch)

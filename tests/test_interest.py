@@ -135,6 +135,21 @@ def test_failed_generation_is_recorded_and_retried_next_run(filled):
     assert len(done_rows(filled)) == 4
 
 
+def test_unreachable_llm_stops_the_run_without_marking_partitions_failed(filled):
+    from liber_features.errors import LLMUnavailable
+
+    class Down(FakeLLM):
+        def generate(self, prompts):
+            raise LLMUnavailable("http://127.0.0.1:9/v1/chat/completions unreachable")
+
+    with pytest.raises(LLMUnavailable):
+        run_encode(filled, Down(), FakeEncoder(), progress=False)
+    with filled.engine.connect() as conn:
+        assert conn.execute(select(interests)).all() == []
+    s = run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
+    assert (s.partitions_done, s.failed) == (4, 0)
+
+
 def test_new_text_encoder_reuses_texts_without_llm_calls(filled):
     run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
 
