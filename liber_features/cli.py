@@ -109,7 +109,7 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
             push_short_term_cache(store, df)
     ledger = Ledger(ledger_url, schema=ledger_schema)
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
-                         progress=None if not as_json else False, on_caches=on_caches)
+                         progress=False if as_json else None, on_caches=on_caches)
     emit(summary.as_dict(), as_json, f"ingested {loaded.source} ({loaded.layout})")
 
 
@@ -191,7 +191,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     llm = load_llm(llm_spec, device=device,
                    decoding=DecodingConfig(max_new_tokens=max_new_tokens, batch_size=batch_size))
     enc = TextEncoder(encoder_path, device=device)
-    summary = run_encode(ledger, llm, enc, cfg, progress=None if not as_json else False).as_dict()
+    summary = run_encode(ledger, llm, enc, cfg, progress=False if as_json else None).as_dict()
     if table:
         shape = LiberFeatureConfig.from_env()
         t = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,

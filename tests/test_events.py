@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,23 @@ from liber_features.events import (
     load_events,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "events"
+def _lay_out_fixtures() -> Path:
+    """The layout fixtures under their GroupLens names (ratings.csv, u.data, ...) in a temp dir.
+
+    They are stored with a ``.fixture`` suffix so the repository never tracks files named like
+    the real datasets; the loaders detect layouts by those names, so tests read this copy.
+    """
+    stored = Path(__file__).parent / "fixtures" / "events"
+    root = Path(tempfile.mkdtemp(prefix="liber-layouts-"))
+    for src in stored.rglob("*.fixture"):
+        dst = root / src.relative_to(stored).with_suffix("")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    atexit.register(shutil.rmtree, root, True)
+    return root
+
+
+FIXTURES = _lay_out_fixtures()
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 CONFIG = LoadConfig(now=NOW)
 EVENT_DTYPES = {"event_id": "object", "user_id": "object", "item_id": "object",

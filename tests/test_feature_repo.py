@@ -11,11 +11,9 @@ import builtins
 import importlib.util
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -30,19 +28,16 @@ from liber_features.featurestore import (
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     RANKER_SERVICE,
-    SHORT_TERM_SCHEMA,
     LiberFeatureConfig,
     feast_redis_connection,
-    apply_repo,
     open_store,
     sample_long_term,
     sample_short_term,
     write_parquet,
 )
 
-REPO = Path(__file__).resolve().parents[1] / "feature_repo"
-REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from feastrepo import PG_URL, REDIS_URL, REPO, Repo, cleanup
+
 ENV_NAMES = ("LIBER_DATA_DIR", "LIBER_MEMORY_SLOTS", "LIBER_VECTOR_DIM", "FEAST_FS_YAML_FILE_PATH",
              "LIBER_REDIS_URL", "LIBER_REDIS_CONNECTION", "LIBER_REGISTRY_URL")
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -55,39 +50,12 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def copy_repo(dst: Path) -> str:
-    """A checkout-like copy of feature_repo/ at ``dst`` with a unique project; returns the project."""
-    project = f"liber_t_{uuid.uuid4().hex[:10]}"
+def copy_repo(dst: Path, backend: str = "sqlite") -> Repo:
+    """A checkout-like copy of feature_repo/ at ``dst`` (own project) holding sample tables."""
     dst.mkdir(parents=True)
-    shutil.copy(REPO / "definitions.py", dst)
-    for name in ("feature_store.yaml", "feature_store.redis.yaml"):
-        text = (REPO / name).read_text().replace("project: liber\n", f"project: {project}\n")
-        (dst / name).write_text(text)
-    write_parquet(sample_long_term(USERS, NOW - timedelta(days=9)), dst / "data/user_long_term_memory.parquet",
-                  LONG_TERM_SCHEMA)
-    write_parquet(sample_short_term(USERS, NOW - timedelta(days=1)), dst / "data/user_short_term_cache.parquet",
-                  SHORT_TERM_SCHEMA)
-    return project
-
-
-def redis_env(repo: Path) -> dict[str, str]:
-    return {"FEAST_FS_YAML_FILE_PATH": str(repo / "feature_store.redis.yaml"),
-            "LIBER_REDIS_URL": REDIS_URL, "LIBER_REGISTRY_URL": PG_URL}
-
-
-def apply_definitions(store, repo: Path) -> None:
-    """``feast apply`` through the Python API (fresh module: it reads the environment)."""
-    apply_repo(store, repo)
-
-
-def cleanup_redis(repo: Path, project: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=b"*" + project.encode(), count=1000))
-    if keys:
-        client.delete(*keys)
-    open_store(repo, environ={**os.environ, **redis_env(repo)}).registry.delete_project(project)
+    repo = Repo(dst, backend)
+    repo.write(sample_long_term(USERS, NOW - timedelta(days=9)), sample_short_term(USERS, NOW - timedelta(days=1)))
+    return repo
 
 
 def test_definitions_are_side_effect_free_and_carry_the_shape(monkeypatch, tmp_path):
@@ -176,8 +144,8 @@ def _feast(*args: str, cwd: Path, env: dict[str, str]) -> str:
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("redis", marks=[pytest.mark.redis, pytest.mark.postgres])])
 def test_real_feast_cli_apply_then_materialize_incremental(tmp_path, backend):
     repo = tmp_path / "checkout" / "feature_repo"
-    project = copy_repo(repo)
-    env = redis_env(repo) if backend == "redis" else {}
+    copied = copy_repo(repo, backend)
+    project, env = copied.project, dict(copied.env)
     if backend == "redis":  # plain `feast` needs Feast's form; liber commands derive it from the URL
         env["LIBER_REDIS_CONNECTION"] = feast_redis_connection(REDIS_URL)
     try:
@@ -195,15 +163,12 @@ def test_real_feast_cli_apply_then_materialize_incremental(tmp_path, backend):
             assert np.array_equal(np.asarray(got["summary_vectors"][i], np.float32), expected.summary_vectors[i])
         assert got["cache_length"] == [3, 3, 3]
     finally:
-        if backend == "redis":
-            cleanup_redis(repo, project)
+        cleanup(copied)
 
 
 def test_liber_materialize_command_runs_late_pass(tmp_path):
     repo = tmp_path / "feature_repo"
-    copy_repo(repo)
-    store = open_store(repo, environ={})
-    apply_definitions(store, repo)
+    store = copy_repo(repo).apply()
     runner = CliRunner()
     first = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json"])
     assert first.exit_code == 0, first.output
@@ -225,11 +190,11 @@ def test_liber_materialize_command_runs_late_pass(tmp_path):
 
 def test_liber_materialize_explains_missing_data(tmp_path):
     repo = tmp_path / "feature_repo"
-    copy_repo(repo)
+    copied = copy_repo(repo)
     runner = CliRunner()
     not_applied = runner.invoke(materialize_cmd, ["--repo", str(repo)])
     assert not_applied.exit_code == 2 and "run `feast apply` first" in not_applied.stderr
-    apply_definitions(open_store(repo, environ={}), repo)
+    copied.apply()
     (repo / "data/user_short_term_cache.parquet").unlink()  # push-fed: its Parquet may not exist yet
     result = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json"])
     assert result.exit_code == 0, result.output
@@ -244,14 +209,14 @@ def test_liber_materialize_explains_missing_data(tmp_path):
 @pytest.mark.postgres
 def test_liber_materialize_reports_unreachable_redis(tmp_path, monkeypatch):
     repo = tmp_path / "feature_repo"
-    project = copy_repo(repo)
+    copied = copy_repo(repo, "redis")
     try:
-        apply_definitions(open_store(repo, environ=redis_env(repo)), repo)
-        for name, value in redis_env(repo).items():
+        copied.apply()
+        for name, value in copied.env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("LIBER_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
         result = CliRunner().invoke(materialize_cmd, ["--repo", str(repo)])
         assert result.exit_code == 2
         assert result.stderr.startswith("error: ") and "ConnectionError" in result.stderr
     finally:
-        cleanup_redis(repo, project)
+        cleanup(copied)
