@@ -72,6 +72,11 @@ user_long_term_memory = FeatureView(
             vector_length=SHAPE.vector_length,
             description="M×D interest-shift vectors, aligned with summary_vectors.",
         ),
+        Field(
+            name="recent_item_ids",
+            dtype=Array(String),
+            description="Last L item ids of the sealed partitions; the ranker's history is these + the cache.",
+        ),
         Field(name="latest_summary", dtype=String),
         Field(name="latest_shift", dtype=String),
         Field(name="encoder_version", dtype=String),

@@ -195,6 +195,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     if table:
         shape = LiberFeatureConfig.from_env()
         t = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                         history_length=shape.history_length,
                          versions=(summary["prompt_version"], llm.llm_id, enc.encoder_id))
         summary["table"] = str(write_memory_table(t, _table_path(repo, f"{LONG_TERM_VIEW}.parquet")))
         summary["table_rows"] = t.num_rows
@@ -229,7 +230,9 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
 
 from .cli_feast import COMMANDS as _FEAST_COMMANDS  # noqa: E402 - registered after the group
 
-for _command in _FEAST_COMMANDS:
+from .cli_model import COMMANDS as _MODEL_COMMANDS  # noqa: E402
+
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS):
     cli.add_command(_command)
 
 

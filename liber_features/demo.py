@@ -76,6 +76,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say("3/6 offline tables for Feast")
     shape = LiberFeatureConfig.from_env()
     table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                         history_length=shape.history_length,
                          versions=(e.prompt_version, llm.llm_id, enc.encoder_id))
     write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo))
     history = Path(data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo))

@@ -65,6 +65,7 @@ LONG_TERM_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("sealed_at", _TS), ("created_at", _TS),
     ("partition_count", pa.int64()),
     ("summary_vectors", pa.list_(pa.float32())), ("shift_vectors", pa.list_(pa.float32())),
+    ("recent_item_ids", pa.list_(pa.string())),
     ("latest_summary", pa.string()), ("latest_shift", pa.string()), ("encoder_version", pa.string()),
 ])  # fmt: skip
 SHORT_TERM_SCHEMA = pa.schema([
@@ -87,6 +88,9 @@ class LiberFeatureConfig(BaseModel):
     vector_dim: int = Field(384, ge=1, le=65536)
     """D: text-encoder output dimension. Env LIBER_VECTOR_DIM."""
 
+    history_length: int = Field(50, ge=1, le=10000)
+    """L: behaviours a ranker reads per user (``recent_item_ids`` + cache). Env LIBER_HISTORY_LENGTH."""
+
     @property
     def vector_length(self) -> int:
         """Length of one flattened M×D vector field (``summary_vectors``, ``shift_vectors``)."""
@@ -98,13 +102,14 @@ class LiberFeatureConfig(BaseModel):
         env = os.environ if environ is None else environ
         raw = {
             field: env[var]
-            for field, var in (("memory_slots", "LIBER_MEMORY_SLOTS"), ("vector_dim", "LIBER_VECTOR_DIM"))
+            for field, var in (("memory_slots", "LIBER_MEMORY_SLOTS"), ("vector_dim", "LIBER_VECTOR_DIM"),
+                               ("history_length", "LIBER_HISTORY_LENGTH"))
             if env.get(var, "").strip()
         }
         try:
             return cls.model_validate({k: int(v) for k, v in raw.items()})
         except (ValueError, ValidationError) as exc:
-            raise ConfigError(f"bad LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM {raw}: {exc}") from exc
+            raise ConfigError(f"bad LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM / LIBER_HISTORY_LENGTH {raw}: {exc}") from exc
 
 
 def data_file(name: str, repo_dir: str | Path | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -222,6 +227,7 @@ def sample_long_term(
         "partition_count": partition_count,
         "summary_vectors": vectors(),
         "shift_vectors": vectors(),
+        "recent_item_ids": [[f"{u}-old{i}" for i in range(partition_count)] for u in users],
         "latest_summary": [f"{u} liked sample items ({encoder_version})" for u in users],
         "latest_shift": [f"{u} drifted to new items ({encoder_version})" for u in users],
         "encoder_version": encoder_version,

@@ -2,7 +2,10 @@
 
 Row for partition ``j`` of a user holds the vectors of partitions ``j, j-1, …, j-M+1`` (slot 0
 = newest, zero-padded when the user has fewer), flattened to ``M×D`` float32, the partition
-count ``j+1`` and the newest summary/shift texts. Its event time is partition ``j``'s seal time,
+count ``j+1``, the newest summary/shift texts, and ``recent_item_ids``: the last L item ids of
+partitions ``0..j`` in stream order. The short-term cache holds only what came after partition
+``j``, so a ranker's behaviour history (``liber_features.inputs.history_items``) is
+``recent_item_ids + cache_item_ids`` — one online read, no second lookup. Its event time is partition ``j``'s seal time,
 so a point-in-time join at time ``t`` only ever sees partitions sealed at or before ``t``.
 
 ``encoder_version`` fingerprints (prompt version, LLM id, text encoder id): it changes whenever
@@ -44,13 +47,13 @@ def latest_versions(ledger: Ledger) -> tuple[str, str, str]:
     return p["prompt_version"], p["llm_id"], p["encoder_id"]
 
 
-def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int,
+def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int, history_length: int = 50,
                  versions: tuple[str, str, str] | None = None,
                  users: list[str] | None = None) -> pa.Table:
     """Build the long-term memory table (schema in the module docstring)."""
     pv, llm_id, enc_id = versions or latest_versions(ledger)
     q = (select(parts_t.c.user_id, parts_t.c.seq, parts_t.c.sealed_at_us, int_t.c.summary,
-                int_t.c.shift, vec_t.c.dim, vec_t.c.summary_vec, vec_t.c.shift_vec,
+                int_t.c.shift, parts_t.c.events_json, vec_t.c.dim, vec_t.c.summary_vec, vec_t.c.shift_vec,
                 vec_t.c.created_us)
          .select_from(parts_t.join(int_t, int_t.c.partition_id == parts_t.c.id)
                       .join(vec_t, vec_t.c.interest_id == int_t.c.id))
@@ -66,6 +69,7 @@ def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int,
     summ = np.zeros((n, M, D), dtype=np.float32)
     shift = np.zeros((n, M, D), dtype=np.float32)
     count = np.zeros(n, dtype=np.int64)
+    recent: list[list[str]] = []
     start = 0  # index of the current user's first row
     for i, r in enumerate(rows):
         if r.dim != D:
@@ -82,6 +86,9 @@ def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int,
             summ[i, 1:] = summ[i - 1, :-1]
             shift[i, 1:] = shift[i - 1, :-1]
         count[i] = r.seq + 1
+        # events_json rows are [event_id, item_id, ts_us, rating] in the partition's stream order.
+        items = [e[1] for e in json.loads(r.events_json)]
+        recent.append(((recent[i - 1] if i > start else []) + items)[-history_length:])
 
     def vec_column(a: np.ndarray) -> pa.Array:
         offsets = np.arange(0, (n + 1) * M * D, M * D, dtype=np.int32)
@@ -95,6 +102,7 @@ def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int,
         "partition_count": pa.array(count),
         "summary_vectors": vec_column(summ),
         "shift_vectors": vec_column(shift),
+        "recent_item_ids": pa.array(recent, pa.list_(pa.string())),
         "latest_summary": pa.array([r.summary for r in rows], pa.string()),
         "latest_shift": pa.array([r.shift for r in rows], pa.string()),
         "encoder_version": pa.array([encoder_version(pv, llm_id, enc_id)] * n, pa.string()),

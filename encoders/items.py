@@ -1,0 +1,71 @@
+"""Item text vectors: title + genres through the same text encoder as the interests.
+
+Computed once per (catalog, encoder) and cached on disk (``LIBER_CACHE_DIR``), then stored with
+the model (a constant inside the exported graph). Row 0 (PAD) and row 1 (OOV) are zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["item_text", "item_vectors", "partition_item_vectors"]
+
+
+def item_text(title: str, categories: str) -> str:
+    cats = ", ".join(c for c in str(categories or "").split("|") if c and c != "(no genres listed)")
+    return f"{title}. Genres: {cats}" if cats else str(title)
+
+
+def item_vectors(vocab: Mapping[str, int], catalog: pd.DataFrame, encoder, *, cache: bool = True) -> np.ndarray:
+    """``(len(vocab) + 2, D)`` float32, row ``vocab[item]`` = that item's unit text vector.
+
+    Items missing from the catalog are encoded from their id alone (nothing else is known).
+    """
+    meta = catalog.set_index("item_id")
+    ids = sorted(vocab, key=vocab.__getitem__)
+    texts = [item_text(meta.at[i, "title"], meta.at[i, "categories"]) if i in meta.index else str(i)
+             for i in ids]
+    key = hashlib.sha256("\x1e".join([encoder.encoder_id, *ids, *texts]).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("LIBER_CACHE_DIR") or Path.home() / ".cache/liber-features")
+    path = root / f"item-vectors-{key}.npy"
+    if cache and path.exists():
+        return np.load(path)
+    out = np.zeros((len(vocab) + 2, encoder.dim), np.float32)
+    out[[vocab[i] for i in ids]] = encoder.encode(texts)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(path)
+    return out
+
+
+def partition_item_vectors(part_items: list[list[str]], vocab: Mapping[str, int],
+                           item_vecs: np.ndarray, owners: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The no-LLM memory: per partition row, the unit mean of its items' text vectors ("summary"),
+    and the unit change from the same user's previous partition ("shift"; zeros for partition 0).
+
+    ``part_items`` and ``owners`` are aligned with the training set's partition table (row 0 empty,
+    rows of one user consecutive in partition order).
+    """
+    D = item_vecs.shape[1]
+    summ = np.zeros((len(part_items), D), np.float32)
+    shift = np.zeros_like(summ)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(v)
+        return v / n if n > 0 else v
+
+    for r in range(1, len(part_items)):
+        idx = [vocab[i] for i in part_items[r] if i in vocab]
+        if idx:
+            summ[r] = unit(item_vecs[idx].mean(0))
+        if r > 1 and owners[r] == owners[r - 1]:
+            shift[r] = unit(summ[r] - summ[r - 1])
+    return summ, shift

@@ -1,0 +1,104 @@
+"""Small real ledgers for the model tests: MovieLens users → ledger → fake-LLM encode → Feast repo.
+
+The LLM and text encoder are deterministic functions of their input text (never of call order),
+so two ledgers built from the same events hold bit-identical vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from liber_features.events import load_events
+from liber_features.featurestore import LONG_TERM_VIEW, SHORT_TERM_VIEW, LiberFeatureConfig, data_file
+from liber_features.ingest import append_cache_history, current_caches, ingest
+from liber_features.interest import run_encode
+from liber_features.ledger import Ledger
+from liber_features.memory import memory_table, write_memory_table
+from liber_features.partition import PartitionRule
+
+from conftest import ml_latest_small
+from feastrepo import Repo
+
+
+@dataclass
+class Gen:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class HashLLM:
+    """The reply is a digest of the prompt: deterministic, different for different partitions."""
+
+    llm_id = "fake:hash@1"
+    decoding = {"max_new_tokens": 8}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, prompts):
+        self.calls += len(prompts)
+        return [Gen("likes " + hashlib.sha256(m[-1]["content"].encode()).hexdigest()[:12], 10, 3)
+                for m in prompts]
+
+
+class HashEncoder:
+    encoder_id = "fake-hash-enc@1"
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+def movielens_users(users: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Real events (user_id, item_id, timestamp, rating) of these users, and their catalog."""
+    root = ml_latest_small()
+    r = pd.read_csv(root / "ratings.csv", dtype={"userId": str, "movieId": str})
+    r = r[r.userId.isin(users)].rename(columns={"userId": "user_id", "movieId": "item_id"})
+    m = pd.read_csv(root / "movies.csv", dtype={"movieId": str})
+    m = m[m.movieId.isin(set(r.item_id))].rename(columns={"movieId": "item_id", "genres": "categories"})
+    return r[["user_id", "item_id", "timestamp", "rating"]], m[["item_id", "title", "categories"]]
+
+
+def write_log(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, name: str = "log") -> tuple[Path, Path]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    ev, cat = tmp / f"{name}.csv", tmp / f"{name}-catalog.csv"
+    events.to_csv(ev, index=False)
+    catalog.to_csv(cat, index=False)
+    return ev, cat
+
+
+def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: int,
+                 shape: LiberFeatureConfig) -> tuple[Ledger, Repo, object]:
+    """Ingest + encode (fake LLM) + long-term table + ``feast apply`` on the embedded store."""
+    ledger = Ledger(f"sqlite:///{tmp / 'ledger.db'}")
+    ev, cat = write_log(tmp / "in", events, catalog)
+    ingest(load_events(ev, cat), ledger, PartitionRule(k=k), progress=False)
+    enc = HashEncoder(shape.vector_dim)
+    s = run_encode(ledger, HashLLM(), enc, progress=False)
+    repo_dir = tmp / "repo"
+    repo_dir.mkdir(exist_ok=True)
+    repo = Repo(repo_dir, "sqlite")
+    table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                         history_length=shape.history_length,
+                         versions=(s.prompt_version, HashLLM.llm_id, enc.encoder_id))
+    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo_dir))
+    append_cache_history(current_caches(ledger), data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo_dir))
+    store = repo.apply()
+    return ledger, repo, store
+
+
+def online_caches(ledger: Ledger) -> pd.DataFrame:
+    return current_caches(ledger)

@@ -1,0 +1,90 @@
+"""ONNX export: onnxruntime equals torch on real samples, for 1 to 1,000 candidates; the card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from liber_features.featurestore import LiberFeatureConfig
+from liber_features.inputs import INPUT_NAMES
+from liber_features.modelcard import ModelCard
+from liber_features.samples import SampleConfig, build_training_set
+
+from modelkit import encoded_repo, movielens_users
+
+SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import os
+
+    from encoders.train import TrainConfig, train
+
+    env = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        tmp = tmp_path_factory.mktemp("export")
+        events, catalog = movielens_users(["1", "5", "8"])
+        ledger, _, store = encoded_repo(tmp, events, catalog, k=10, shape=SHAPE)
+        ts = build_training_set(ledger, store, SampleConfig(), SHAPE)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    text = np.random.default_rng(0).standard_normal((len(ts.item_vocab) + 2, 8)).astype(np.float32)
+    text[:2] = 0
+    out = {}
+    for backbone in ("din", "dcnv2"):
+        r = train(ts, text, TrainConfig(backbone=backbone, liber="both", epochs=2, batch_size=64,
+                                        device="cpu"), log=lambda _m: None)
+        out[backbone] = r
+    return ts, out, tmp
+
+
+def one_user(ts, i, items):
+    rows = ts.slot_rows[i][None]
+    summ, shift = ts.vectors(rows)
+    return {"user_idx": ts.user_idx[i:i + 1], "summary": summ, "shift": shift,
+            "partition_count": ts.partition_count[i:i + 1], "hist_idx": ts.hist_idx[i:i + 1],
+            "item_idx": items}
+
+
+@pytest.mark.parametrize("backbone", ["din", "dcnv2"])
+def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_path):
+    import onnxruntime as ort
+
+    from encoders.export import export_onnx, torch_scores
+    from liber_features.training import checkpoint_meta
+
+    ts, results, _ = trained
+    r = results[backbone]
+    meta = checkpoint_meta(ts, r, ("pv1", "fake:hash@1", "fake-hash-enc@1"), _Ledger())
+    card = export_onnx(r.model, meta, tmp_path)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == list(INPUT_NAMES)
+    zero = int(np.flatnonzero(ts.partition_count == 0)[0])
+    full = int(np.flatnonzero(ts.partition_count >= SHAPE.memory_slots)[0])
+    rng = np.random.default_rng(1)
+    for i in (zero, full):
+        for n in (1, 100, 1000):
+            items = rng.integers(1, len(ts.item_vocab) + 2, n).astype(np.int64)
+            feeds = one_user(ts, i, items)
+            got = sess.run(None, feeds)[0]
+            want = torch_scores(r.model, feeds)
+            assert got.shape == (n,) and got.dtype == np.float32
+            assert np.abs(got - want).max() <= 1e-5
+    # The card is what a scorer needs, and it round-trips.
+    back = ModelCard.load(tmp_path)
+    assert back == card and back.memory_slots == 3 and back.history_length == 6
+    assert back.item_vocab == ts.item_vocab and back.oov_item_index == 1
+    assert back.feature_service == "liber_ranker_v1" and back.opset >= 17
+    assert [(t.name, t.shape) for t in back.inputs][-1] == ("item_idx", ["N"])
+    assert json.loads((tmp_path / "model_card.json").read_text())["backbone"] == backbone
+
+
+class _Ledger:
+    def safe_url(self):
+        return "sqlite:///test"
