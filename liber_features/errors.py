@@ -11,6 +11,7 @@ on stderr and a non-zero exit, never a traceback.
     │   └── LLMUnavailable   an LLM backend (e.g. an OpenAI-compatible server) cannot be reached
     ├── VectorShapeError     a vector of the wrong length was about to be written
     ├── FeatureStoreError    Feast / the online store refused or cannot be reached
+    │   └── OnlineStoreError an online read failed, timed out or returned a wrong-shaped value
     └── MissingDependency    an optional dependency is not installed (names the extra to install)
 
 Row-level problems in input data are *not* exceptions: they go to the quarantine table with the
@@ -28,6 +29,7 @@ __all__ = [
     "LLMUnavailable",
     "VectorShapeError",
     "FeatureStoreError",
+    "OnlineStoreError",
     "MissingDependency",
 ]
 
@@ -64,6 +66,10 @@ class VectorShapeError(LiberError):
 
 class FeatureStoreError(LiberError):
     """Feast or the online store refused an operation or cannot be reached."""
+
+
+class OnlineStoreError(FeatureStoreError):
+    """An online read for scoring failed, timed out or returned a wrong-shaped value; names the store."""
 
 
 class MissingDependency(LiberError):

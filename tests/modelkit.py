@@ -81,7 +81,7 @@ def write_log(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, name: str 
 
 
 def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: int,
-                 shape: LiberFeatureConfig) -> tuple[Ledger, Repo, object]:
+                 shape: LiberFeatureConfig, backend: str = "sqlite") -> tuple[Ledger, Repo, object]:
     """Ingest + encode (fake LLM) + long-term table + ``feast apply`` on the embedded store."""
     ledger = Ledger(f"sqlite:///{tmp / 'ledger.db'}")
     ev, cat = write_log(tmp / "in", events, catalog)
@@ -90,7 +90,7 @@ def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: i
     s = run_encode(ledger, HashLLM(), enc, progress=False)
     repo_dir = tmp / "repo"
     repo_dir.mkdir(exist_ok=True)
-    repo = Repo(repo_dir, "sqlite")
+    repo = Repo(repo_dir, backend)
     table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
                          history_length=shape.history_length,
                          versions=(s.prompt_version, HashLLM.llm_id, enc.encoder_id))
@@ -102,3 +102,24 @@ def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: i
 
 def online_caches(ledger: Ledger) -> pd.DataFrame:
     return current_caches(ledger)
+
+
+def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber: str = "both",
+                 epochs: int = 2):
+    """Train a small model on ``ts`` (random item text vectors) and export it; return the result."""
+    from encoders.export import export_onnx
+    from encoders.train import TrainConfig, train
+    from liber_features.training import checkpoint_meta
+
+    text = np.random.default_rng(0).standard_normal((len(ts.item_vocab) + 2, 8)).astype(np.float32)
+    text[:2] = 0
+    r = train(ts, text, TrainConfig(backbone=backbone, liber=liber, epochs=epochs, batch_size=64,
+                                    device="cpu"), log=lambda _m: None)
+
+    class _L:
+        def safe_url(self):
+            return "sqlite:///test"
+
+    export_onnx(r.model, checkpoint_meta(ts, r, versions, _L()),
+                model_dir)
+    return r

@@ -1,0 +1,166 @@
+"""Reading one or many users' ``liber_ranker_v1`` features online: Feast's path and a Redis fast path.
+
+Both return, per user, a dict of the raw values the model inputs are built from
+(``liber_features.inputs.user_inputs``), or ``None`` for a user the store has never seen:
+
+- :class:`FeastFetcher` calls ``get_online_features`` with the FeatureService looked up **once**
+  (a per-request ``get_feature_service`` is a registry query: ~1.5 ms of a ~3.7 ms request on the
+  SQL registry). Works with any Feast online store.
+- :class:`RedisFetcher` follows Feast's Redis layout exactly — one hash per entity key
+  (``_redis_key``), fields ``mmh3("<view>:<feature>")`` plus ``_ts:<view>``, ``ValueProto`` values
+  — and reads every field of both views with **one** ``HMGET`` per user (one pipeline for many
+  users). Float vectors are decoded with ``np.frombuffer`` on the packed bytes (no per-value
+  protobuf or pandas round trip); the handful of scalar/string fields go through ``ValueProto``.
+  Its client has a socket timeout, so a slow or dead Redis costs at most ``timeout_ms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import OnlineStoreError
+from .featurestore import LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+__all__ = ["FEATURES", "FeastFetcher", "RedisFetcher", "make_fetcher"]
+
+# (view, feature) pairs the scorer reads; the service may hold more, these are what it needs.
+FEATURES: tuple[tuple[str, str], ...] = (
+    (LONG_TERM_VIEW, "summary_vectors"), (LONG_TERM_VIEW, "shift_vectors"),
+    (LONG_TERM_VIEW, "partition_count"), (LONG_TERM_VIEW, "recent_item_ids"),
+    (LONG_TERM_VIEW, "encoder_version"), (SHORT_TERM_VIEW, "cache_item_ids"),
+)  # fmt: skip
+_VECTORS = {"summary_vectors", "shift_vectors"}
+
+
+class FeastFetcher:
+    """``get_online_features`` through ``liber_ranker_v1``, the service looked up once."""
+
+    name = "feast"
+
+    def __init__(self, store: FeatureStore, service: str = RANKER_SERVICE) -> None:
+        self.store = store
+        self.service = store.get_feature_service(service)
+        self.where = f"Feast online store ({store.config.online_store.type})"
+
+    def fetch(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        try:
+            rows = self.store.get_online_features(
+                features=self.service, entity_rows=[{"user_id": u} for u in user_ids],
+                full_feature_names=True).to_dict()
+        except Exception as exc:  # Feast surfaces store failures as many unrelated types
+            raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+        out: list[dict[str, Any] | None] = []
+        for i in range(len(user_ids)):
+            values = {f: rows[f"{v}__{f}"][i] for v, f in FEATURES}
+            out.append(None if all(x is None for x in values.values()) else values)
+        return out
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+class RedisFetcher:
+    """One ``HMGET`` per user in Feast's own Redis layout (module docstring)."""
+
+    name = "redis"
+
+    def __init__(self, store: FeatureStore, timeout_ms: float = 50.0) -> None:
+        import redis
+        from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from feast.protos.feast.types.Value_pb2 import FloatList, Value
+
+        cfg = store.config
+        if cfg.online_store.type != "redis":
+            raise OnlineStoreError(f"the Redis fast path needs a Redis online store, not {cfg.online_store.type!r}")
+        if cfg.online_store.redis_type.value != "redis":
+            raise OnlineStoreError("the Redis fast path reads a single Redis (not cluster/sentinel) here")
+        self.project, self.version = cfg.project, cfg.entity_key_serialization_version
+        versioning = cfg.registry.enable_online_feature_view_versioning
+        names = {v: compute_versioned_name(store.get_feature_view(v), versioning)
+                 for v in (LONG_TERM_VIEW, SHORT_TERM_VIEW)}
+        self.fields = [_mmh3(f"{names[v]}:{f}") for v, f in FEATURES]
+        self.fields += [f"_ts:{names[LONG_TERM_VIEW]}", f"_ts:{names[SHORT_TERM_VIEW]}"]
+        nodes, kwargs = RedisOnlineStore._parse_connection_string(cfg.online_store.connection_string)
+        self.where = f"Redis at {nodes[0]['host']}:{nodes[0]['port']}"  # never the password
+        self.client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs,
+                                  socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000)
+        self._Value = Value
+        # Wire tags of Value.float_list_val and FloatList.val (packed): checked, never assumed.
+        self._outer = (Value.DESCRIPTOR.fields_by_name["float_list_val"].number << 3) | 2
+        self._inner = (FloatList.DESCRIPTOR.fields_by_name["val"].number << 3) | 2
+
+    def key(self, user_id: str) -> bytes:
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        ek = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=str(user_id))])
+        return _redis_key(self.project, ek, self.version)
+
+    def floats(self, raw: bytes) -> np.ndarray:
+        """A ``Value{float_list_val}`` → float32 array, zero-copy from the packed bytes."""
+        tag, pos = _varint(raw, 0)
+        if tag == self._outer:
+            _, pos = _varint(raw, pos)
+            if pos == len(raw):  # an empty list
+                return np.zeros(0, np.float32)
+            tag2, pos2 = _varint(raw, pos)
+            if tag2 == self._inner:
+                n, pos2 = _varint(raw, pos2)
+                return np.frombuffer(raw, dtype="<f4", count=n // 4, offset=pos2)
+        return np.asarray(self._Value.FromString(raw).float_list_val.val, np.float32)
+
+    def _decode(self, values: list[bytes | None]) -> dict[str, Any] | None:
+        if all(v is None for v in values):
+            return None
+        out: dict[str, Any] = {}
+        for (_, f), raw in zip(FEATURES, values):
+            if raw is None:
+                out[f] = None
+            elif f in _VECTORS:
+                out[f] = self.floats(raw)
+            else:
+                v = self._Value.FromString(raw)
+                kind = v.WhichOneof("val")
+                val = getattr(v, kind) if kind else None
+                out[f] = list(val.val) if hasattr(val, "val") else val
+        return out
+
+    def fetch(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        import redis
+
+        try:
+            if len(user_ids) == 1:
+                replies = [self.client.hmget(self.key(user_ids[0]), self.fields)]
+            else:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for u in user_ids:
+                        pipe.hmget(self.key(u), self.fields)
+                    replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+        return [self._decode(r[: len(FEATURES)]) for r in replies]
+
+
+def make_fetcher(store: FeatureStore, path: str = "auto", timeout_ms: float = 50.0):
+    """``auto``: the Redis fast path on a Redis online store, Feast's path on any other."""
+    if path not in ("auto", "redis", "feast"):
+        raise OnlineStoreError(f"unknown fetch path {path!r}: auto, redis or feast")
+    if path == "redis" or (path == "auto" and store.config.online_store.type == "redis"):
+        return RedisFetcher(store, timeout_ms)
+    return FeastFetcher(store)
