@@ -115,4 +115,61 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, ep
          "evaluation written")
 
 
-COMMANDS = [train_cmd, export_cmd, evaluate_cmd]
+def _scorer(model_dir, repo, fetch, timeout_ms, on_store_error):
+    from .serving import LiberScorer, ScorerConfig
+
+    return LiberScorer.load(model_dir, repo, config=ScorerConfig(
+        fetch=fetch, timeout_ms=timeout_ms, on_store_error=on_store_error))
+
+
+scorer_options = [
+    click.option("--model", "model_dir", default="models/liber", show_default=True, type=click.Path()),
+    repo_option,
+    click.option("--fetch", type=click.Choice(["auto", "redis", "feast"]), default="auto", show_default=True,
+                 help="auto: Redis fast path on a Redis online store, Feast's path otherwise"),
+    click.option("--timeout-ms", type=click.FloatRange(min=0, min_open=True), default=50.0, show_default=True),
+    click.option("--on-store-error", type=click.Choice(["raise", "degrade"]), default="degrade",
+                 show_default=True, help="when the online store fails: error, or score without LIBER"),
+]
+
+
+def _with_scorer_options(f):
+    for opt in reversed(scorer_options):
+        f = opt(f)
+    return f
+
+
+@click.command("score")
+@_with_scorer_options
+@click.option("--user", "user_id", required=True)
+@click.option("--items", default=None, metavar="ID,ID,...", help="candidates (default: every item)")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, user_id, items, top, as_json) -> None:
+    """Score one user's candidates online and print the top ones."""
+    scorer = _scorer(model_dir, repo, fetch, timeout_ms, on_store_error)
+    res, best = scorer.top(user_id, top, items.split(",") if items else None)
+    emit({"user_id": user_id, "top": best, "cold_start": res.cold_start, "degraded": res.degraded,
+          "encoder_version": res.encoder_version, "fetch_ms": round(res.fetch_ms, 3),
+          "score_ms": round(res.score_ms, 3)}, as_json, f"scores for user {user_id}")
+
+
+@click.command("serve")
+@_with_scorer_options
+@ledger_option
+@schema_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, host, port) -> None:
+    """Serve POST /score, GET /users/{id}/interests, /healthz and /metrics over HTTP."""
+    import uvicorn
+
+    from .ledger import Ledger
+    from .service import create_app
+
+    scorer = _scorer(model_dir, repo, fetch, timeout_ms, on_store_error)
+    ledger = Ledger(ledger_url, schema=ledger_schema) if ledger_url else None
+    uvicorn.run(create_app(scorer, ledger), host=host, port=port, log_level="warning")
+
+
+COMMANDS = [train_cmd, export_cmd, evaluate_cmd, score_cmd, serve_cmd]

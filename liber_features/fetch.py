@@ -84,7 +84,7 @@ class RedisFetcher:
         from feast.infra.online_stores.redis import RedisOnlineStore
         from feast.protos.feast.types.Value_pb2 import FloatList, Value
 
-        cfg = store.config
+        cfg, self.store = store.config, store
         if cfg.online_store.type != "redis":
             raise OnlineStoreError(f"the Redis fast path needs a Redis online store, not {cfg.online_store.type!r}")
         if cfg.online_store.redis_type.value != "redis":

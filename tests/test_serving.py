@@ -26,32 +26,7 @@ from liber_features.serving import LiberScorer, ScorerConfig
 from feastrepo import cleanup, redis_client
 from modelkit import encoded_repo, export_model, movielens_users
 
-SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
-ENV = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
-USERS = ["1", "5", "8"]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A Redis-backed repo holding three real MovieLens users, and a model trained on them."""
-    redis_client()
-    old = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    tmp = tmp_path_factory.mktemp("serving")
-    events, catalog = movielens_users(USERS)
-    ledger, repo, store = encoded_repo(tmp, events, catalog, k=10, shape=SHAPE, backend="redis")
-    try:
-        ts = build_training_set(ledger, store, SampleConfig(), SHAPE)
-        model = export_model(tmp / "model", ts, latest_versions(ledger))
-        table = to_frame(memory_table(ledger, memory_slots=3, vector_dim=4, history_length=6))
-        write_online(store, LONG_TERM_VIEW, table)
-        push_short_term_cache(store, current_caches(ledger))
-        yield {"tmp": tmp, "ledger": ledger, "repo": repo, "store": store, "ts": ts, "model": model,
-               "model_dir": tmp / "model"}
-    finally:
-        cleanup(repo)
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+from servekit import ENV, USERS, world  # noqa: F401 - the shared fixture
 
 
 def test_fast_path_equals_feast_path(world):

@@ -1,0 +1,46 @@
+"""A served world for the scorer and HTTP tests: three real MovieLens users on the real Redis, a
+small model trained on them and exported. Module-scoped: built once per test module."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from liber_features.featurestore import LONG_TERM_VIEW, LiberFeatureConfig
+from liber_features.ingest import current_caches
+from liber_features.memory import latest_versions, memory_table, to_frame
+from liber_features.online import push_short_term_cache, write_online
+from liber_features.samples import SampleConfig, build_training_set
+
+from feastrepo import cleanup, redis_client
+from modelkit import encoded_repo, export_model, movielens_users
+
+SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
+ENV = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
+USERS = ["1", "5", "8"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A Redis-backed repo holding three real MovieLens users, and a model trained on them."""
+    redis_client()
+    old = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV)
+    tmp = tmp_path_factory.mktemp("serving")
+    events, catalog = movielens_users(USERS)
+    ledger, repo, store = encoded_repo(tmp, events, catalog, k=10, shape=SHAPE, backend="redis")
+    try:
+        ts = build_training_set(ledger, store, SampleConfig(), SHAPE)
+        model = export_model(tmp / "model", ts, latest_versions(ledger))
+        table = to_frame(memory_table(ledger, memory_slots=3, vector_dim=4, history_length=6))
+        write_online(store, LONG_TERM_VIEW, table)
+        push_short_term_cache(store, current_caches(ledger))
+        yield {"tmp": tmp, "ledger": ledger, "repo": repo, "store": store, "ts": ts, "model": model,
+               "model_dir": tmp / "model"}
+    finally:
+        cleanup(repo)
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+

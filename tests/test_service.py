@@ -1,0 +1,95 @@
+"""``liber serve``'s HTTP API: answers, validation (422), no 5xx under schemathesis, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+
+from liber_features.service import create_app
+from liber_features.serving import LiberScorer, ScorerConfig
+
+from servekit import world  # noqa: F401 - the shared fixture
+
+
+@pytest.fixture(scope="module")
+def app(world):  # noqa: F811
+    scorer = LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"],
+                              config=ScorerConfig(on_store_error="degrade"))
+    return create_app(scorer, world["ledger"])
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_score_answers_in_candidate_order_with_provenance(client, world):  # noqa: F811
+    r = client.post("/score", json={"user_id": "1", "item_ids": ["1", "3", "zz-unknown"]})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["scores"]) == 3 and all(0 < s < 1 for s in body["scores"])
+    assert body["unknown_items"] == [2] and body["cold_start"] is False and body["degraded"] is False
+    assert body["model"] == "din+liber:both" and body["encoder_version"] is not None
+    scorer = LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"])
+    assert body["scores"] == pytest.approx(scorer.score("1", ["1", "3", "zz-unknown"]).scores.tolist(), abs=1e-7)
+    new = client.post("/score", json={"user_id": "someone-new", "item_ids": ["1"]}).json()
+    assert new["cold_start"] is True and new["encoder_version"] is None
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"user_id": 1, "item_ids": ["1"]}, "user_id"),
+    ({"user_id": "1", "item_ids": []}, "item_ids"),
+    ({"user_id": "1", "item_ids": ["x"] * 1001}, "item_ids"),
+    ({"user_id": "1", "item_ids": [1, 2]}, "item_ids"),
+    ({"user_id": "1"}, "item_ids"),
+    ({"user_id": "1", "item_ids": ["1"], "extra": True}, "extra"),
+])
+def test_bad_requests_answer_422_naming_the_field(client, body, where):
+    r = client.post("/score", json=body)
+    assert r.status_code == 422
+    assert where in str(r.json()["detail"]) and "Traceback" not in r.text
+
+
+def test_interests_show_partitions_with_their_texts(client):
+    body = client.get("/users/1/interests").json()
+    assert body["partition_count"] == 23 and len(body["partitions"]) == 23
+    p0 = body["partitions"][0]
+    assert p0["seq"] == 0 and p0["n_events"] == 10 and p0["summary"].startswith("likes ")
+    assert body["latest_summary"] == body["partitions"][-1]["summary"]
+
+
+def test_healthz_and_metrics(client):
+    h = client.get("/healthz")
+    assert h.status_code == 200 and h.json()["store_reachable"] is True
+    client.post("/score", json={"user_id": "1", "item_ids": ["1"]})
+    text = client.get("/metrics").text
+    assert 'liber_requests_total{endpoint="/score",status="200"}' in text
+    assert "liber_score_latency_seconds_bucket" in text and "liber_degraded_total" in text
+
+
+def test_no_5xx_for_any_request_the_schema_allows(app):
+    """schemathesis generates requests from the service's own /openapi.json (bounded examples)."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [op.ok() for op in schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
+        "POST /score", "GET /users/{user_id}/interests", "GET /healthz", "GET /metrics"}
+    seen = []
+
+    @given(data=st.data())
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(data):
+        op = data.draw(st.sampled_from(operations))
+        mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
+        case = data.draw(op.as_strategy(generation_mode=mode))
+        response = case.call()
+        seen.append(response.status_code)
+        assert response.status_code < 500, (case.method, case.path, response.text)
+
+    check()
+    assert 200 in seen and 422 in seen  # it reached both valid and invalid requests
