@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from encoders.items import partition_item_vectors
 from encoders.train import TrainConfig, _Batches, predict, train
 from liber_features.samples import TrainingSet
 
-__all__ = ["GridConfig", "run_grid", "write_reports", "PARTITION_BUCKETS"]
+__all__ = ["PARTITION_BUCKETS", "GridConfig", "run_grid", "write_reports"]
 
 PARTITION_BUCKETS = [(0, 0), (1, 2), (3, 7), (8, 10**9)]
 VARIANT_LABEL = {"none": "backbone alone", "both": "LIBER summary + shift",
@@ -121,7 +121,7 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
         "label": "rating >= 4", "prompt_version": versions[0], "llm": versions[1],
         "text_encoder": versions[2], "encode": facts, "samples": ts.counts,
         "grid": grid.model_dump(), "machine": f"{platform.machine()}, {platform.system()}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     doc = {"header": header, "summary": summary, "runs": results["rows"]}
     (out / "evaluation.json").write_text(json.dumps(doc, indent=1, default=str))

@@ -9,7 +9,7 @@ a constant of the graph, so nothing but ``model.onnx`` + ``model_card.json`` is 
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from liber_features.errors import ConfigError
 from liber_features.inputs import INPUT_NAMES
 from liber_features.modelcard import MODEL_FILE, ModelCard, TensorSpec
 
-__all__ = ["save_checkpoint", "load_checkpoint", "export_onnx", "CHECKPOINT", "OPSET"]
+__all__ = ["CHECKPOINT", "OPSET", "export_onnx", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT = "model.pt"
 OPSET = 17
@@ -100,7 +100,7 @@ def export_onnx(model: Backbone, meta: dict[str, Any], model_dir: str | Path) ->
         llm_id=meta["llm_id"], text_encoder_id=meta["text_encoder_id"],
         encoder_version=meta["encoder_version"], metrics=meta["metrics"],
         train_time_range=meta["train_time_range"], train_config=meta["config"],
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"))
     card.save(out)
     return card
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ItemEmbedding", "MLP", "expand_users"]
+__all__ = ["MLP", "ItemEmbedding", "expand_users"]
 
 
 class ItemEmbedding(nn.Module):

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from encoders import checkpoints
 from liber_features.errors import ConfigError, EncoderError, LLMUnavailable
 
-__all__ = ["DecodingConfig", "Generation", "LLM", "OpenAICompatLLM", "TransformersLLM", "load_llm"]
+__all__ = ["LLM", "DecodingConfig", "Generation", "OpenAICompatLLM", "TransformersLLM", "load_llm"]
 
 Prompt = list[dict[str, str]]  # chat messages: [{"role": "system" | "user" | "assistant", "content": ...}]
 _ROLES = {"system", "user", "assistant"}
@@ -215,7 +215,7 @@ class OpenAICompatLLM:
         if max_concurrency < 1 or retries < 0:
             raise ConfigError("max_concurrency must be ≥ 1 and retries ≥ 0")
         base = base_url.rstrip("/")
-        base = base[: -len("/v1")] if base.endswith("/v1") else base  # accept both spellings
+        base = base.removesuffix("/v1")  # accept both spellings
         self.url = f"{base}/v1/chat/completions"
         self.model = model
         self.config = decoding or DecodingConfig()

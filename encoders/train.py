@@ -23,7 +23,7 @@ from encoders.dcnv2 import DCNv2
 from encoders.din import DIN
 from liber_features.samples import SPLITS, TrainingSet
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "train", "predict", "metrics", "BACKBONES"]
+__all__ = ["BACKBONES", "TrainConfig", "TrainResult", "build_model", "metrics", "predict", "train"]
 
 BACKBONES: dict[str, type[Backbone]] = {"din": DIN, "dcnv2": DCNv2}
 Variant = Literal["none", "both", "summary", "nollm"]
@@ -69,11 +69,13 @@ class TrainResult:
                 "peak_rss_mb": round(self.peak_rss_mb), "history": self.history}
 
 
-def build_model(cfg: TrainConfig, ts: TrainingSet, item_text: np.ndarray) -> Backbone:
+def build_model(cfg: TrainConfig, ts: TrainingSet, item_text: np.ndarray, vector_dim: int | None = None
+                ) -> Backbone:
+    """``vector_dim``: width of the memory vectors (the no-LLM tables have the item text width)."""
     torch.manual_seed(cfg.seed)
     return BACKBONES[cfg.backbone](
         n_users=len(ts.user_vocab) + 1, item_text=torch.from_numpy(item_text),
-        vector_dim=ts.shape.vector_dim, dim=cfg.dim,
+        vector_dim=vector_dim or ts.shape.vector_dim, dim=cfg.dim,
         liber="both" if cfg.liber == "nollm" else cfg.liber)
 
 
@@ -81,7 +83,7 @@ class _Batches:
     """The training set as device tensors; gathers the memory vectors per batch (bounded memory)."""
 
     def __init__(self, ts: TrainingSet, tables: tuple[np.ndarray, np.ndarray], device: torch.device):
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
         self.user, self.item, self.hist = t(ts.user_idx), t(ts.item_idx), t(ts.hist_idx)
         self.count, self.rows, self.label = t(ts.partition_count), t(ts.slot_rows), t(ts.label)
         self.summ, self.shift = t(tables[0]), t(tables[1])
@@ -119,7 +121,7 @@ def metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, float]
         den += len(sel)
     return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, p, labels=[0, 1])),
             "gauc": float(num / den) if den else float("nan"), "gauc_users_skipped": skipped,
-            "samples": int(len(y))}
+            "samples": len(y)}
 
 
 def train(ts: TrainingSet, item_text: np.ndarray, cfg: TrainConfig,
@@ -128,8 +130,9 @@ def train(ts: TrainingSet, item_text: np.ndarray, cfg: TrainConfig,
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(cfg, ts, item_text).to(device)
-    data = _Batches(ts, tables or (ts.summary_table, ts.shift_table), device)
+    tables = tables or (ts.summary_table, ts.shift_table)
+    model = build_model(cfg, ts, item_text, tables[0].shape[1]).to(device)
+    data = _Batches(ts, tables, device)
     train_idx = np.flatnonzero(ts.mask("train"))
     if cfg.max_train_samples:
         train_idx = np.sort(rng.permutation(train_idx)[: cfg.max_train_samples])

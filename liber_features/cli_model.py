@@ -7,6 +7,7 @@ ledger, ``feast apply``), so a training set is always built from what Feast woul
 from __future__ import annotations
 
 from pathlib import Path
+
 import click
 
 from .cli import emit, ledger_option, schema_option
@@ -96,7 +97,8 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, ep
     """The evaluation grid: backbones × LIBER variants × seeds → docs/evaluation.{md,json,png}."""
     from encoders.evaluate import GridConfig, run_grid, write_reports
 
-    from .training import ledger_facts, load_set, save_set as save
+    from .training import ledger_facts, load_set
+    from .training import save_set as save
 
     say = (lambda _m: None) if as_json else click.echo
     if training_set:

@@ -50,7 +50,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     ledger = Ledger(f"sqlite:///{(workdir / 'ledger.db').resolve()}")
-    say(f"1/6 ingest {data} (K={k}) into {ledger.safe_url()}")
+    say(f"1/9 ingest {data} (K={k}) into {ledger.safe_url()}")
     caches: list[pd.DataFrame] = []
     s = ingest(load_events(data), ledger, PartitionRule(k=k), progress=False,
                on_caches=caches.append)
@@ -60,7 +60,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    {s.accepted} new events, {s.partitions_sealed} partitions sealed, "
         f"{s.cached_events} events in short-term caches")
 
-    say(f"2/6 encode users {','.join(users)}: SmolLM2-135M summaries + shifts, MiniLM vectors")
+    say(f"2/9 encode users {','.join(users)}: SmolLM2-135M summaries + shifts, MiniLM vectors")
     from encoders.llm import DecodingConfig, load_llm
     from encoders.text import TextEncoder
 
@@ -73,7 +73,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    {e.partitions_done} partitions encoded with {e.llm_calls} LLM calls "
         f"({e.skipped_already_done} already done), {e.failed} failed")
 
-    say("3/6 offline tables for Feast")
+    say("3/9 offline tables for Feast")
     shape = LiberFeatureConfig.from_env()
     table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
                          history_length=shape.history_length,
@@ -85,18 +85,18 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
         append_cache_history(current, history)
     say(f"    {table.num_rows} long-term rows, {len(current)} short-term caches")
 
-    say(f"4/6 feast apply ({repo})")
+    say(f"4/9 feast apply ({repo})")
     store = open_store(repo)
     out["applied"] = apply_repo(store, repo)
 
-    say("5/6 materialize long-term memory, push short-term caches online")
+    say("5/9 materialize long-term memory, push short-term caches online")
     report = materialize(store)
     pushed = push_short_term_cache(store, current)
     out["online"] = {"store": store.config.online_store.type, "caches_pushed": pushed,
                      "late_rows": report.late_rows}
 
     user = users[0]
-    say(f"6/6 ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")
+    say(f"6/9 ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")
     service = store.get_feature_service(RANKER_SERVICE)
     online = store.get_online_features(features=service, entity_rows=[{"user_id": user}],
                                        full_feature_names=True).to_dict()
@@ -124,5 +124,47 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    latest summary: {f['latest_summary']}")
     say(f"    latest shift:   {f['latest_shift']}")
     say(f"    online == offline point-in-time vectors: {f['online_equals_offline']}")
+    out["model"] = _model_steps(ledger, repo, workdir, user, enc, say)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable[[str], None]) -> dict[str, Any]:
+    """7-9: a small LIBER model on the leak-free training set → ONNX → scored online by user_id."""
+    from sqlalchemy import select
+
+    from encoders.export import export_onnx, save_checkpoint
+    from encoders.items import item_vectors
+    from encoders.train import TrainConfig, train
+
+    from .ledger import events
+    from .serving import LiberScorer
+    from .training import checkpoint_meta, prepare_training_set
+
+    say("7/9 train DIN + LIBER on the leak-free training set (a small demo model: 20k samples, 2 epochs)")
+    _, ts, versions = prepare_training_set(ledger.url, None, str(repo), say=lambda m: say("    " + m))
+    items = item_vectors(ts.item_vocab, ts.catalog, enc)  # once per catalog; cached on disk
+    r = train(ts, items, TrainConfig(backbone="din", liber="both", epochs=2, max_train_samples=20_000,
+                                     device="cpu"), log=lambda m: say("  " + m))
+    say(f"    test AUC {r.test['auc']:.4f}, GAUC {r.test['gauc']:.4f}, LogLoss {r.test['logloss']:.4f} "
+        f"({r.seconds:.0f} s; `liber evaluate` runs the full grid)")
+    model_dir = workdir / "model"
+    meta = checkpoint_meta(ts, r, versions, ledger)
+    save_checkpoint(r.model, meta, model_dir)
+    say(f"8/9 export {model_dir}/model.onnx + model_card.json")
+    card = export_onnx(r.model, meta, model_dir)
+
+    say(f"9/9 score user {user} online: one read of {card.feature_service}, one onnxruntime call")
+    scorer = LiberScorer.load(model_dir, repo)
+    with ledger.engine.connect() as conn:
+        seen = set(conn.execute(select(events.c.item_id).where(events.c.user_id == user)).scalars())
+    candidates = [i for i in card.item_vocab if i not in seen]
+    res, best = scorer.top(user, 5, candidates)
+    titles = dict(zip(ts.catalog.item_id, ts.catalog.title))
+    say(f"    {len(candidates)} unrated candidates scored in {res.score_ms:.1f} ms "
+        f"(features read in {res.fetch_ms:.1f} ms via {scorer.fetcher.name}; LIBER vectors "
+        f"{res.encoder_version or 'none'}), top 5:")
+    for item, p in best:
+        say(f"      {p:.3f}  {titles.get(item, item)}")
+    return {"test_auc": r.test["auc"], "model_dir": str(model_dir), "top": best,
+            "cold_start": res.cold_start, "encoder_version": res.encoder_version}

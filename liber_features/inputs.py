@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "PAD",
-    "OOV",
-    "UNKNOWN_USER",
     "INPUT_NAMES",
+    "OOV",
+    "PAD",
+    "UNKNOWN_USER",
     "history_items",
     "index_items",
     "index_user",

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["ModelCard", "TensorSpec", "CARD_FILE", "MODEL_FILE"]
+__all__ = ["CARD_FILE", "MODEL_FILE", "ModelCard", "TensorSpec"]
 
 CARD_FILE = "model_card.json"
 MODEL_FILE = "model.onnx"

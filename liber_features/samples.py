@@ -41,12 +41,15 @@ from sqlalchemy import select
 from .errors import LedgerError
 from .featurestore import LONG_TERM_VIEW, LiberFeatureConfig
 from .inputs import OOV, PAD, UNKNOWN_USER, history_items, index_items, pad_history
-from .ledger import Ledger, events as events_t, items as items_t, partitions as parts_t
+from .ledger import Ledger
+from .ledger import events as events_t
+from .ledger import items as items_t
+from .ledger import partitions as parts_t
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["SampleConfig", "TrainingSet", "build_training_set", "SPLITS"]
+__all__ = ["SPLITS", "SampleConfig", "TrainingSet", "build_training_set"]
 
 SPLITS = ("train", "validation", "test")
 

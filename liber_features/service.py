@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from .errors import LiberError
 from .serving import LiberScorer
 
-__all__ = ["create_app", "ScoreRequest", "ScoreResponse"]
+__all__ = ["ScoreRequest", "ScoreResponse", "create_app"]
 
 log = logging.getLogger("liber.serve")
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
@@ -95,7 +96,7 @@ def _interests(scorer: LiberScorer, user_id: str, ledger) -> Interests:
 
 
 def _ledger_partitions(ledger, user_id: str, card) -> list[Partition]:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sqlalchemy import and_, select
 
@@ -108,7 +109,7 @@ def _ledger_partitions(ledger, user_id: str, card) -> list[Partition]:
         rows = conn.execute(select(partitions.c.seq, partitions.c.sealed_at_us, partitions.c.n_events,
                                    interests.c.summary, interests.c.shift).select_from(j)
                             .where(partitions.c.user_id == user_id).order_by(partitions.c.seq)).all()
-    iso = lambda us: datetime.fromtimestamp(us / 1e6, timezone.utc).isoformat()  # noqa: E731
+    iso = lambda us: datetime.fromtimestamp(us / 1e6, UTC).isoformat()
     return [Partition(seq=r.seq, sealed_at=iso(r.sealed_at_us), n_events=r.n_events, summary=r.summary,
                       shift=r.shift) for r in rows]
 

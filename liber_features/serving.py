@@ -31,7 +31,7 @@ from .modelcard import MODEL_FILE, ModelCard
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["ScorerConfig", "ScoreResult", "LiberScorer"]
+__all__ = ["LiberScorer", "ScoreResult", "ScorerConfig"]
 
 
 class ScorerConfig(BaseModel):

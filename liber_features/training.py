@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["prepare_training_set", "checkpoint_meta", "ledger_facts", "save_set", "load_set"]
+__all__ = ["checkpoint_meta", "ledger_facts", "load_set", "prepare_training_set", "save_set"]
 
 
 def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo: str,
                          label_threshold: float = 4.0, say=print):
     """Ledger → long-term offline table → ``feast apply`` → :class:`TrainingSet` (+ versions)."""
-    from .featurestore import LONG_TERM_VIEW, LiberFeatureConfig, apply_repo, data_file, open_store
+    from .featurestore import (
+        LONG_TERM_VIEW,
+        LiberFeatureConfig,
+        apply_repo,
+        data_file,
+        open_store,
+    )
     from .ledger import Ledger
     from .memory import latest_versions, memory_table, write_memory_table
     from .samples import SampleConfig, build_training_set
@@ -47,7 +53,7 @@ def checkpoint_meta(ts, result, versions, ledger) -> dict[str, Any]:
     from .memory import encoder_version
 
     train_ts = ts.ts_us[ts.mask("train")]
-    iso = lambda us: np.datetime64(int(us), "us").astype(str) + "Z"  # noqa: E731
+    iso = lambda us: np.datetime64(int(us), "us").astype(str) + "Z"
     return {
         "config": result.config.model_dump(), "user_vocab": ts.user_vocab, "item_vocab": ts.item_vocab,
         "memory_slots": ts.shape.memory_slots, "vector_dim": ts.shape.vector_dim,

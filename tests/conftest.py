@@ -54,3 +54,7 @@ def ledger(request, tmp_path, unique_name):
         led = Ledger(PG_URL, schema=unique_name)
     yield led
     led.drop_schema()
+
+
+# The served world (real Redis, a small exported model) shared by the scorer and HTTP tests.
+from servekit import world  # noqa: E402, F401

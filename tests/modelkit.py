@@ -12,17 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from conftest import ml_latest_small
+from feastrepo import Repo
 
 from liber_features.events import load_events
-from liber_features.featurestore import LONG_TERM_VIEW, SHORT_TERM_VIEW, LiberFeatureConfig, data_file
+from liber_features.featurestore import (
+    LONG_TERM_VIEW,
+    SHORT_TERM_VIEW,
+    LiberFeatureConfig,
+    data_file,
+)
 from liber_features.ingest import append_cache_history, current_caches, ingest
 from liber_features.interest import run_encode
 from liber_features.ledger import Ledger
 from liber_features.memory import memory_table, write_memory_table
 from liber_features.partition import PartitionRule
-
-from conftest import ml_latest_small
-from feastrepo import Repo
 
 
 @dataclass

@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from feastrepo import cleanup, redis_client
+from modelkit import encoded_repo, export_model, movielens_users
 
 from liber_features.featurestore import LONG_TERM_VIEW, LiberFeatureConfig
 from liber_features.ingest import current_caches
 from liber_features.memory import latest_versions, memory_table, to_frame
 from liber_features.online import push_short_term_cache, write_online
 from liber_features.samples import SampleConfig, build_training_set
-
-from feastrepo import cleanup, redis_client
-from modelkit import encoded_repo, export_model, movielens_users
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 ENV = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from modelkit import encoded_repo, movielens_users
 
 from liber_features.featurestore import LiberFeatureConfig
 from liber_features.inputs import INPUT_NAMES
 from liber_features.modelcard import ModelCard
 from liber_features.samples import SampleConfig, build_training_set
-
-from modelkit import encoded_repo, movielens_users
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 

@@ -7,15 +7,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from modelkit import encoded_repo, movielens_users, online_caches
 from sqlalchemy import select
 
-from liber_features.featurestore import LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW, LiberFeatureConfig
+from liber_features.featurestore import (
+    LONG_TERM_VIEW,
+    RANKER_SERVICE,
+    SHORT_TERM_VIEW,
+    LiberFeatureConfig,
+)
 from liber_features.inputs import PAD, history_items, pad_history, user_inputs
 from liber_features.ledger import partitions
 from liber_features.online import materialize, push_short_term_cache
 from liber_features.samples import SampleConfig, build_training_set
-
-from modelkit import encoded_repo, movielens_users, online_caches
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 

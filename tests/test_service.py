@@ -10,11 +10,9 @@ from hypothesis import HealthCheck, settings
 from liber_features.service import create_app
 from liber_features.serving import LiberScorer, ScorerConfig
 
-from servekit import world  # noqa: F401 - the shared fixture
-
 
 @pytest.fixture(scope="module")
-def app(world):  # noqa: F811
+def app(world):
     scorer = LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"],
                               config=ScorerConfig(on_store_error="degrade"))
     return create_app(scorer, world["ledger"])
@@ -25,7 +23,7 @@ def client(app):
     return TestClient(app, raise_server_exceptions=False)
 
 
-def test_score_answers_in_candidate_order_with_provenance(client, world):  # noqa: F811
+def test_score_answers_in_candidate_order_with_provenance(client, world):
     r = client.post("/score", json={"user_id": "1", "item_ids": ["1", "3", "zz-unknown"]})
     assert r.status_code == 200
     body = r.json()
