@@ -137,11 +137,22 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
 @schema_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def status(ledger_url, ledger_schema, as_json) -> None:
-    """Ledger totals and encoder progress."""
+    """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
     from .ledger import Ledger, encode_progress
+    from .runs import run_report
 
     ledger = Ledger(ledger_url, schema=ledger_schema)
-    emit({**ledger.counts(), **encode_progress(ledger)}, as_json, f"ledger {ledger.safe_url()}")
+    report = run_report(ledger)
+    summary = {**ledger.counts(), **encode_progress(ledger), **report}
+    emit(summary, as_json, f"ledger {ledger.safe_url()}")
+    if not as_json:
+        click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
+        click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
+                   f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")
+        for w in report["workers"]:
+            click.echo(f"  {w['run_id']:>6} {w['kind']:<7} {w['state']:<9} {str(w['worker'])[:28]:<28} "
+                       f"{w['heartbeat_age_s']:>8} {w['partitions_done']:>6} {w['llm_calls']:>6} "
+                       f"{w['llm_calls_uncommitted']:>11} {w['rejected_commits']:>8}")
 
 
 def _table_path(repo: str, name: str) -> Path:
