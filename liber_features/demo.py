@@ -39,7 +39,8 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
     from .memory import memory_table, write_memory_table
-    from .online import materialize, push_short_term_cache
+    from .online import push_short_term_cache
+    from .sync import sync_view
     from .partition import PartitionRule
 
     import warnings
@@ -89,10 +90,10 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     out["applied"] = apply_repo(store, repo)
 
     say("5/6 materialize long-term memory, push short-term caches online")
-    report = materialize(store)
+    synced = sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
     pushed = push_short_term_cache(store, current)
     out["online"] = {"store": store.config.online_store.type, "caches_pushed": pushed,
-                     "late_rows": report.late_rows}
+                     "users_written": synced.users_written}
 
     user = users[0]
     say(f"6/6 ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")
