@@ -95,6 +95,8 @@ class Lease:
                      claims.c.run_id == self.run_id, claims.c.status == "held")
         if ids is not None:
             where = and_(where, claims.c.partition_id.in_(sorted(ids)))
+        # A write first: on SQLite it takes the write lock, so the read below cannot go stale.
+        conn.execute(update(claims).where(where).values(lease_until_us=0))
         mine = set(conn.execute(select(claims.c.partition_id).where(where)).scalars())
         conn.execute(delete(claims).where(where))
         return mine
