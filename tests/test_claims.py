@@ -57,4 +57,5 @@ def test_failed_row_is_replaced_in_place_and_keeps_its_id(ledger):
     with ledger.engine.connect() as conn:
         row = conn.execute(select(interests).where(interests.c.id == failed_id)).one()
         assert row.status == "done" and row.attempts == 1
-        assert conn.execute(select(vectors.c.interest_id).where(vectors.c.interest_id == failed_id)).scalar() == failed_id
+        kept = conn.execute(select(vectors.c.interest_id).where(vectors.c.interest_id == failed_id)).scalar()
+        assert kept == failed_id
