@@ -284,9 +284,21 @@ class Ledger:
     def lock(self, name: str, holder: str) -> Iterator[None]:
         """Hold the named ledger lock for the block (one holder at a time, any host).
 
-        PostgreSQL: the lock row FOR UPDATE. SQLite: the UPDATE takes the database write lock,
-        so other writers wait (busy_timeout) — safe, not fast, and only around short work.
+        PostgreSQL: the lock row FOR UPDATE. SQLite file: an flock on a file beside it (the
+        ledger is local by definition) — holding SQLite's write lock instead would stall every
+        worker's commits and heartbeats for as long as the block runs.
         """
+        path = self.url.removeprefix("sqlite:///") if self.url.startswith("sqlite:///") else None
+        if self.dialect == "sqlite" and path and path != ":memory:":
+            import fcntl
+
+            with open(f"{path}.{name}.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
         with self.begin() as conn:
             self.insert_ignore(conn, locks, [{"name": name, "holder": None, "at_us": 0}], ["name"])
         with self.begin() as conn:
