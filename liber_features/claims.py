@@ -116,10 +116,15 @@ class Lease:
             self.count(conn, llm_calls=n)
 
     def others_holding(self, users: list[str] | None) -> bool:
-        """Does another run hold unfinished work in this scope (so waiting may unblock ours)?"""
+        """Does another live run hold unfinished work in this scope (so waiting may unblock ours)?
+
+        Expired claims do not count: those ready for us are taken over by our next claim, and
+        one we gave up on (failed here) must not keep us waiting for a dead worker.
+        """
         q = select(claims.c.partition_id).where(
             claims.c.prompt_version == self.pv, claims.c.llm_id == self.llm_id,
-            claims.c.status == "held", claims.c.run_id != self.run_id)
+            claims.c.status == "held", claims.c.run_id != self.run_id,
+            claims.c.lease_until_us >= now_us())
         if users:
             q = q.where(exists().where(parts_t.c.id == claims.c.partition_id,
                                        parts_t.c.user_id.in_(users)))

@@ -144,8 +144,11 @@ def status(ledger_url, ledger_schema, as_json) -> None:
     ledger = Ledger(ledger_url, schema=ledger_schema)
     report = run_report(ledger)
     summary = {**ledger.counts(), **encode_progress(ledger), **report}
-    emit(summary, as_json, f"ledger {ledger.safe_url()}")
-    if not as_json:
+    if as_json:
+        emit(summary, as_json, "")
+    else:
+        emit({k: v for k, v in summary.items() if k not in ("runs", "workers")}, as_json,
+             f"ledger {ledger.safe_url()}")
         click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
         click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
                    f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")

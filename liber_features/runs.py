@@ -35,7 +35,7 @@ def run_report(ledger: Ledger, *, recent: int = 20) -> dict[str, Any]:
     """Counts of runs by state, and one line per worker run (every live or stale run, plus the
     ``recent`` newest others) with its partitions, LLM calls and calls that never committed."""
     now = now_us()
-    q = (select(runs_t.c.id, runs_t.c.kind, runs_t.c.status, runs_t.c.started_us, hb_t)
+    q = (select(runs_t.c.id, runs_t.c.kind, runs_t.c.status, runs_t.c.started_us, runs_t.c.summary, hb_t)
          .select_from(runs_t.outerjoin(hb_t, hb_t.c.run_id == runs_t.c.id))
          .order_by(runs_t.c.id.desc()))
     with ledger.engine.connect() as conn:
@@ -48,10 +48,13 @@ def run_report(ledger: Ledger, *, recent: int = 20) -> dict[str, Any]:
         lost = (r.llm_calls or 0) - (r.llm_calls_committed or 0)
         uncommitted += lost
         if state in ("live", "stale") or len(workers) < recent:
+            # A run from before heartbeats: its final summary has the counts, if it finished.
+            old = json.loads(r.summary or "{}") if r.worker is None else {}
             workers.append({
-                "run_id": r.id, "kind": r.kind, "state": state, "worker": r.worker,
+                "run_id": r.id, "kind": r.kind, "state": state, "worker": r.worker or "-",
                 "heartbeat_age_s": round((now - (r.heartbeat_us or r.started_us)) / 1e6, 1),
-                "partitions_done": r.partitions_done or 0, "llm_calls": r.llm_calls or 0,
+                "partitions_done": r.partitions_done or old.get("partitions_done", 0),
+                "llm_calls": r.llm_calls or old.get("llm_calls", 0),
                 "llm_calls_uncommitted": lost, "rejected_commits": r.rejected_commits or 0,
             })
     return {"runs": counts, "llm_calls_uncommitted": uncommitted, "workers": workers}
