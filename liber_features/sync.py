@@ -109,4 +109,6 @@ def sync_view(store: FeatureStore, ledger: Ledger, view_name: str, *, rebuild: b
     written = write_online(store, view_name, rows) if rows is not None and len(rows) else 0
     if mark is not None and (previous is None or mark > previous or rebuild):
         _advance(ledger, store.project, view_name, mark, written)  # only after a successful write
-    return SyncReport(view_name, written, _dt(previous), _dt(mark if mark is not None else previous))
+    else:
+        mark = previous
+    return SyncReport(view_name, written, _dt(previous), _dt(mark))
