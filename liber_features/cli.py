@@ -137,11 +137,25 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
 @schema_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def status(ledger_url, ledger_schema, as_json) -> None:
-    """Ledger totals and encoder progress."""
+    """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
     from .ledger import Ledger, encode_progress
+    from .runs import run_report
 
     ledger = Ledger(ledger_url, schema=ledger_schema)
-    emit({**ledger.counts(), **encode_progress(ledger)}, as_json, f"ledger {ledger.safe_url()}")
+    report = run_report(ledger)
+    summary = {**ledger.counts(), **encode_progress(ledger), **report}
+    if as_json:
+        emit(summary, as_json, "")
+    else:
+        emit({k: v for k, v in summary.items() if k not in ("runs", "workers")}, as_json,
+             f"ledger {ledger.safe_url()}")
+        click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
+        click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
+                   f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")
+        for w in report["workers"]:
+            click.echo(f"  {w['run_id']:>6} {w['kind']:<7} {w['state']:<9} {str(w['worker'])[:28]:<28} "
+                       f"{w['heartbeat_age_s']:>8} {w['partitions_done']:>6} {w['llm_calls']:>6} "
+                       f"{w['llm_calls_uncommitted']:>11} {w['rejected_commits']:>8}")
 
 
 def _table_path(repo: str, name: str) -> Path:
@@ -168,9 +182,11 @@ def _table_path(repo: str, name: str) -> Path:
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast repo whose data dir receives the long-term memory table")
 @click.option("--table/--no-table", default=True, help="write the long-term memory Parquet table")
+@click.option("--lease", "lease_s", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="seconds a dead worker's claimed partitions wait before another worker takes them")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
-           max_new_tokens, repo, table, as_json) -> None:
+           max_new_tokens, repo, table, lease_s, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
     from encoders.llm import DecodingConfig, load_llm
     from encoders.text import TextEncoder
@@ -178,7 +194,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     from .featurestore import LONG_TERM_VIEW, LiberFeatureConfig
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
-    from .memory import memory_table, write_memory_table
+    from .memory import refresh_memory_table
 
     import signal
 
@@ -186,18 +202,21 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     # as failed instead of leaving it "running" forever. Committed batches are kept either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ledger = Ledger(ledger_url, schema=ledger_schema)
-    cfg = EncodeConfig(batch_size=batch_size, limit=limit,
+    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s,
                        users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
     llm = load_llm(llm_spec, device=device,
                    decoding=DecodingConfig(max_new_tokens=max_new_tokens, batch_size=batch_size))
     enc = TextEncoder(encoder_path, device=device)
     summary = run_encode(ledger, llm, enc, cfg, progress=False if as_json else None).as_dict()
     if table:
+        # Every user in their newest complete version (not only this run's): users not yet
+        # re-encoded under a new LLM/prompt/encoder keep their rows. Locked: workers may race.
         shape = LiberFeatureConfig.from_env()
-        t = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
-                         history_length=shape.history_length,
-                         versions=(summary["prompt_version"], llm.llm_id, enc.encoder_id))
-        summary["table"] = str(write_memory_table(t, _table_path(repo, f"{LONG_TERM_VIEW}.parquet")))
+        path = _table_path(repo, f"{LONG_TERM_VIEW}.parquet")
+        t = refresh_memory_table(ledger, path, memory_slots=shape.memory_slots,
+                                 vector_dim=shape.vector_dim,
+                                 history_length=shape.history_length)
+        summary["table"] = str(path)
         summary["table_rows"] = t.num_rows
     emit(summary, as_json, "encoded sealed partitions")
     if summary["failed"]:

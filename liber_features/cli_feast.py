@@ -1,8 +1,9 @@
 """``liber`` commands that drive the Feast repo (registered on the ``liber`` group by cli.py).
 
-``liber materialize`` = ``feast materialize-incremental <now>`` + the late-row pass that Feast lacks
-(partitions sealed before the previous watermark but encoded after it, and re-encodes under a new
-``encoder_version``). Errors follow the ``liber`` convention (``error: <message>`` on stderr,
+``liber materialize`` writes online every row created since the last successful write, as the
+ledger records it (sync.py): no event-time watermark to fall behind (a partition sealed long ago
+but encoded now, a re-encode under a new ``encoder_version``), nothing lost to a failed run, and
+``--rebuild`` restores a wiped online store. Errors follow the ``liber`` convention (``error: <message>`` on stderr,
 non-zero exit) even when the command is used on its own.
 """
 
@@ -61,34 +62,43 @@ def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
 @click.command()
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast feature repo (its yaml: FEAST_FS_YAML_FILE_PATH, else <repo>/feature_store.yaml)")
-@click.option("--end", "end", default=None, metavar="ISO-TIME",
-              help="materialize up to this event time (default: now)")
+@click.option("--ledger", "ledger_url", envvar="LIBER_LEDGER_URL", default=None,
+              help="ledger holding the online sync state [env LIBER_LEDGER_URL]")
+@click.option("--ledger-schema", envvar="LIBER_LEDGER_SCHEMA", default=None,
+              help="PostgreSQL schema of the ledger [env LIBER_LEDGER_SCHEMA]")
+@click.option("--rebuild", is_flag=True,
+              help="rewrite the whole online state (long-term rows from the offline table, short-term "
+                   "caches from the ledger): the recovery after the online store lost its data")
 @click.option("--late-since", "late_since", default=None, metavar="ISO-TIME",
-              help="rewrite online the newest row of every user with rows created since then "
-                   "(default: 1 h before the previous watermark; none on a first run)")
+              help="also rewrite every user with rows created since then (never needed: the ledger "
+                   "records what is online)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
-def materialize(repo: str, end: str | None, late_since: str | None, as_json: bool) -> None:
-    """Materialize LIBER features online: incremental to now, then late and re-encoded rows."""
+def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, rebuild: bool,
+                late_since: str | None, as_json: bool) -> None:
+    """Bring the online store up to date with everything created since the last successful write."""
     from liber_features.featurestore import open_store
+    from liber_features.ledger import Ledger
     from liber_features.online import _store_errors as store_errors
-    from liber_features.online import materialize as run_materialize
+    from liber_features.sync import sync_view
 
     try:
+        since = _utc(late_since, "--late-since")
         store = open_store(repo)
         with store_errors("reading the Feast registry"):
             ready, skipped = _views_with_data(store)
-        report = run_materialize(
-            store, end=_utc(end, "--end"), late_since=_utc(late_since, "--late-since"), views=ready
-        )
+        ledger = Ledger(ledger_url, schema=ledger_schema)
+        reports = [sync_view(store, ledger, view, rebuild=rebuild, since=since) for view in ready]
     except LiberError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     summary: dict[str, Any] = {
         "project": store.project,
         "online_store": store.config.online_store.type,
-        "end": report.end.isoformat(),
-        "late_since": report.late_since.isoformat() if report.late_since else None,
-        "late_users_written": report.late_rows,
+        "rebuild": rebuild,
+        "users_written": {r.view: r.users_written for r in reports},
+        "synced_to": {r.view: r.mark.isoformat() if r.mark else None for r in reports},
+        "previously_synced_to": {r.view: r.previous_mark.isoformat() if r.previous_mark else None
+                                 for r in reports},
         "skipped_views_without_data": skipped,
     }
     if as_json:
@@ -96,7 +106,7 @@ def materialize(repo: str, end: str | None, late_since: str | None, as_json: boo
         return
     click.echo("materialized LIBER features")
     for key, value in summary.items():
-        click.echo(f"  {key:<22} {value}")
+        click.echo(f"  {key:<28} {value}")
 
 
 COMMANDS = [materialize]

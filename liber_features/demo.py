@@ -38,8 +38,9 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     from .ingest import append_cache_history, current_caches, ingest
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
-    from .memory import memory_table, write_memory_table
-    from .online import materialize, push_short_term_cache
+    from .memory import refresh_memory_table
+    from .online import push_short_term_cache
+    from .sync import sync_view
     from .partition import PartitionRule
 
     import warnings
@@ -75,10 +76,9 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
 
     say("3/9 offline tables for Feast")
     shape = LiberFeatureConfig.from_env()
-    table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
-                         history_length=shape.history_length,
-                         versions=(e.prompt_version, llm.llm_id, enc.encoder_id))
-    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo))
+    table = refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
+                                 memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                                 history_length=shape.history_length)
     history = Path(data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo))
     current = current_caches(ledger)
     if caches or not history.exists():
@@ -90,10 +90,10 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     out["applied"] = apply_repo(store, repo)
 
     say("5/9 materialize long-term memory, push short-term caches online")
-    report = materialize(store)
+    synced = sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
     pushed = push_short_term_cache(store, current)
     out["online"] = {"store": store.config.online_store.type, "caches_pushed": pushed,
-                     "late_rows": report.late_rows}
+                     "users_written": synced.users_written}
 
     user = users[0]
     say(f"6/9 ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")

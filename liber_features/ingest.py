@@ -25,7 +25,9 @@ from tqdm import tqdm
 from .errors import ConfigError
 from .events import LoadedEvents
 from .ledger import Ledger, events as events_t, items as items_t, now_us, partitions as parts_t
-from .ledger import quarantine as quarantine_t, runs as runs_t, user_cache as cache_t
+from .ledger import quarantine as quarantine_t, run_heartbeats as hb_t, runs as runs_t
+from .ledger import user_cache as cache_t
+from .runs import fix_setting
 from .partition import CachedEvent, PartitionRule, SealedPartition, UserState, advance
 
 __all__ = ["IngestSummary", "ingest", "load_states", "cache_frame", "current_caches",
@@ -55,16 +57,17 @@ class IngestSummary:
 
 def _check_rule(ledger: Ledger, rule: PartitionRule) -> None:
     # Changing K halfway through a user's history would make replay disagree with streaming.
+    # The rule is stored once, on first use, and every later run is checked against it — also
+    # after a first run that crashed (its partitions exist all the same). A ledger from before
+    # the settings table takes the rule of its first ingest run, whatever became of that run.
     with ledger.engine.connect() as conn:
-        row = conn.execute(
-            select(runs_t.c.params).where(runs_t.c.kind == "ingest", runs_t.c.status == "ok")
-            .order_by(runs_t.c.id.desc()).limit(1)).first()
-    if row is None:
-        return
-    previous = json.loads(row.params).get("rule")
-    if previous is not None and previous != rule.model_dump():
+        first = conn.execute(select(runs_t.c.params).where(runs_t.c.kind == "ingest")
+                             .order_by(runs_t.c.id).limit(1)).first()
+    fallback = json.loads(first.params).get("rule") if first is not None else None
+    stored = fix_setting(ledger, "partition_rule", rule.model_dump(), fallback=fallback)
+    if stored != rule.model_dump():
         raise ConfigError(
-            f"this ledger was partitioned with {previous}; got {rule.model_dump()}. "
+            f"this ledger was partitioned with {stored}; got {rule.model_dump()}. "
             "Use the same rule (--k/--max-span) or a new ledger.")
 
 
@@ -197,6 +200,8 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
                     new_parts += [_partition_row(p, run_id) for p in out.sealed]
                     new_states.append(out.state)
                 ledger.insert_ignore(conn, events_t, new_events, ["event_id"])
+                # The run's heartbeat: a killed ingest shows as stale in `liber status`.
+                conn.execute(hb_t.update().where(hb_t.c.run_id == run_id).values(heartbeat_us=now_us()))
                 if new_parts:
                     conn.execute(parts_t.insert(), new_parts)
                 ledger.upsert(conn, cache_t, [{

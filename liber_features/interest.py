@@ -5,14 +5,17 @@ ones; tests may pass fakes). It runs in *waves*: a partition is ready when it ha
 the current (prompt version, LLM id) and its predecessor's summary exists — so one wave holds
 the next partition of many users, and batches mix users.
 
-Exactly once: each batch's texts and vectors commit in one transaction; a rerun selects only
-partitions without a ``done`` row, so it makes zero LLM calls for committed work, and a job
-killed mid-batch redoes only that batch. A batch whose generation raises is recorded as
-``failed`` with the error and retried by the next run (never within the same run).
+Exactly once, with any number of workers on one ledger: a batch is claimed with a lease before
+any LLM call (claims.py), and its texts and vectors commit in one transaction together with the
+claim turning ``done`` — rejected if another worker took the lease over. A rerun makes zero LLM
+calls for committed work; a worker killed mid-batch costs only that batch, redone by whoever
+takes its expired lease. A batch whose generation raises is recorded as ``failed`` and released:
+the next run (or another worker) retries it, this one does not.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, select
 from tqdm import tqdm
 
-from .errors import EncoderError, LLMUnavailable, VectorShapeError
+from .claims import Lease, poll_interval
+from .errors import EncoderError, LiberError, LLMUnavailable, VectorShapeError
 from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
 from .ledger import vectors as vec_t
 from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, sanitize,
@@ -53,6 +57,8 @@ class EncodeConfig(BaseModel):
     users: list[str] | None = None
     limit: int | None = Field(None, ge=0, description="stop after this many partitions")
     prompts: PromptConfig = PromptConfig()
+    lease_s: float = Field(300.0, gt=0, description="a claim expires this long after the last "
+                           "heartbeat (beats every lease/3); a dead worker's work waits this long")
 
 
 @dataclass
@@ -61,6 +67,7 @@ class EncodeSummary:
     llm_calls: int = 0
     skipped_already_done: int = 0
     failed: int = 0
+    rejected_commits: int = 0  # batches finished after another worker took their lease over
     vectors_written: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -139,106 +146,160 @@ def _run_batch(batch: list[_Part], prev: dict[tuple[str, int], str], catalog, ll
     return summaries, shifts, tokens, vecs
 
 
+def _ready(parts: list[_Part], prev: dict, skip: set[int]) -> list[_Part]:
+    """Partitions without an output whose predecessor's summary exists (one wave), in order."""
+    return [x for x in parts if (x.user_id, x.seq) not in prev and x.id not in skip
+            and (x.seq == 0 or (x.user_id, x.seq - 1) in prev)]
+
+
+def _calls(batch: list[_Part]) -> int:
+    return len(batch) + sum(1 for x in batch if x.seq > 0)  # a summary each, a shift after seq 0
+
+
 def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeConfig | None = None,
                *, progress: bool | None = None) -> EncodeSummary:
-    """Encode every ready partition (bounded by ``cfg.users`` / ``cfg.limit``)."""
+    """Encode every ready partition (bounded by ``cfg.users`` / ``cfg.limit``).
+
+    Safe to run as several workers on one ledger: each batch is claimed first (claims.py), so
+    no partition is generated twice unless its worker died holding it.
+    """
     cfg = cfg or EncodeConfig()
     started = time.perf_counter()
     pv = prompt_version(cfg.prompts)
     s = EncodeSummary(prompt_version=pv, llm_id=llm.llm_id)
     run_id = ledger.start_run("encode", {"prompt_version": pv, "llm_id": llm.llm_id,
                                          "encoder_id": enc.encoder_id, "decoding": llm.decoding,
-                                         **cfg.model_dump(exclude={"prompts"})})
-    s.vectors_written += _fill_vectors(ledger, enc, pv, llm.llm_id, cfg, s)
-    parts, done, catalog = _load(ledger, cfg, pv, llm.llm_id)
-    prev = {(x.user_id, x.seq): done[x.id] for x in parts if x.id in done}
-    s.skipped_already_done = len(prev)
-    failed_now: set[int] = set()
-    budget = cfg.limit if cfg.limit is not None else len(parts)
-    bar = tqdm(total=min(budget, len(parts) - len(prev)), unit="part", desc="encode",
-               disable=None if progress is None else not progress)
+                                         **cfg.model_dump(exclude={"prompts"})}, lease_s=cfg.lease_s)
+    lease = Lease(ledger, run_id, pv, llm.llm_id, cfg.lease_s)
     status = "ok"
+    bar = None
     try:
-        while budget > 0:
-            ready = [x for x in parts if (x.user_id, x.seq) not in prev and x.id not in failed_now
-                     and (x.seq == 0 or (x.user_id, x.seq - 1) in prev)]
-            if not ready:
-                break
-            for i in range(0, min(len(ready), budget), cfg.batch_size):
-                batch = ready[i:i + cfg.batch_size][:budget]
+        with lease.heartbeat():
+            s.vectors_written += _fill_vectors(ledger, enc, pv, llm.llm_id, cfg, s)
+            parts, done, catalog = _load(ledger, cfg, pv, llm.llm_id)
+            prev = {(x.user_id, x.seq): done[x.id] for x in parts if x.id in done}
+            s.skipped_already_done = len(prev)
+            failed_now: set[int] = set()
+            busy: set[int] = set()  # claimed by another live worker when we last tried
+            budget = cfg.limit if cfg.limit is not None else len(parts)
+            bar = tqdm(total=min(budget, len(parts) - len(prev)), unit="part", desc="encode",
+                       disable=None if progress is None else not progress)
+            by_id = {x.id: x for x in parts}
+            while budget > 0:
+                ready = _ready(parts, prev, failed_now | busy)
+                if not ready:
+                    # Other workers may have finished partitions (ours to continue from) or died.
+                    prev.update(_done_summaries(ledger, pv, llm.llm_id, by_id))
+                    busy.clear()
+                    if not _ready(parts, prev, failed_now):
+                        if not lease.others_holding(cfg.users):
+                            break
+                        time.sleep(poll_interval(cfg.lease_s))
+                    continue
+                want = ready[:min(cfg.batch_size, budget)]
+                mine = lease.claim([x.id for x in want])
+                busy.update(x.id for x in want if x.id not in mine)
+                batch = [x for x in want if x.id in mine]
                 if not batch:
-                    break
+                    if len(want) == len(ready):  # everything ready is someone else's: wait a bit
+                        time.sleep(poll_interval(cfg.lease_s))
+                    continue
                 budget -= len(batch)
+                lease.count_calls(_calls(batch))
                 try:
                     summaries, shifts, tokens, vecs = _run_batch(batch, prev, catalog, llm, enc, cfg, s)
                 except LLMUnavailable:
                     # The backend is down, not this batch bad: stop, mark nothing failed, and
-                    # let the next run pick up exactly here.
+                    # let the next run (or another worker, at once) pick up exactly here.
                     raise
                 except (EncoderError, VectorShapeError, RuntimeError, ValueError, OSError) as exc:
-                    _record_failure(ledger, batch, pv, llm, run_id, exc)
+                    _record_failure(ledger, lease, batch, pv, llm, run_id, exc)
                     failed_now.update(x.id for x in batch)
                     s.failed += len(batch)
                     s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
                     continue
-                _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id)
-                for x, text in zip(batch, summaries):
-                    prev[(x.user_id, x.seq)] = text
-                s.partitions_done += len(batch)
-                s.prompt_tokens += sum(t[0] for t in tokens)
-                s.completion_tokens += sum(t[1] for t in tokens)
-                bar.update(len(batch))
+                accepted = _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm,
+                                   enc, run_id)
+                s.rejected_commits += len(batch) - len(accepted)
+                for i, (x, text) in enumerate(zip(batch, summaries)):
+                    if x.id in accepted:
+                        prev[(x.user_id, x.seq)] = text
+                        s.partitions_done += 1
+                        s.prompt_tokens += tokens[i][0]
+                        s.completion_tokens += tokens[i][1]
+                bar.update(len(accepted))
                 bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
     except BaseException as exc:
         status = "failed"
         s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         s.seconds_llm = round(s.seconds_llm, 3)
         s.seconds_encoder = round(s.seconds_encoder, 3)
         s.seconds_total = round(time.perf_counter() - started, 3)
         s.tokens_per_s = round(s.completion_tokens / s.seconds_llm, 2) if s.seconds_llm else 0.0
+        with contextlib.suppress(LiberError):  # the ledger may be what failed; leases then expire
+            lease.release_all()
         ledger.finish_run(run_id, status, s.as_dict())
     return s
 
 
-def _upsert_interest(ledger, conn, rows):
-    ledger.upsert(conn, int_t, rows, ["partition_id", "prompt_version", "llm_id"])
+def _done_summaries(ledger: Ledger, pv: str, llm_id: str, by_id: dict[int, _Part]) -> dict:
+    """(user, seq) → summary of every done partition in scope (other workers' included)."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(int_t.c.partition_id, int_t.c.summary).where(
+            int_t.c.prompt_version == pv, int_t.c.llm_id == llm_id, int_t.c.status == "done")).all()
+    return {(by_id[r.partition_id].user_id, by_id[r.partition_id].seq): r.summary
+            for r in rows if r.partition_id in by_id}
 
 
-def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id) -> None:
+def _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id) -> set[int]:
+    """Write the batch's texts and vectors for the claims still ours; return their partition ids.
+
+    Insert-or-nothing: a ``done`` row is never touched (its id, and so its vectors, stay put); only
+    a ``failed`` row of an earlier run is replaced, in place.
+    """
     stamp = now_us()
     decoding = json.dumps(llm.decoding, sort_keys=True)
-    with ledger.begin() as conn:
-        _upsert_interest(ledger, conn, [{
-            "partition_id": x.id, "prompt_version": pv, "llm_id": llm.llm_id, "status": "done",
-            "summary": summ, "shift": shift, "decoding": decoding, "prompt_tokens": tok[0],
-            "completion_tokens": tok[1], "error": None, "attempts": 1, "run_id": run_id,
-            "updated_us": stamp} for x, summ, shift, tok in zip(batch, summaries, shifts, tokens)])
+    with lease._tx() as conn:
+        accepted = lease.accept(conn, [x.id for x in batch])
+        keep = [i for i, x in enumerate(batch) if x.id in accepted]
+        ledger.upsert(conn, int_t, [{
+            "partition_id": batch[i].id, "prompt_version": pv, "llm_id": llm.llm_id,
+            "status": "done", "summary": summaries[i], "shift": shifts[i], "decoding": decoding,
+            "prompt_tokens": tokens[i][0], "completion_tokens": tokens[i][1], "error": None,
+            "attempts": 1, "run_id": run_id, "updated_us": stamp} for i in keep],
+            ["partition_id", "prompt_version", "llm_id"], where=int_t.c.status != "done")
         ids = dict(conn.execute(select(int_t.c.partition_id, int_t.c.id).where(and_(
-            int_t.c.partition_id.in_([x.id for x in batch]), int_t.c.prompt_version == pv,
+            int_t.c.partition_id.in_(list(accepted) or [-1]), int_t.c.prompt_version == pv,
             int_t.c.llm_id == llm.llm_id))).all())
         n = len(batch)
-        ledger.upsert(conn, vec_t, [{
-            "interest_id": ids[x.id], "encoder_id": enc.encoder_id, "dim": enc.dim,
+        ledger.insert_ignore(conn, vec_t, [{
+            "interest_id": ids[batch[i].id], "encoder_id": enc.encoder_id, "dim": enc.dim,
             "summary_vec": vecs[i].tobytes(), "shift_vec": vecs[n + i].tobytes(),
-            "created_us": stamp} for i, x in enumerate(batch)], ["interest_id", "encoder_id"])
+            "created_us": stamp} for i in keep], ["interest_id", "encoder_id"])
+        lease.count(conn, partitions_done=len(keep), llm_calls_committed=_calls([batch[i] for i in keep]),
+                    rejected_commits=n - len(keep))
+    return accepted
 
 
-def _record_failure(ledger, batch, pv, llm, run_id, exc: BaseException) -> None:
-    """Mark the batch failed with the error; ``attempts`` counts tries across runs."""
+def _record_failure(ledger, lease, batch, pv, llm, run_id, exc: BaseException) -> None:
+    """Mark the batch failed with the error and give up its claims; ``attempts`` counts tries."""
     message = sanitize(f"{type(exc).__name__}: {exc}", 2000)
-    with ledger.begin() as conn:
+    with lease._tx() as conn:
+        held = lease.release(conn, [x.id for x in batch])  # first: the write lock on SQLite
         tried = dict(conn.execute(select(int_t.c.partition_id, int_t.c.attempts).where(
             int_t.c.partition_id.in_([x.id for x in batch]), int_t.c.prompt_version == pv,
             int_t.c.llm_id == llm.llm_id)).all())
-        _upsert_interest(ledger, conn, [{
+        ledger.upsert(conn, int_t, [{
             "partition_id": x.id, "prompt_version": pv, "llm_id": llm.llm_id, "status": "failed",
             "summary": None, "shift": None, "decoding": json.dumps(llm.decoding, sort_keys=True),
             "prompt_tokens": 0, "completion_tokens": 0, "error": message,
             "attempts": tried.get(x.id, 0) + 1, "run_id": run_id, "updated_us": now_us()}
-            for x in batch])
+            for x in batch if x.id in held], ["partition_id", "prompt_version", "llm_id"],
+            where=int_t.c.status != "done")
 
 
 def _fill_vectors(ledger: Ledger, enc: TextEncoderLike, pv: str, llm_id: str, cfg: EncodeConfig,
@@ -268,7 +329,8 @@ def _fill_vectors(ledger: Ledger, enc: TextEncoderLike, pv: str, llm_id: str, cf
             raise VectorShapeError(f"text encoder {enc.encoder_id} returned {vecs.shape}, "
                                    f"expected {(2 * len(rows), enc.dim)}")
         with ledger.begin() as conn:
-            ledger.upsert(conn, vec_t, [{
+            # Insert-or-nothing: a worker that filled the same texts first keeps its rows.
+            ledger.insert_ignore(conn, vec_t, [{
                 "interest_id": r.id, "encoder_id": enc.encoder_id, "dim": enc.dim,
                 "summary_vec": vecs[j].tobytes(), "shift_vec": vecs[len(rows) + j].tobytes(),
                 "created_us": now_us()} for j, r in enumerate(rows)], ["interest_id", "encoder_id"])

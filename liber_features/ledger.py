@@ -22,7 +22,7 @@ from sqlalchemy import (
     UniqueConstraint, create_engine, event, func, select, text,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from .errors import LedgerError
 
@@ -122,6 +122,56 @@ vectors = Table(
     Column("created_us", BigInteger, nullable=False),
     UniqueConstraint("interest_id", "encoder_id", name="uq_vector_encoder"),
 )
+# The tables below are new tables, never new columns on old ones: create_all adds missing tables
+# to an existing ledger (a pre-built SQLite file keeps working), it never adds columns.
+claims = Table(
+    "claims", metadata,
+    # One row per unit of encoder work, keyed like ``interests``. ``held`` rows belong to run_id
+    # until lease_until_us; a ``done`` row is never claimed again. See claims.py.
+    Column("partition_id", Integer, ForeignKey("partitions.id"), primary_key=True),
+    Column("prompt_version", String(32), primary_key=True),
+    Column("llm_id", String(256), primary_key=True),
+    Column("run_id", Integer, nullable=False),
+    Column("status", String(8), nullable=False),  # held | done
+    Column("lease_until_us", BigInteger, nullable=False, index=True),
+    Column("takeovers", Integer, nullable=False, default=0),
+)
+run_heartbeats = Table(
+    "run_heartbeats", metadata,
+    # The heartbeat of a run (a row of its own: old ledgers' ``runs`` has no such column).
+    Column("run_id", Integer, primary_key=True),
+    Column("worker", String(256), nullable=False),  # host:pid
+    Column("lease_us", BigInteger, nullable=False),
+    Column("heartbeat_us", BigInteger, nullable=False),
+    Column("partitions_done", Integer, nullable=False, default=0),
+    Column("llm_calls", Integer, nullable=False, default=0),  # counted *before* each generation
+    Column("llm_calls_committed", Integer, nullable=False, default=0),
+    Column("rejected_commits", Integer, nullable=False, default=0),
+)
+settings = Table(
+    "settings", metadata,
+    # Ledger-wide settings fixed on first use (the partition rule): written once, then checked.
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("run_id", Integer),
+    Column("set_us", BigInteger, nullable=False),
+)
+online_sync = Table(
+    "online_sync", metadata,
+    # Per (Feast project, feature view): the newest source row (created_at) known to be online.
+    Column("project", String(128), primary_key=True),
+    Column("view", String(128), primary_key=True),
+    Column("synced_created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    Column("rows_written", BigInteger, nullable=False, default=0),
+)
+locks = Table(
+    "locks", metadata,
+    # Named cross-process (and cross-host, on PostgreSQL) locks: a row held FOR UPDATE.
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(256)),
+    Column("at_us", BigInteger),
+)
 
 
 def now_us() -> int:
@@ -146,10 +196,18 @@ class Ledger:
         self.schema = schema
         try:
             self.engine = self._make_engine(self.url, schema)
-            with self.engine.begin() as conn:
-                if schema and conn.dialect.name == "postgresql":
-                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-                metadata.create_all(conn)
+            for attempt in range(3):
+                try:
+                    with self.engine.begin() as conn:
+                        if schema and conn.dialect.name == "postgresql":
+                            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                        metadata.create_all(conn)
+                    break
+                except (OperationalError, ProgrammingError, IntegrityError):
+                    # Workers starting together race to create the same (new) tables: the
+                    # loser's CREATE fails with "already exists"; the next pass sees them.
+                    if attempt == 2:
+                        raise
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {self.safe_url()}: {exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0]}") from exc
@@ -207,21 +265,65 @@ class Ledger:
             conn.execute(stmt, list(rows))
 
     def upsert(self, conn: Connection, table: Table, rows: Sequence[dict],
-               keys: Sequence[str]) -> None:
-        """INSERT … ON CONFLICT (keys) DO UPDATE every other column, on either backend."""
+               keys: Sequence[str], *, where: Any = None) -> None:
+        """INSERT … ON CONFLICT (keys) DO UPDATE every other column, on either backend.
+
+        Never the primary key: an update that renumbered a row (a surrogate ``id`` taken from the
+        new row's sequence value) would orphan every row that references it. ``where`` limits
+        which existing rows may be updated (e.g. only a ``failed`` interest, never a ``done`` one).
+        """
         if not rows:
             return
         stmt = self._insert(table)
-        update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update), list(rows))
+        update = {c.name: stmt.excluded[c.name] for c in table.columns
+                  if c.name not in keys and not c.primary_key}
+        conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=update, where=where),
+                     list(rows))
+
+    @contextmanager
+    def lock(self, name: str, holder: str) -> Iterator[None]:
+        """Hold the named ledger lock for the block (one holder at a time, any host).
+
+        PostgreSQL: the lock row FOR UPDATE. SQLite file: an flock on a file beside it (the
+        ledger is local by definition) — holding SQLite's write lock instead would stall every
+        worker's commits and heartbeats for as long as the block runs.
+        """
+        path = self.url.removeprefix("sqlite:///") if self.url.startswith("sqlite:///") else None
+        if self.dialect == "sqlite" and path and path != ":memory:":
+            import fcntl
+
+            with open(f"{path}.{name}.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        with self.begin() as conn:
+            self.insert_ignore(conn, locks, [{"name": name, "holder": None, "at_us": 0}], ["name"])
+        with self.begin() as conn:
+            conn.execute(locks.update().where(locks.c.name == name)
+                         .values(holder=holder, at_us=now_us()))
+            if self.dialect == "postgresql":
+                conn.execute(select(locks.c.name).where(locks.c.name == name).with_for_update())
+            yield
 
     # -- runs ------------------------------------------------------------------------------
-    def start_run(self, kind: str, params: dict[str, Any]) -> int:
+    def start_run(self, kind: str, params: dict[str, Any], *, lease_s: float = 300.0) -> int:
+        """A ``running`` run with its first heartbeat; stale once the heartbeat is older than lease_s."""
+        import socket
+
         with self.begin() as conn:
+            stamp = now_us()
             result = conn.execute(runs.insert().values(
-                kind=kind, status="running", started_us=now_us(),
+                kind=kind, status="running", started_us=stamp,
                 params=json.dumps(params, default=str)))
-            return int(result.inserted_primary_key[0])
+            run_id = int(result.inserted_primary_key[0])
+            conn.execute(run_heartbeats.insert().values(
+                run_id=run_id, worker=f"{socket.gethostname()}:{os.getpid()}",
+                lease_us=int(lease_s * 1e6), heartbeat_us=stamp, partitions_done=0, llm_calls=0,
+                llm_calls_committed=0, rejected_commits=0))
+            return run_id
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self.begin() as conn:

@@ -24,15 +24,17 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
         open_store,
     )
     from .ledger import Ledger
-    from .memory import latest_versions, memory_table, write_memory_table
+    from .memory import latest_versions, refresh_memory_table
     from .samples import SampleConfig, build_training_set
 
     ledger = Ledger(ledger_url, schema=ledger_schema)
     shape = LiberFeatureConfig.from_env()
     versions = latest_versions(ledger)
-    table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
-                         history_length=shape.history_length, versions=versions)
-    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo))
+    # Every user in their newest complete version, as `liber encode` writes it (the builder refuses
+    # a table that mixes versions mid-migration: one model, one vector space).
+    refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
+                         memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                         history_length=shape.history_length)
     store = open_store(repo)
     apply_repo(store, repo)
     ts = build_training_set(ledger, store, SampleConfig(label_threshold=label_threshold), shape)

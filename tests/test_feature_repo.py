@@ -166,23 +166,27 @@ def test_real_feast_cli_apply_then_materialize_incremental(tmp_path, backend):
         cleanup(copied)
 
 
-def test_liber_materialize_command_runs_late_pass(tmp_path):
+def test_liber_materialize_command_writes_what_was_created_since_its_last_write(tmp_path):
     repo = tmp_path / "feature_repo"
     store = copy_repo(repo).apply()
     runner = CliRunner()
-    first = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json"])
+    ledger = ["--ledger", f"sqlite:///{tmp_path / 'ledger.db'}"]
+    first = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json", *ledger])
     assert first.exit_code == 0, first.output
-    assert json.loads(first.stdout.strip().splitlines()[-1])["late_since"] is None
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["users_written"] == {LONG_TERM_VIEW: 3, "user_short_term_cache": 3}
+    assert summary["previously_synced_to"][LONG_TERM_VIEW] is None
 
-    # The encoder re-encodes every sealed partition under a new version: same sealed_at, new rows.
+    # The encoder re-encodes every sealed partition under a new version: same sealed_at, new rows
+    # created long after the previous run: no window to guess, the ledger knows what is online.
     sealed = NOW - timedelta(days=9)
     both = [sample_long_term(USERS, sealed), sample_long_term(USERS, sealed, created_at=NOW, encoder_version="v2")]
     write_parquet(pd.concat(both, ignore_index=True), repo / "data/user_long_term_memory.parquet", LONG_TERM_SCHEMA)
-    since = (NOW - timedelta(minutes=1)).isoformat()
-    second = runner.invoke(materialize_cmd, ["--repo", str(repo), "--late-since", since, "--json"])
+    second = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json", *ledger])
     assert second.exit_code == 0, second.output
     summary = json.loads(second.stdout.strip().splitlines()[-1])
-    assert summary["late_users_written"] == 3 and summary["online_store"] == "sqlite"
+    assert summary["users_written"][LONG_TERM_VIEW] == 3 and summary["online_store"] == "sqlite"
+    assert summary["synced_to"][LONG_TERM_VIEW] == NOW.isoformat()
     got = store.get_online_features(features=[f"{LONG_TERM_VIEW}:encoder_version"],
                                     entity_rows=[{"user_id": u} for u in USERS]).to_dict()
     assert got["encoder_version"] == ["v2"] * 3
@@ -192,16 +196,17 @@ def test_liber_materialize_explains_missing_data(tmp_path):
     repo = tmp_path / "feature_repo"
     copied = copy_repo(repo)
     runner = CliRunner()
-    not_applied = runner.invoke(materialize_cmd, ["--repo", str(repo)])
+    ledger = ["--ledger", f"sqlite:///{tmp_path / 'ledger.db'}"]
+    not_applied = runner.invoke(materialize_cmd, ["--repo", str(repo), *ledger])
     assert not_applied.exit_code == 2 and "run `feast apply` first" in not_applied.stderr
     copied.apply()
     (repo / "data/user_short_term_cache.parquet").unlink()  # push-fed: its Parquet may not exist yet
-    result = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json"])
+    result = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json", *ledger])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["skipped_views_without_data"] == [
         "user_short_term_cache"]
     (repo / "data/user_long_term_memory.parquet").unlink()
-    no_data = runner.invoke(materialize_cmd, ["--repo", str(repo)])
+    no_data = runner.invoke(materialize_cmd, ["--repo", str(repo), *ledger])
     assert no_data.exit_code == 2 and "run `liber encode` first" in no_data.stderr
 
 
@@ -215,7 +220,8 @@ def test_liber_materialize_reports_unreachable_redis(tmp_path, monkeypatch):
         for name, value in copied.env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("LIBER_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
-        result = CliRunner().invoke(materialize_cmd, ["--repo", str(repo)])
+        result = CliRunner().invoke(materialize_cmd, ["--repo", str(repo), "--ledger",
+                                                      f"sqlite:///{tmp_path / 'ledger.db'}"])
         assert result.exit_code == 2
         assert result.stderr.startswith("error: ") and "ConnectionError" in result.stderr
     finally:

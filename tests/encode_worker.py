@@ -1,0 +1,48 @@
+"""One encoder worker process for the concurrency tests and bench/bench_faults.py.
+
+Runs ``run_encode`` with the deterministic counting LLM (liber_features.testing) and then
+rewrites the long-term memory table, as ``liber encode`` does; prints the summary as JSON.
+
+    python tests/encode_worker.py LEDGER_URL CALLS_FILE [--schema S] [--llm-id ID] [--lease S]
+        [--batch-size N] [--delay S] [--table PATH] [--start-at EPOCH_S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from liber_features.interest import EncodeConfig, run_encode
+from liber_features.ledger import Ledger
+from liber_features.memory import refresh_memory_table
+from liber_features.testing import CountingLLM, HashEncoder
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("ledger")
+    p.add_argument("calls_file")
+    p.add_argument("--schema")
+    p.add_argument("--llm-id", default="fake:counting@1")
+    p.add_argument("--lease", type=float, default=30.0)
+    p.add_argument("--batch-size", type=int, default=3)
+    p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--table")
+    p.add_argument("--start-at", type=float, default=0.0, help="wait until this time: start together")
+    a = p.parse_args()
+    ledger = Ledger(a.ledger, schema=a.schema)
+    time.sleep(max(0.0, a.start_at - time.time()))
+    llm = CountingLLM(a.llm_id, calls_file=a.calls_file, delay_s=a.delay)
+    enc = HashEncoder()
+    s = run_encode(ledger, llm, enc, EncodeConfig(batch_size=a.batch_size, lease_s=a.lease),
+                   progress=False)
+    out = s.as_dict()
+    if a.table:
+        t = refresh_memory_table(ledger, a.table, memory_slots=2, vector_dim=enc.dim)
+        out["table_rows"] = t.num_rows
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

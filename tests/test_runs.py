@@ -1,0 +1,66 @@
+"""Runs in the ledger: stale runs are told from live ones, and the partition rule is fixed on
+first use — a crashed first ingest fixes it too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import delete, update
+
+from liber_features.cli import cli
+from liber_features.errors import ConfigError
+from liber_features.ingest import ingest
+from liber_features.ledger import run_heartbeats, runs, settings
+from liber_features.partition import PartitionRule
+from liber_features.runs import run_report
+
+from test_concurrency import events
+
+
+def test_crashed_first_ingest_still_fixes_k(ledger):
+    def boom(_df):
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        ingest(events(users=2), ledger, PartitionRule(k=2), progress=False, on_caches=boom)
+    with pytest.raises(ConfigError, match=r"partitioned with \{'k': 2"):
+        ingest(events(users=3), ledger, PartitionRule(k=3), progress=False)
+    assert ingest(events(users=3), ledger, PartitionRule(k=2), progress=False).accepted == 7
+
+
+def test_old_ledger_without_setting_takes_its_first_ingest_rule(ledger):
+    run_id = ledger.start_run("ingest", {"rule": PartitionRule(k=5).model_dump()})  # then SIGKILL
+    with ledger.begin() as conn:
+        conn.execute(delete(settings))
+        conn.execute(delete(run_heartbeats))  # as a ledger from before heartbeats
+    with pytest.raises(ConfigError, match=r"'k': 5"):
+        ingest(events(users=1), ledger, PartitionRule(k=2), progress=False)
+    assert run_report(ledger)["runs"] == {"live": 1, "finished": 0, "failed": 0, "stale": 0}
+    with ledger.begin() as conn:  # started long ago, never finished, no heartbeat: stale
+        conn.execute(update(runs).where(runs.c.id == run_id).values(started_us=0))
+    assert run_report(ledger)["runs"] == {"live": 0, "finished": 0, "failed": 0, "stale": 1}
+
+
+def test_status_shows_live_finished_failed_and_stale_runs(ledger):
+    ingest(events(users=2), ledger, PartitionRule(k=2), progress=False)  # finished
+    failed = ledger.start_run("encode", {})
+    ledger.finish_run(failed, "failed", {})
+    live = ledger.start_run("encode", {}, lease_s=60)
+    dead = ledger.start_run("encode", {}, lease_s=1)
+    with ledger.begin() as conn:
+        conn.execute(update(run_heartbeats).where(run_heartbeats.c.run_id == dead)
+                     .values(heartbeat_us=1, llm_calls=6, llm_calls_committed=2))
+    args = ["status", "--ledger", ledger.url] + (["--ledger-schema", ledger.schema] if ledger.schema else [])
+    r = CliRunner().invoke(cli, args + ["--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output.strip().splitlines()[-1])
+    assert got["runs"] == {"live": 1, "finished": 1, "failed": 1, "stale": 1}
+    assert got["llm_calls_uncommitted"] == 4
+    states = {w["run_id"]: w["state"] for w in got["workers"]}
+    assert (states[live], states[dead], states[failed]) == ("live", "stale", "failed")
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert "1 live, 1 finished, 1 failed, 1 stale" in r.output
+    assert [line.split()[2] for line in r.output.splitlines() if line.split()[:1] == [str(dead)]] == ["stale"]
