@@ -276,6 +276,10 @@ def apply_repo(store: FeatureStore, repo_path: str | Path = DEFAULT_REPO) -> lis
                if isinstance(v, (Entity, FeatureView, FeatureService, DataSource))]
     try:
         store.apply(objects)
+        # With the SQL registry's `cache_mode: thread` the applying process's own cache is only
+        # refreshed by the background thread (every cache_ttl_seconds): refresh it now, so this
+        # store serves what it just applied.
+        store.refresh_registry()
     except Exception as exc:  # Feast raises many unrelated types; keep the message, type it ours
         raise FeatureStoreError(f"feast apply of {path} failed: {exc}") from exc
     return sorted(o.name for o in objects)
