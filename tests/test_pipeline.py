@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 from liber_features.cli import cli
 from liber_features.featurestore import SHORT_TERM_VIEW
 
+from conftest import ml_latest_small
 from feastrepo import Repo, cleanup, redis_client
 
 
@@ -81,6 +83,13 @@ def test_demo_runs_end_to_end_and_reruns_without_llm_calls(tmp_path):
     assert fetch["user_id"] == "5" and fetch["partition_count"] == 2 and fetch["filled_slots"] == 2
     assert fetch["online_equals_offline"] and fetch["latest_summary"].strip()
     assert fetch["cache_length"] == 4  # 44 ratings, K=20
+    model = out["model"]  # steps 7-9: train, export, score user 5 online
+    assert (tmp_path / "work/model/model.onnx").is_file() and (tmp_path / "work/model/model_card.json").is_file()
+    top = model["top"]
+    assert len(top) == 5 and [p for _, p in top] == sorted((p for _, p in top), reverse=True)
+    assert not model["cold_start"] and len(model["encoder_version"]) == 12
+    rated = set(pd.read_csv(ml_latest_small() / "ratings.csv", dtype=str).query("userId == '5'").movieId)
+    assert not {item for item, _ in top} & rated  # only unrated candidates are ranked
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     out2 = json.loads(again.output.strip().splitlines()[-1])
