@@ -231,8 +231,9 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
 from .cli_feast import COMMANDS as _FEAST_COMMANDS  # noqa: E402 - registered after the group
 
 from .cli_model import COMMANDS as _MODEL_COMMANDS  # noqa: E402
+from .cli_report import COMMANDS as _REPORT_COMMANDS  # noqa: E402
 
-for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS):
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS):
     cli.add_command(_command)
 
 
