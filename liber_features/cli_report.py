@@ -38,11 +38,11 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
 
     t0 = time.perf_counter()
     ledger = Ledger(ledger_url, schema=ledger_schema)
+    if not ledger.counts()["ledger_events"]:  # before reading Feast: a wrong URL fails fast
+        raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
     rd = gather(ledger, repo=None if no_online else Path(repo), model_dir=Path(model_dir),
                 evaluation=Path(evaluation), bench_dir=Path(bench_dir),
                 users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
-    if not rd.data["events_accepted"] and not rd.data["partitions_sealed"]:
-        raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
     result = write_report(rd, Path(out_dir))
     emit({**result, "missing": "; ".join(rd.notes.values()) or "nothing",
           "seconds": round(time.perf_counter() - t0, 1)}, as_json, "report written")

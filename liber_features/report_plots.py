@@ -62,7 +62,7 @@ def partitions_hist(rd: ReportData, out: Path) -> str | None:
     ax.hist(ppu, bins=bins, color="#4c72b0", edgecolor="white")
     ax.set_xlabel("partitions sealed per user")
     ax.set_ylabel("users")
-    ax.set_title(f"{len(ppu)} users, median {np.median(ppu):g} partitions")
+    ax.set_title(f"{len(ppu)} users; median {np.median(ppu):g}, max {top} partitions per user")
     return _save(fig, out, "partitions_per_user.png")
 
 
@@ -162,17 +162,21 @@ def auc_by_partitions(rd: ReportData, out: Path) -> str | None:
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=_SMALL)
+    fig, ax = plt.subplots(figsize=(7.6, 3.6))
     buckets = list(rows[0]["by_partitions"])
-    for r in rows:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    for r in rows:  # colour = variant, line style = backbone: the LIBER effect reads per backbone
         ax.plot(range(len(buckets)), [r["by_partitions"].get(b, {}).get("auc", np.nan) for b in buckets],
-                marker="o", linestyle="-" if r["backbone"] == rows[0]["backbone"] else "--",
+                marker="o", color=f"C{variants.index(r['variant'])}",
+                linestyle=("-", "--", ":", "-.")[backbones.index(r["backbone"]) % 4],
                 label=f"{r['backbone']} / {r['variant']}")
     n = rows[0]["by_partitions"]
     ax.set_xticks(range(len(buckets)), [f"{b}\n({n[b].get('samples', '?')} samples)" for b in buckets])
     ax.set_xlabel("partitions sealed before the test sample")
-    ax.set_ylabel("test AUC")
-    ax.legend(fontsize=7, ncols=2)
+    ax.set_ylabel("test AUC (mean over seeds)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="backbone / variant",
+              title_fontsize=8)
     return _save(fig, out, "auc_by_partitions.png")
 
 
