@@ -184,3 +184,31 @@ def test_cli_report_and_empty_ledger_error(tmp_path):
     empty = CliRunner().invoke(cli, ["report", "--ledger", f"sqlite:///{tmp_path / 'empty.db'}",
                                      "--out", str(tmp_path / "e")])
     assert empty.exit_code == 2 and "holds no events: run `liber ingest` first" in empty.output
+
+
+@pytest.mark.slow  # Feast import + apply: ~15 s here
+def test_online_figures_are_read_through_feast(tmp_path, monkeypatch):
+    """Encoded 4, online 3 (user a's newest partition not yet written): the lag shows."""
+    from feastrepo import Repo
+
+    from liber_features.featurestore import LONG_TERM_VIEW, data_file
+    from liber_features.ledger import Ledger
+    from liber_features.memory import memory_table, to_frame, write_memory_table
+    from liber_features.online import write_online
+
+    monkeypatch.setenv("LIBER_VECTOR_DIM", "4")
+    ledger = fill(Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    table = memory_table(ledger, memory_slots=8, vector_dim=4)
+    (tmp_path / "repo").mkdir()
+    repo = Repo(tmp_path / "repo", "sqlite")
+    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo.root))
+    store = repo.apply()
+    df = to_frame(table)
+    assert write_online(store, LONG_TERM_VIEW, df[df.partition_count < 3]) == 2
+    rd = gather(ledger, repo=repo.root, model_dir=None, evaluation=None, bench_dir=None)
+    assert "online" not in rd.notes
+    assert rd.coverage == {"sealed": 4, "encoded": 4, "online": 3, "users_online": 2}
+    assert list(rd.online_versions.values()) == [2] and len(rd.online_age_s) == 2
+    write_report(rd, tmp_path / "out")
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "4 / 4 / 3" in page and "encoder_version online" in page
