@@ -29,7 +29,7 @@ from .ledger import events as events_t, now_us
 __all__ = ["ONLINE_BATCH", "ReportData", "Timeline", "gather", "write_report"]
 
 ONLINE_BATCH = 2000  # users per get_online_features call: bounded memory and request size
-TIMELINE_PARTITIONS = 12  # newest partitions shown per user: a page, not a dump
+TIMELINE_PARTITIONS = 8  # newest partitions shown per user: a page, not a dump
 
 
 @dataclass

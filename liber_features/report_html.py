@@ -23,7 +23,8 @@ p.caption{color:#444;font-style:italic;margin-top:0} p.meta{color:#666;font-size
 p.note{background:#fff4e5;border-left:4px solid #f0a030;padding:.4em .8em}
 table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ddd;padding:.25em .6em;
 vertical-align:top;text-align:left} th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.figs{display:flex;flex-wrap:wrap;gap:1em} img{max-width:100%;border:1px solid #eee}
+.figs{display:grid;grid-template-columns:1fr 1fr;gap:1em;align-items:start}
+img{max-width:100%;height:auto;border:1px solid #eee} .figs img{width:100%}
 table.timeline td.text{max-width:460px;font-size:.92em}
 """
 

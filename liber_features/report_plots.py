@@ -126,7 +126,7 @@ def age_cdf(rd: ReportData, out: Path) -> str | None:
         x = np.sort(a) / div
         ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", linestyle=style,
                 label=f"{name}, {len(x)} users")
-    ax.set_xlabel(f"age at report time ({unit})")
+    ax.set_xlabel(f"age at report time ({unit} since the text encoder wrote it)")
     ax.set_ylabel("fraction of users (CDF)")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower right", fontsize=8)
