@@ -187,6 +187,8 @@ def _serving(rd: ReportData, images: dict[str, str]) -> str:
         "Look for: p99 within the request budget, and the model card's encoder_version equal to "
         "what is online (a mismatch means the model reads vectors it was not trained on).",
         _note(rd, "bench"), meta, _img(images, "serving_latency", "online latency p50 / p99 per variant"),
+        _table(["variant", "p50 ms", "p99 ms"], [[r.get("variant"), r.get("p50_ms"), r.get("p99_ms")]
+                                                 for r in b.get("rows") or []]) if b.get("rows") else "",
         "<h3>Model card against the online store</h3>", card_html)
 
 

@@ -192,8 +192,8 @@ def serving_latency(rd: ReportData, out: Path) -> str | None:
     ax.set_yticks(y, [str(r["variant"])[:60] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("latency per request (ms, log scale)")
-    ax.legend(loc="lower right")
+    ax.set_xlabel("latency per call (ms, log scale)")
+    ax.legend(loc="best")
     return _save(fig, out, "serving_latency.png")
 
 
