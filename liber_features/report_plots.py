@@ -35,6 +35,16 @@ def _plt():
     return plt
 
 
+def _integer_axes(ax, *, x: bool = False, y: bool = True) -> None:
+    """Counts get whole-number ticks (a tiny ledger otherwise shows 0.5 partitions)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=_DPI)
@@ -58,10 +68,12 @@ def partitions_hist(rd: ReportData, out: Path) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=_SMALL)
     top = int(ppu.max())
-    bins = np.arange(0, top + 2) - 0.5 if top <= 40 else 40
+    step = max(1, -(-(top + 1) // 60))  # whole partitions per bin, at most ~60 bins
+    bins = np.arange(0, top + step + 1, step) - 0.5
     ax.hist(ppu, bins=bins, color="#4c72b0", edgecolor="white")
-    ax.set_xlabel("partitions sealed per user")
+    ax.set_xlabel("partitions sealed per user" + (f" (bins of {step})" if step > 1 else ""))
     ax.set_ylabel("users")
+    _integer_axes(ax, x=True)
     ax.set_title(f"{len(ppu)} users; median {np.median(ppu):g}, max {top} partitions per user")
     return _save(fig, out, "partitions_per_user.png")
 
@@ -76,6 +88,7 @@ def seal_times(rd: ReportData, out: Path) -> str | None:
     ax.step(when, np.arange(1, len(ts) + 1), where="post", color="#4c72b0")
     ax.set_xlabel("seal time (event time of the sealing behaviour, UTC)")
     ax.set_ylabel("partitions sealed (cumulative)")
+    _integer_axes(ax)
     ax.set_title("partitions sealed over calendar time")
     fig.autofmt_xdate()
     return _save(fig, out, "seal_times.png")
@@ -107,6 +120,7 @@ def coverage(rd: ReportData, out: Path) -> str | None:
     ax.bar_label(bars, labels=[f"{v:,}" if n != "online" or cov["online"] is not None else "n/a"
                                for n, v in zip(names, values)], padding=2)
     ax.set_ylabel("partitions")
+    _integer_axes(ax)
     ax.set_ylim(0, max(max(values), 1) * 1.2)
     ax.set_title("partitions sealed → encoded → online")
     return _save(fig, out, "coverage.png")
