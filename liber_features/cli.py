@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import sysconfig
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -250,12 +252,41 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
 from .cli_feast import COMMANDS as _FEAST_COMMANDS  # noqa: E402 - registered after the group
 
 from .cli_model import COMMANDS as _MODEL_COMMANDS  # noqa: E402
+from .cli_report import COMMANDS as _REPORT_COMMANDS  # noqa: E402
 
-for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS):
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS):
     cli.add_command(_command)
 
 
+_LIBRARY_DIRS = tuple({str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("purelib", "platlib")})
+_OWN_DIRS = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("liber_features", "encoders"))
+_LIBRARY_NOISE = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def quiet_library_warnings() -> None:
+    """Stop showing deprecation notices that installed libraries raise about each other.
+
+    ibis warns about its own use of duckdb, Feast about its own internals, and so on: nothing a
+    user of ``liber`` can act on. A warning filter cannot hold them back, because importing
+    Feast (lazily, mid-command) runs ``warnings.simplefilter("once", DeprecationWarning)``, which
+    goes to the front of the filter list. So this drops them where they are displayed, by the
+    file they are attributed to; a deprecation attributed to our own code (a library API that
+    *we* call) still shows, and so does every other warning.
+    """
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        where = str(Path(filename).resolve())
+        if issubclass(category, _LIBRARY_NOISE) and where.startswith(_LIBRARY_DIRS) \
+                and not where.startswith(_OWN_DIRS):  # a non-editable install puts us there too
+            return
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+
 def main() -> None:
+    quiet_library_warnings()  # here, not at import: importing liber_features changes no global state
     cli(prog_name="liber")
 
 

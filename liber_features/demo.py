@@ -16,7 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["run_demo", "default_data_dir"]
+__all__ = ["run_demo", "default_data_dir", "check_data", "MOVIELENS_URL"]
+
+MOVIELENS_URL = "https://grouplens.org/datasets/movielens/latest/"
 
 
 def default_data_dir() -> Path:
@@ -30,8 +32,24 @@ def default_data_dir() -> Path:
     return here.parent / "shared" / "data" / "ml-latest-small"
 
 
+def check_data(data: Path) -> None:
+    """Fail before any work when the MovieLens data is not there, saying where to get it."""
+    from .errors import InputError
+    from .events import detect_layout
+
+    try:
+        detect_layout(data)
+    except InputError as exc:
+        raise InputError(
+            f"MovieLens data not found ({exc}). The demo needs ml-latest-small: download "
+            f"ml-latest-small.zip from {MOVIELENS_URL}, unzip it, and point the demo at the "
+            "folder holding ratings.csv and movies.csv with --data DIR or "
+            "LIBER_ML_LATEST_SMALL=DIR") from None
+
+
 def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
              max_new_tokens: int, say: Callable[[str], None]) -> dict[str, Any]:
+    check_data(data)  # before any import or write: a missing download is the likeliest failure
     from .events import load_events
     from .featurestore import (LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW,
                                LiberFeatureConfig, apply_repo, data_file, open_store)

@@ -1,0 +1,215 @@
+"""``liber report`` on a tiny ledger: every section and image, exact counts, escaped LLM text,
+missing parts stated on the page, and online figures read through a real (SQLite) Feast store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from liber_features.cli import cli
+from liber_features.errors import EncoderError
+from liber_features.events import LoadedEvents
+from liber_features.ingest import ingest
+from liber_features.interest import EncodeConfig, run_encode
+from liber_features.modelcard import ModelCard
+from liber_features.partition import PartitionRule
+from liber_features.report import gather, write_report
+
+SCRIPT = "<script>alert('x')</script>"
+SECTIONS = ["1. Data and partitions", "2. LLM cost, coverage and lag", "3. Interests over time",
+            "4. Model", "5. Serving"]
+ALL_IMAGES = {"partitions_per_user.png", "seal_times.png", "llm_calls.png", "coverage.png",
+              "vector_age_cdf.png", "evaluation_auc.png", "auc_by_partitions.png", "serving_latency.png"}
+
+
+@dataclass
+class Gen:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ScriptLLM:
+    """Replies carry raw HTML, as an LLM may; fails every prompt that mentions ``fail_on``."""
+
+    llm_id = "fake:script@1"
+    decoding = {"max_new_tokens": 8}
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on = fail_on
+
+    def generate(self, prompts):
+        out = []
+        for messages in prompts:
+            body = messages[-1]["content"]
+            if self.fail_on and self.fail_on in body:
+                raise EncoderError("backend exploded")
+            kind = "shift" if body.startswith("Earlier interests") else "summary"
+            out.append(Gen(f"{SCRIPT} {kind} & more", 10, 3))
+        return out
+
+
+class HashEncoder:
+    encoder_id = "fake-enc@1"
+    dim = 4
+
+    def encode(self, texts):
+        return np.array([np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], dtype=np.float32)
+                         for t in texts], dtype=np.float32)
+
+
+def tiny_log() -> LoadedEvents:
+    # user a: 7 events → 3 partitions of 2 + 1 cached; b: 2 → 1 partition; c: 1 cached.
+    rows = [(f"a{i}", "a", f"i{i}", 1_500_000_000 + 86400 * i, 4.0) for i in range(7)]
+    rows += [(f"b{i}", "b", f"i3{i}", 1_500_000_000 + 3600 * i, 2.0) for i in range(2)]
+    rows += [("c0", "c", "i0", 1_500_000_000, 5.0)]
+    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts", "rating"])
+    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[us, UTC]")
+    df["row"] = range(len(df))
+    cat = pd.DataFrame({"item_id": [f"i{i}" for i in range(40)],
+                        "title": [f"Movie {i}" for i in range(40)], "categories": ["Drama"] * 40})
+    q = pd.DataFrame({"source": ["mem"] * 3, "row": [11, 12, 13], "field": ["rating", "rating", "ts"],
+                      "reason": ["out of range", "out of range", "not a time"], "raw": ["x", "y", "z"]})
+    return LoadedEvents("mem", "csv", df, cat, q, read=len(df) + 1 + 3, duplicates=1)
+
+
+def fill(ledger):
+    ingest(tiny_log(), ledger, PartitionRule(k=2), progress=False)
+    enc, cfg = HashEncoder(), EncodeConfig(batch_size=1)
+    run_encode(ledger, ScriptLLM(fail_on="Movie 30"), enc, cfg, progress=False)  # b fails once
+    run_encode(ledger, ScriptLLM(), enc, cfg, progress=False)  # and is retried
+    return ledger
+
+
+@pytest.fixture
+def tiny(ledger):
+    return fill(ledger)
+
+
+def write_inputs(tmp: Path) -> dict[str, Path]:
+    row = {"seeds": 3, "auc_std": 0.002, "gauc_mean": 0.6, "logloss_mean": 0.62, "auc_rel_change_pct": 0.0,
+           "by_partitions": {"0": {"samples": 9, "auc": 0.66}, "1+": {"samples": 30, "auc": 0.72}}}
+    (tmp / "evaluation.json").write_text(json.dumps({"header": {"dataset": "tiny", "split": "80/10/10"},
+        "summary": [{**row, "backbone": "din", "variant": "none", "auc_mean": 0.70},
+                    {**row, "backbone": "din", "variant": "both", "auc_mean": 0.72}], "runs": []}))
+    (tmp / "bench").mkdir()
+    (tmp / "bench" / "bench_online.json").write_text(json.dumps({"created_at": "2026-11-26", "rows": [
+        {"variant": "a  Feast get_online_features", "p50_ms": 1.0, "p99_ms": 2.0},
+        {"variant": "b  liber fast fetch", "p50_ms": 0.25, "p99_ms": 0.6}]}))
+    (tmp / "model").mkdir()
+    ModelCard(backbone="din", liber="both", inputs=[], outputs=[], opset=17, memory_slots=8, vector_dim=4,
+              history_length=50, item_vocab={}, user_vocab={}, item_vectors="items.npy",
+              feature_service="liber_ranker_v1", prompt_version="p1", llm_id=ScriptLLM.llm_id,
+              text_encoder_id=HashEncoder.encoder_id, encoder_version="0123456789ab", metrics={},
+              train_time_range=[], train_config={}, created_at="2026-11-26T00:00:00+00:00").save(tmp / "model")
+    return {"evaluation": tmp / "evaluation.json", "bench_dir": tmp / "bench", "model_dir": tmp / "model"}
+
+
+def test_report_has_every_section_image_and_escapes_llm_text(tiny, tmp_path):
+    rd = gather(tiny, repo=tmp_path / "no-repo", users=None, **write_inputs(tmp_path))
+    assert rd.data == {"events_accepted": 10, "duplicates": 1, "quarantined": 3, "users": 3,
+                       "partitions_sealed": 4, "events_in_caches": 2, "ingest_runs": 1}
+    assert rd.top_reasons == [("rating", "out of range", 2), ("ts", "not a time", 1)]
+    assert rd.partitions_per_user.tolist() == [0, 1, 3]
+    assert {k: rd.cost[k] for k in ("summaries", "shifts", "failed_tries", "retried", "still_failed",
+                                    "llm_calls", "naive_calls", "prompt_tokens", "completion_tokens",
+                                    "partitions_done", "encode_runs", "encode_runs_failed")} == {
+        "summaries": 4, "shifts": 2, "failed_tries": 1, "retried": 1, "still_failed": 0, "llm_calls": 6,
+        "naive_calls": 10, "prompt_tokens": 60, "completion_tokens": 18, "partitions_done": 4,
+        "encode_runs": 2, "encode_runs_failed": 0}
+    assert rd.coverage == {"sealed": 4, "encoded": 4, "online": None, "users_online": None}
+    assert len(rd.encoded_age_s) == 2 and rd.online_age_s is None
+    assert [(t.user_id, t.partitions, [r["seq"] for r in t.rows]) for t in rd.timelines] == [
+        ("a", 3, [0, 1, 2]), ("b", 1, [0])]
+    assert set(rd.notes) == {"online"} and "no Feast repo at" in rd.notes["online"]
+
+    out = tmp_path / "report"
+    assert write_report(rd, out)["images"] == 8
+    page = (out / "index.html").read_text()
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    assert page.count('<p class="caption">Look for: ') == 5
+    srcs = set(re.findall(r'<img src="([^"]+)"', page))
+    assert srcs == ALL_IMAGES and all((out / s).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
+    assert "<script" not in page.lower()  # the LLM's markup is shown, never executed
+    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; summary &amp; more") == 4
+    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; shift &amp; more") == 2
+    assert "First period: there are no earlier interests to compare with." in page
+    assert "0123456789ab" in page  # the card's encoder_version
+    assert "<tr><td>b  liber fast fetch</td><td class=num>0.250</td><td class=num>0.600</td></tr>" in page
+
+
+def test_missing_parts_are_stated_not_crashes(tiny, tmp_path):
+    rd = gather(tiny, repo=None, model_dir=tmp_path / "none", evaluation=tmp_path / "none.json",
+                bench_dir=None, users=["b", "zz"])
+    assert sorted(rd.notes) == ["bench", "evaluation", "model", "online"]
+    assert [(t.user_id, t.partitions) for t in rd.timelines] == [("b", 1), ("zz", 0)]
+    out = tmp_path / "r"
+    write_report(rd, out)
+    page = (out / "index.html").read_text()
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    assert set(re.findall(r'<img src="([^"]+)"', page)) == ALL_IMAGES - {
+        "evaluation_auc.png", "auc_by_partitions.png", "serving_latency.png"}
+    for text in ("no Feast repo given (--repo)", "no evaluation (liber evaluate) at",
+                 "no online benchmark (bench/bench_online.py) at None",
+                 f"no model card at {tmp_path / 'none'}"):
+        assert esc_in(text, page)
+
+
+def esc_in(text: str, page: str) -> bool:
+    import html
+
+    return html.escape(text, quote=True) in page
+
+
+def test_cli_report_and_empty_ledger_error(tmp_path):
+    from liber_features.ledger import Ledger
+
+    tiny = fill(Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    paths = write_inputs(tmp_path)
+    res = CliRunner().invoke(cli, ["report", "--ledger", tiny.url, "--no-online", "--out", str(tmp_path / "o"),
+                                   "--model", str(paths["model_dir"]), "--evaluation", str(paths["evaluation"]),
+                                   "--bench", str(paths["bench_dir"]), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["images"] == 8 and summary["missing"].startswith("no Feast repo given")
+    empty = CliRunner().invoke(cli, ["report", "--ledger", f"sqlite:///{tmp_path / 'empty.db'}",
+                                     "--out", str(tmp_path / "e")])
+    assert empty.exit_code == 2 and "holds no events: run `liber ingest` first" in empty.output
+
+
+@pytest.mark.slow  # Feast import + apply: ~15 s here
+def test_online_figures_are_read_through_feast(tmp_path, monkeypatch):
+    """Encoded 4, online 3 (user a's newest partition not yet written): the lag shows."""
+    from feastrepo import Repo
+
+    from liber_features.featurestore import LONG_TERM_VIEW, data_file
+    from liber_features.ledger import Ledger
+    from liber_features.memory import memory_table, to_frame, write_memory_table
+    from liber_features.online import write_online
+
+    monkeypatch.setenv("LIBER_VECTOR_DIM", "4")
+    ledger = fill(Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    table = memory_table(ledger, memory_slots=8, vector_dim=4)
+    (tmp_path / "repo").mkdir()
+    repo = Repo(tmp_path / "repo", "sqlite")
+    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo.root))
+    store = repo.apply()
+    df = to_frame(table)
+    assert write_online(store, LONG_TERM_VIEW, df[df.partition_count < 3]) == 2
+    rd = gather(ledger, repo=repo.root, model_dir=None, evaluation=None, bench_dir=None)
+    assert "online" not in rd.notes
+    assert rd.coverage == {"sealed": 4, "encoded": 4, "online": 3, "users_online": 2}
+    assert list(rd.online_versions.values()) == [2] and len(rd.online_age_s) == 2
+    write_report(rd, tmp_path / "out")
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "4 / 4 / 3" in page and "encoder_version online" in page
