@@ -203,5 +203,15 @@ def _markdown(h: dict[str, Any], summary: list[dict[str, Any]]) -> str:
     for s in summary:
         cells = [f"{s['by_partitions'][n]['auc']:.4f}" if s["by_partitions"][n]["auc"] else "—" for n in names]
         lines.append(f"| {s['backbone']} | {VARIANT_LABEL[s['variant']]} | " + " | ".join(cells) + " |")
-    lines += ["", "![test AUC](evaluation.png)", "", "![AUC by partitions](evaluation_by_partitions.png)", ""]
+    lines += ["", "![test AUC](evaluation.png)", "", "![AUC by partitions](evaluation_by_partitions.png)", "",
+              "## Reproduce", "",
+              f"The vectors: `liber ingest` (K = {h['k']}) then `liber encode` (prompt, LLM and encoder above; "
+              f"{h['encode']['encode_llm_calls']} LLM calls, {h['encode']['encode_seconds']} s of encode-run "
+              "time recorded in the ledger on a 2-core CPU). The grid: `liber evaluate` (device: "
+              f"{h['grid'].get('device') or 'cuda when available, else cpu'}).", "", "```bash",
+              f"liber ingest --events ../shared/data/ml-latest-small --k {h['k']} --ledger sqlite:///.liber/ml50.db",
+              "liber encode --ledger sqlite:///.liber/ml50.db --batch-size 16",
+              "LIBER_DATA_DIR=$PWD/.liber/ml50-data liber evaluate --ledger sqlite:///.liber/ml50.db --out docs",
+              "# or: build the set here (--save-set set.npz) and train elsewhere: "
+              "liber evaluate --training-set set.npz --device cuda", "```", ""]
     return "\n".join(lines)
