@@ -22,7 +22,10 @@ __all__ = ["DIN"]
 class DIN(Backbone):
     name = "din"
 
-    def __init__(self, *, attention_hidden: int = 32, mlp: tuple[int, ...] = (128, 64),
+    # Sized for serving: the (candidate, history item) term costs L·d·h per candidate, the dominant
+    # cost of one request (h = 32 with a 128-64 MLP took 0.85 ms p50 for 100 candidates on one
+    # thread here; h = 16 with 64-32 is the default).
+    def __init__(self, *, attention_hidden: int = 16, mlp: tuple[int, ...] = (64, 32),
                  dropout: float = 0.1, **kw) -> None:
         super().__init__(**kw)
         d = self.dim
