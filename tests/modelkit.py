@@ -1,13 +1,11 @@
 """Small real ledgers for the model tests: MovieLens users → ledger → fake-LLM encode → Feast repo.
 
-The LLM and text encoder are deterministic functions of their input text (never of call order),
-so two ledgers built from the same events hold bit-identical vectors.
+The shipped fakes (``liber_features.testing``) answer and encode as functions of the text alone
+(never of call order), so two ledgers built from the same events hold bit-identical vectors.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,43 +25,11 @@ from liber_features.interest import run_encode
 from liber_features.ledger import Ledger
 from liber_features.memory import memory_table, write_memory_table
 from liber_features.partition import PartitionRule
+from liber_features.testing import CountingLLM, HashEncoder
 
 
-@dataclass
-class Gen:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class HashLLM:
-    """The reply is a digest of the prompt: deterministic, different for different partitions."""
-
-    llm_id = "fake:hash@1"
-    decoding = {"max_new_tokens": 8}
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def generate(self, prompts):
-        self.calls += len(prompts)
-        return [Gen("likes " + hashlib.sha256(m[-1]["content"].encode()).hexdigest()[:12], 10, 3)
-                for m in prompts]
-
-
-class HashEncoder:
-    encoder_id = "fake-hash-enc@1"
-
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-
-    def encode(self, texts):
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "little")
-            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-        return out
+def hash_llm() -> CountingLLM:
+    return CountingLLM("fake:hash@1")
 
 
 def movielens_users(users: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,14 +56,14 @@ def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: i
     ledger = Ledger(f"sqlite:///{tmp / 'ledger.db'}")
     ev, cat = write_log(tmp / "in", events, catalog)
     ingest(load_events(ev, cat), ledger, PartitionRule(k=k), progress=False)
-    enc = HashEncoder(shape.vector_dim)
-    s = run_encode(ledger, HashLLM(), enc, progress=False)
+    enc, llm = HashEncoder("fake-hash-enc@1", dim=shape.vector_dim), hash_llm()
+    s = run_encode(ledger, llm, enc, progress=False)
     repo_dir = tmp / "repo"
     repo_dir.mkdir(exist_ok=True)
     repo = Repo(repo_dir, backend)
     table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
                          history_length=shape.history_length,
-                         versions=(s.prompt_version, HashLLM.llm_id, enc.encoder_id))
+                         versions=(s.prompt_version, llm.llm_id, enc.encoder_id))
     write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo_dir))
     append_cache_history(current_caches(ledger), data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo_dir))
     store = repo.apply()

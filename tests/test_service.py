@@ -54,7 +54,7 @@ def test_interests_show_partitions_with_their_texts(client):
     body = client.get("/users/1/interests").json()
     assert body["partition_count"] == 23 and len(body["partitions"]) == 23
     p0 = body["partitions"][0]
-    assert p0["seq"] == 0 and p0["n_events"] == 10 and p0["summary"].startswith("likes ")
+    assert p0["seq"] == 0 and p0["n_events"] == 10 and p0["summary"].startswith("summary ")
     assert body["latest_summary"] == body["partitions"][-1]["summary"]
 
 
