@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from encoders import checkpoints
 from liber_features.errors import ConfigError, EncoderError, LLMUnavailable
+from liber_features.redact import redact_text, redact_url, strip_credentials
 
 __all__ = ["DecodingConfig", "Generation", "LLM", "OpenAICompatLLM", "TransformersLLM", "load_llm"]
 
@@ -217,10 +218,19 @@ class OpenAICompatLLM:
         base = base_url.rstrip("/")
         base = base[: -len("/v1")] if base.endswith("/v1") else base  # accept both spellings
         self.url = f"{base}/v1/chat/completions"
+        try:
+            httpx.URL(self.url).port  # a bad port or host fails here, as one ConfigError line
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise ConfigError(f"malformed LLM server URL {redact_url(base_url)!r}: "
+                              f"{redact_text(str(exc))}") from None
+        # What messages show: the password masked. The id names model and host only: never
+        # credentials, and unchanged when a password rotates.
+        self.shown_url = redact_url(self.url)
         self.model = model
         self.config = decoding or DecodingConfig()
         self.decoding = self.config.recorded()
-        self.llm_id = f"openai:{base}/{model}"
+        self.llm_id = f"openai:{strip_credentials(base)}/{model}"
+        self.special_tokens: tuple[str, ...] = ()  # the server's tokenizer is unknown here
         self.max_concurrency = max_concurrency
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
@@ -252,10 +262,12 @@ class OpenAICompatLLM:
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             if _retryable(exc):
-                raise LLMUnavailable(f"{self.url} answered HTTP {status} after retries") from exc
-            raise EncoderError(f"{self.url} refused the request: HTTP {status}: {exc.response.text[:200]}") from exc
+                raise LLMUnavailable(f"{self.shown_url} answered HTTP {status} after retries") from exc
+            raise EncoderError(f"{self.shown_url} refused the request: HTTP {status}: "
+                               f"{redact_text(exc.response.text[:200])}") from exc
         except httpx.TransportError as exc:
-            raise LLMUnavailable(f"cannot reach {self.url} after retries: {exc!r}") from exc
+            raise LLMUnavailable(f"cannot reach {self.shown_url} after retries: "
+                                 f"{redact_text(repr(exc))}") from exc
         try:
             usage = data["usage"]
             return Generation(
@@ -264,7 +276,8 @@ class OpenAICompatLLM:
                 completion_tokens=int(usage["completion_tokens"]),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EncoderError(f"{self.url} returned an unexpected body (needs choices and usage): {exc!r}") from exc
+            raise EncoderError(f"{self.shown_url} returned an unexpected body (needs choices and usage): "
+                               f"{redact_text(repr(exc))}") from exc
 
     def generate(self, prompts: list[Prompt]) -> list[Generation]:
         _check_prompts(prompts)
@@ -285,7 +298,7 @@ def load_llm(
     if spec.startswith("openai:"):
         base_url, sep, model = spec[len("openai:") :].partition("#")
         if not sep or not model or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM spec {spec!r}: expected openai:http(s)://host:port#model")
+            raise ConfigError(f"LLM spec {redact_url(spec)!r}: expected openai:http(s)://host:port#model")
         api_key = os.environ.get("LIBER_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         return OpenAICompatLLM(base_url, model, api_key=api_key, decoding=decoding)
     path = Path(spec).expanduser()
@@ -294,5 +307,6 @@ def load_llm(
     if path.is_dir():
         return TransformersLLM(path, device=device, decoding=decoding)
     raise ConfigError(
-        f"LLM spec {spec!r} is neither 'smollm2', 'openai:<url>#<model>', a checkpoint folder nor a .gguf file"
+        f"LLM spec {redact_url(spec)!r} is neither 'smollm2', 'openai:<url>#<model>', a checkpoint folder "
+        "nor a .gguf file"
     )

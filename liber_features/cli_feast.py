@@ -81,7 +81,9 @@ def materialize(repo: str, end: str | None, late_since: str | None, as_json: boo
             store, end=_utc(end, "--end"), late_since=_utc(late_since, "--late-since"), views=ready
         )
     except LiberError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from liber_features.redact import redact_text
+
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     summary: dict[str, Any] = {
         "project": store.project,

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .errors import EncoderError, LLMUnavailable, VectorShapeError
 from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
 from .ledger import vectors as vec_t
+from .redact import redact_text
 from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, sanitize,
                       shift_messages, summary_messages)
 
@@ -228,7 +229,7 @@ def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id
 
 def _record_failure(ledger, batch, pv, llm, run_id, exc: BaseException) -> None:
     """Mark the batch failed with the error; ``attempts`` counts tries across runs."""
-    message = sanitize(f"{type(exc).__name__}: {exc}", 2000)
+    message = sanitize(redact_text(f"{type(exc).__name__}: {exc}"), 2000)
     with ledger.begin() as conn:
         tried = dict(conn.execute(select(int_t.c.partition_id, int_t.c.attempts).where(
             int_t.c.partition_id.in_([x.id for x in batch]), int_t.c.prompt_version == pv,

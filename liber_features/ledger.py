@@ -24,7 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import LedgerError
+from .errors import ConfigError, LedgerError
+from .redact import redact_obj, redact_url
 
 __all__ = ["Ledger", "default_ledger_url", "metadata", "now_us"]
 
@@ -145,6 +146,14 @@ class Ledger:
         self.url = url or default_ledger_url()
         self.schema = schema
         try:
+            from sqlalchemy.engine import make_url
+
+            make_url(self.url).port  # a malformed URL (bad port, no scheme) is a setting, not a crash
+        except (ValueError, TypeError, SQLAlchemyError) as exc:
+            raise ConfigError(f"malformed ledger URL {self.safe_url()}: "
+                              f"{redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
+                              ) from None
+        try:
             self.engine = self._make_engine(self.url, schema)
             with self.engine.begin() as conn:
                 if schema and conn.dialect.name == "postgresql":
@@ -152,7 +161,7 @@ class Ledger:
                 metadata.create_all(conn)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {self.safe_url()}: {exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+                              f"{redact_url(str(exc).splitlines()[0])}") from exc
         self.dialect = self.engine.dialect.name
 
     @staticmethod
@@ -174,12 +183,8 @@ class Ledger:
         return engine
 
     def safe_url(self) -> str:
-        try:
-            from sqlalchemy.engine import make_url
-
-            return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:  # a malformed URL is itself the problem being reported
-            return "<malformed url>"
+        """The URL with its password masked (``redact.redact_url``, malformed URLs included)."""
+        return redact_url(self.url)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -189,7 +194,7 @@ class Ledger:
                 yield conn
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger write failed on {self.safe_url()}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+                              f"{redact_url(str(exc).splitlines()[0])}") from exc
 
     def _insert(self, table: Table):
         """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL both do)."""
@@ -220,13 +225,14 @@ class Ledger:
         with self.begin() as conn:
             result = conn.execute(runs.insert().values(
                 kind=kind, status="running", started_us=now_us(),
-                params=json.dumps(params, default=str)))
+                params=json.dumps(redact_obj(params), default=str)))
             return int(result.inserted_primary_key[0])
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
-                status=status, finished_us=now_us(), summary=json.dumps(summary, default=str)))
+                status=status, finished_us=now_us(),
+                summary=json.dumps(redact_obj(summary), default=str)))
 
     # -- reads -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
