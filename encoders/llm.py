@@ -132,6 +132,13 @@ class TransformersLLM:
         self.decoding = self.config.recorded()
         stem = name or (Path(gguf_file).stem if gguf_file else path.name)
         self.llm_id = f"transformers:{stem}@{checkpoints.fingerprint(path, gguf_file=gguf_file)}"
+        self.special_tokens = special_tokens(self.tokenizer)
+
+    def prompt_ids(self, messages: Prompt) -> list[int]:
+        """The token ids the model sees for one chat prompt (template + generation prompt)."""
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+        return [int(i) for i in ids]
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -184,6 +191,22 @@ class TransformersLLM:
                 text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
                 out.append(Generation(text, int(prompt_len), n))
         return out
+
+
+def special_tokens(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's own control strings, asked of the tokenizer (no hand-kept list).
+
+    Every special token, plus every added token that is special or looks like a marker (holds
+    ``<``, ``>``, ``[``, ``]`` or ``|``): a tokenizer matches added tokens before ordinary text,
+    so a title holding ``<file_sep>`` would otherwise reach SmolLM2 as its control token. Added
+    tokens that are plain words or whitespace are harmless and stay.
+    """
+    found = set(tokenizer.all_special_tokens)
+    for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        content = getattr(token, "content", str(token))
+        if getattr(token, "special", False) or any(c in content for c in "<>[]|"):
+            found.add(content)
+    return tuple(sorted((t for t in found if t and t.strip()), key=lambda t: (-len(t), t)))
 
 
 def _retryable(exc: BaseException) -> bool:

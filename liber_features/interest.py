@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from .errors import EncoderError, LLMUnavailable, VectorShapeError
 from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
-from .ledger import vectors as vec_t
+from .ledger import prompt_audit as audit_t, vectors as vec_t
 from .redact import redact_text
-from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, sanitize,
+from .fieldrules import cap_text
+from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_hash, prompt_version, sanitize,
                       shift_messages, summary_messages)
 
 __all__ = ["EncodeConfig", "EncodeSummary", "LLMLike", "TextEncoderLike", "run_encode"]
@@ -117,12 +118,16 @@ def _run_batch(batch: list[_Part], prev: dict[tuple[str, int], str], catalog, ll
                enc: TextEncoderLike, cfg: EncodeConfig, s: EncodeSummary):
     """Summaries, then shifts (needing the same batch's summaries), then vectors."""
     p = cfg.prompts
+    # The backend's own control tokens (a local tokenizer's; none known for a remote server).
+    special = tuple(getattr(llm, "special_tokens", ()))
     t0 = time.perf_counter()
-    gens = llm.generate([summary_messages(_lines(x, catalog), p) for x in batch])
+    prompts = [summary_messages(_lines(x, catalog), p, special) for x in batch]
+    gens = llm.generate(prompts)
     summaries = [_text(g, p.output_chars) for g in gens]
     need = [i for i, x in enumerate(batch) if x.seq > 0]
-    shift_gens = llm.generate([shift_messages(prev[(batch[i].user_id, batch[i].seq - 1)],
-                                              summaries[i], p) for i in need]) if need else []
+    shift_prompts = [shift_messages(prev[(batch[i].user_id, batch[i].seq - 1)], summaries[i], p,
+                                    special) for i in need]  # fmt: skip
+    shift_gens = llm.generate(shift_prompts) if need else []
     s.seconds_llm += time.perf_counter() - t0
     s.llm_calls += len(gens) + len(shift_gens)
     shifts = [FIRST_SHIFT] * len(batch)
@@ -137,7 +142,9 @@ def _run_batch(batch: list[_Part], prev: dict[tuple[str, int], str], catalog, ll
     if vecs.shape != (2 * len(batch), enc.dim):
         raise VectorShapeError(f"text encoder {enc.encoder_id} returned {vecs.shape}, "
                                f"expected {(2 * len(batch), enc.dim)}")
-    return summaries, shifts, tokens, vecs
+    seen = [(x.id, "summary", m) for x, m in zip(batch, prompts)]
+    seen += [(batch[i].id, "shift", m) for i, m in zip(need, shift_prompts)]
+    return summaries, shifts, tokens, vecs, seen
 
 
 def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeConfig | None = None,
@@ -171,7 +178,8 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                     break
                 budget -= len(batch)
                 try:
-                    summaries, shifts, tokens, vecs = _run_batch(batch, prev, catalog, llm, enc, cfg, s)
+                    summaries, shifts, tokens, vecs, seen = _run_batch(batch, prev, catalog, llm, enc,
+                                                                       cfg, s)  # fmt: skip
                 except LLMUnavailable:
                     # The backend is down, not this batch bad: stop, mark nothing failed, and
                     # let the next run pick up exactly here.
@@ -182,7 +190,7 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                     s.failed += len(batch)
                     s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
                     continue
-                _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id)
+                _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id, seen)
                 for x, text in zip(batch, summaries):
                     prev[(x.user_id, x.seq)] = text
                 s.partitions_done += len(batch)
@@ -208,7 +216,10 @@ def _upsert_interest(ledger, conn, rows):
     ledger.upsert(conn, int_t, rows, ["partition_id", "prompt_version", "llm_id"])
 
 
-def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id) -> None:
+_AUDIT_CHARS = 16_000  # a stored prompt is capped; its hash covers the whole of it
+
+
+def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id, seen=()) -> None:
     stamp = now_us()
     decoding = json.dumps(llm.decoding, sort_keys=True)
     with ledger.begin() as conn:
@@ -225,6 +236,12 @@ def _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id
             "interest_id": ids[x.id], "encoder_id": enc.encoder_id, "dim": enc.dim,
             "summary_vec": vecs[i].tobytes(), "shift_vec": vecs[n + i].tobytes(),
             "created_us": stamp} for i, x in enumerate(batch)], ["interest_id", "encoder_id"])
+        ledger.upsert(conn, audit_t, [{
+            "partition_id": pid, "prompt_version": pv, "llm_id": llm.llm_id, "kind": kind,
+            "prompt_sha256": prompt_hash(messages),
+            "prompt": cap_text(json.dumps(messages, ensure_ascii=False), _AUDIT_CHARS),
+            "run_id": run_id, "created_us": stamp} for pid, kind, messages in seen],
+            ["partition_id", "prompt_version", "llm_id", "kind"])
 
 
 def _record_failure(ledger, batch, pv, llm, run_id, exc: BaseException) -> None:

@@ -125,6 +125,23 @@ vectors = Table(
 )
 
 
+prompt_audit = Table(
+    "prompt_audit", metadata,
+    # What the model saw for each output: its own table, so existing ledgers gain it through
+    # create_all (which adds missing tables, never missing columns).
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("partition_id", Integer, nullable=False),
+    Column("prompt_version", String(32), nullable=False),
+    Column("llm_id", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),  # summary | shift
+    Column("prompt_sha256", String(64), nullable=False),  # prompts.prompt_hash of the messages
+    Column("prompt", Text, nullable=False),  # the messages as JSON, capped
+    Column("run_id", Integer, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    UniqueConstraint("partition_id", "prompt_version", "llm_id", "kind", name="uq_prompt_audit"),
+)
+
+
 def now_us() -> int:
     import time
 
