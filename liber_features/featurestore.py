@@ -164,6 +164,23 @@ def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
     return _VAR.sub(sub, text), sorted(set(missing))
 
 
+def _check_registry_url(raw: object, yaml_path: Path) -> None:
+    """A SQL registry URL that cannot parse (a bad port) fails here as one line; Feast would
+    only fail at its first registry query, with a traceback."""
+    registry = raw.get("registry") if isinstance(raw, dict) else None
+    if not isinstance(registry, dict) or registry.get("registry_type") != "sql":
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = str(registry.get("path", ""))
+    try:
+        make_url(url).port
+    except (ValueError, ArgumentError) as exc:
+        raise ConfigError(f"{yaml_path}: malformed registry URL {redact_url(url)!r}: "
+                          f"{redact_text(str(exc))}") from None
+
+
 def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] | None = None) -> FeatureStore:
     """A FeatureStore for ``repo_path`` built from the yaml Feast would pick (FEAST_FS_YAML_FILE_PATH,
     else ``<repo>/feature_store.yaml``), expanded as Feast expands it, with errors that say what to set.
@@ -191,6 +208,7 @@ def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] 
             "not a redis:// URL; put the URL in LIBER_REDIS_URL (and unset LIBER_REDIS_CONNECTION): "
             "liber translates it"
         )
+    _check_registry_url(yaml.safe_load(text), yaml_path)
     try:
         config = RepoConfig(**yaml.safe_load(text))
         config.repo_path = repo  # as feast.repo_config.load_repo_config does

@@ -30,6 +30,9 @@ _USERINFO = re.compile(
     r"(?P<scheme>\b(?:[A-Za-z][A-Za-z0-9+.\-]*:)+/{0,2})(?P<user>[^\s:/@'\"<>]*):(?P<pw>[^\s'\"<>]*)@"
     r"(?=[^\s@'\"<>]*(?:[\s'\"<>]|$))"
 )
+# The same without a scheme ('user:pw@host/db', a URL missing its 'scheme://').
+_BARE_USERINFO = re.compile(
+    r"(?<![\w/:@.+-])(?P<user>[A-Za-z0-9._~%+-]+):(?P<pw>[^\s'\"<>/@]+)@(?=[A-Za-z0-9\[])")
 # key=value secrets: Feast's 'host:6379,password=pw', query strings, libpq 'password=pw'.
 _PAIR = re.compile(
     r"(?P<key>\b(?:password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|auth)\s*[=:]\s*)"
@@ -42,6 +45,7 @@ _BEARER = re.compile(r"(?P<key>\bBearer\s+)(?P<value>[A-Za-z0-9._~+/=\-]+)")
 def redact_text(text: str) -> str:
     """``text`` with every credential we can recognise replaced by ``***``."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    text = _BARE_USERINFO.sub(lambda m: f"{m['user']}:{MASK}@", text)
     text = _PAIR.sub(lambda m: f"{m['key']}{MASK}", text)
     return _BEARER.sub(lambda m: f"{m['key']}{MASK}", text)
 
