@@ -110,7 +110,8 @@ def test_redaction_helper_on_every_url_kind() -> None:
     }
     for url, shown in cases.items():
         assert redact_url(url) == shown
-    assert redact_text(f"error: cannot open 'redis://:{SECRET}@h' now") == "error: cannot open 'redis://:***@h' now"
+    shown = redact_text(f"error: cannot open 'redis://:{SECRET}@h' now")
+    assert shown == "error: cannot open 'redis://:***@h' now"
     assert strip_credentials(f"http://me:{SECRET}@gpu:8000") == "http://gpu:8000"
 
 
