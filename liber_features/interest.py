@@ -24,12 +24,12 @@ from sqlalchemy import and_, select
 from tqdm import tqdm
 
 from .errors import EncoderError, LLMUnavailable, VectorShapeError
+from .fieldrules import cap_text
 from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
 from .ledger import prompt_audit as audit_t, vectors as vec_t
-from .redact import redact_text
-from .fieldrules import cap_text
 from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_hash, prompt_version, sanitize,
                       shift_messages, summary_messages)
+from .redact import redact_text
 
 __all__ = ["EncodeConfig", "EncodeSummary", "LLMLike", "TextEncoderLike", "run_encode"]
 
@@ -188,7 +188,7 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                     _record_failure(ledger, batch, pv, llm, run_id, exc)
                     failed_now.update(x.id for x in batch)
                     s.failed += len(batch)
-                    s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
                     continue
                 _commit(ledger, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id, seen)
                 for x, text in zip(batch, summaries):
@@ -200,7 +200,7 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                 bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
     except BaseException as exc:
         status = "failed"
-        s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
         raise
     finally:
         bar.close()
