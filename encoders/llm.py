@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from encoders import checkpoints
 from liber_features.errors import ConfigError, EncoderError, LLMUnavailable
+from liber_features.redact import redact_text, redact_url, strip_credentials
 
 __all__ = ["LLM", "DecodingConfig", "Generation", "OpenAICompatLLM", "TransformersLLM", "load_llm"]
 
@@ -131,6 +132,13 @@ class TransformersLLM:
         self.decoding = self.config.recorded()
         stem = name or (Path(gguf_file).stem if gguf_file else path.name)
         self.llm_id = f"transformers:{stem}@{checkpoints.fingerprint(path, gguf_file=gguf_file)}"
+        self.special_tokens = special_tokens(self.tokenizer)
+
+    def prompt_ids(self, messages: Prompt) -> list[int]:
+        """The token ids the model sees for one chat prompt (template + generation prompt)."""
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+        return [int(i) for i in ids]
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -185,6 +193,22 @@ class TransformersLLM:
         return out
 
 
+def special_tokens(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's own control strings, asked of the tokenizer (no hand-kept list).
+
+    Every special token, plus every added token that is special or looks like a marker (holds
+    ``<``, ``>``, ``[``, ``]`` or ``|``): a tokenizer matches added tokens before ordinary text,
+    so a title holding ``<file_sep>`` would otherwise reach SmolLM2 as its control token. Added
+    tokens that are plain words or whitespace are harmless and stay.
+    """
+    found = set(tokenizer.all_special_tokens)
+    for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        content = getattr(token, "content", str(token))
+        if getattr(token, "special", False) or any(c in content for c in "<>[]|"):
+            found.add(content)
+    return tuple(sorted((t for t in found if t and t.strip()), key=lambda t: (-len(t), t)))
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code == 429 or exc.response.status_code >= 500
@@ -217,10 +241,19 @@ class OpenAICompatLLM:
         base = base_url.rstrip("/")
         base = base.removesuffix("/v1")  # accept both spellings
         self.url = f"{base}/v1/chat/completions"
+        try:
+            httpx.URL(self.url).port  # a bad port or host fails here, as one ConfigError line
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise ConfigError(f"malformed LLM server URL {redact_url(base_url)!r}: "
+                              f"{redact_text(str(exc))}") from None
+        # What messages show: the password masked. The id names model and host only: never
+        # credentials, and unchanged when a password rotates.
+        self.shown_url = redact_url(self.url)
         self.model = model
         self.config = decoding or DecodingConfig()
         self.decoding = self.config.recorded()
-        self.llm_id = f"openai:{base}/{model}"
+        self.llm_id = f"openai:{strip_credentials(base)}/{model}"
+        self.special_tokens: tuple[str, ...] = ()  # the server's tokenizer is unknown here
         self.max_concurrency = max_concurrency
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
@@ -252,10 +285,12 @@ class OpenAICompatLLM:
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             if _retryable(exc):
-                raise LLMUnavailable(f"{self.url} answered HTTP {status} after retries") from exc
-            raise EncoderError(f"{self.url} refused the request: HTTP {status}: {exc.response.text[:200]}") from exc
+                raise LLMUnavailable(f"{self.shown_url} answered HTTP {status} after retries") from exc
+            raise EncoderError(f"{self.shown_url} refused the request: HTTP {status}: "
+                               f"{redact_text(exc.response.text[:200])}") from exc
         except httpx.TransportError as exc:
-            raise LLMUnavailable(f"cannot reach {self.url} after retries: {exc!r}") from exc
+            raise LLMUnavailable(f"cannot reach {self.shown_url} after retries: "
+                                 f"{redact_text(repr(exc))}") from exc
         try:
             usage = data["usage"]
             return Generation(
@@ -264,7 +299,8 @@ class OpenAICompatLLM:
                 completion_tokens=int(usage["completion_tokens"]),
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EncoderError(f"{self.url} returned an unexpected body (needs choices and usage): {exc!r}") from exc
+            raise EncoderError(f"{self.shown_url} returned an unexpected body (needs choices and usage): "
+                               f"{redact_text(repr(exc))}") from exc
 
     def generate(self, prompts: list[Prompt]) -> list[Generation]:
         _check_prompts(prompts)
@@ -285,7 +321,7 @@ def load_llm(
     if spec.startswith("openai:"):
         base_url, sep, model = spec[len("openai:") :].partition("#")
         if not sep or not model or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM spec {spec!r}: expected openai:http(s)://host:port#model")
+            raise ConfigError(f"LLM spec {redact_url(spec)!r}: expected openai:http(s)://host:port#model")
         api_key = os.environ.get("LIBER_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
         return OpenAICompatLLM(base_url, model, api_key=api_key, decoding=decoding)
     path = Path(spec).expanduser()
@@ -294,5 +330,6 @@ def load_llm(
     if path.is_dir():
         return TransformersLLM(path, device=device, decoding=decoding)
     raise ConfigError(
-        f"LLM spec {spec!r} is neither 'smollm2', 'openai:<url>#<model>', a checkpoint folder nor a .gguf file"
+        f"LLM spec {redact_url(spec)!r} is neither 'smollm2', 'openai:<url>#<model>', a checkpoint folder "
+        "nor a .gguf file"
     )

@@ -18,13 +18,18 @@ Inputs, recognised by file name and then by header:
   (a list column is joined with '|').
 
 A directory is searched for ``movies.csv``, ``u.item``, ``movies.dat`` in that order.
-Catalog rows without an item id carry nothing to join on and are dropped.
+Catalog rows without an item id carry nothing to join on and are dropped. Rows that cannot be
+read or break the id rule are quarantined (``read_catalog``), the others load.
+
+Encodings: GroupLens ``u.item`` and ``movies.dat`` are read as Latin-1 (every byte decodes, so
+nothing is rejected for its encoding); every other text catalog must be UTF-8 (a leading BOM is
+fine). A line that is not valid UTF-8 — say one Latin-1 title in ``movies.csv`` — is quarantined
+with its row number and the offending byte; the events of that item are then quarantined as
+"not in catalog". Re-encode such a file to UTF-8 to keep the item.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +37,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from liber_features.delimited import Delimited, read_delimited
 from liber_features.errors import InputError
+from liber_features.fieldrules import id_problems, show
+from liber_features.quarantine import RowChecks
 
-__all__ = ["CATALOG_COLUMNS", "CATALOG_FILES", "ML100K_GENRES", "load_catalog"]
+__all__ = ["CATALOG_COLUMNS", "CATALOG_FILES", "ML100K_GENRES", "load_catalog", "read_catalog"]
 
 CATALOG_COLUMNS = ("item_id", "title", "categories")
 CATALOG_FILES = ("movies.csv", "u.item", "movies.dat")
@@ -45,49 +53,8 @@ ML100K_GENRES = (
     "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 _NO_GENRES = {"(no genres listed)", "unknown"}
-
-
-def read_delimited(
-    path: Path,
-    *,
-    sep: str = ",",
-    names: list[str] | None = None,
-    encoding: str = "utf-8",
-    quoted: bool = True,
-    nrows: int | None = None,
-) -> pd.DataFrame:
-    """Read a delimited text file with every cell as ``str`` ('' when empty).
-
-    Returns a frame indexed 0..n-1 by data row (header and blank lines not counted). Cells stay
-    text so that validation can quote the original value and ids keep their spelling (``007``).
-    ``names`` means the file has no header. ``quoted=False`` for GroupLens files: they are not
-    CSV-quoted and their titles contain '"'. ``nrows=0`` reads just the header.
-    """
-    try:
-        if len(sep) > 1:
-            # pandas' C parser only takes one-character separators and its python engine is
-            # ~10x slower, so '::' is rewritten to the unit separator, which the data never holds.
-            source: Path | io.BytesIO = io.BytesIO(path.read_bytes().replace(sep.encode(), b"\x1f"))
-            sep = "\x1f"
-        else:
-            source = path
-        frame = pd.read_csv(
-            source,
-            sep=sep,
-            header=None if names else 0,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-            encoding=encoding,
-            quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
-            nrows=nrows,
-        )
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
-        # EmptyDataError and ParserError are ValueErrors: the file is not a table we can read.
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    frame.columns = [str(c).strip() for c in frame.columns]
-    # Too-short lines leave NaN even with keep_default_na=False; absent means empty here.
-    return frame.fillna("")
+_CANONICAL = {"movieId": "item_id", "MovieID": "item_id", "title": "title", "Title": "title",
+              "genres": "categories", "Genres": "categories"}  # fmt: skip
 
 
 def read_parquet(path: Path) -> pa.Table:
@@ -108,6 +75,17 @@ def require_columns(frame: pd.DataFrame, path: Path, required: list[str]) -> Non
 
 def load_catalog(path: str | Path) -> pd.DataFrame:
     """Load an item catalog (see the module docstring for the formats) as a catalog frame."""
+    return read_catalog(path)[0]
+
+
+def read_catalog(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(catalog frame, quarantine frame of the catalog rows that were rejected).
+
+    A row is rejected when it cannot be read (bad bytes for the file's encoding, a NUL byte,
+    the wrong number of fields), when its item id breaks the id rule (``fieldrules``), or when
+    its title or categories hold a NUL (kept intact it could not be stored in PostgreSQL; cut,
+    it would be another title).
+    """
     path = Path(path)
     if path.is_dir():
         found = [path / name for name in CATALOG_FILES if (path / name).is_file()]
@@ -116,26 +94,40 @@ def load_catalog(path: str | Path) -> pd.DataFrame:
         path = found[0]
     if not path.is_file():
         raise InputError(f"{path}: no such catalog file")
+    read: Delimited | None = None
     if path.name == "u.item":
-        frame = _from_u_item(path)
+        frame, read = _from_u_item(path)
     elif path.suffix == ".dat":
-        raw = read_delimited(path, sep="::", names=["MovieID", "Title", "Genres"],
-                             encoding="latin-1", quoted=False)  # fmt: skip
-        frame = _from_genre_strings(raw, "MovieID", "Title", "Genres")
+        read = read_delimited(path, sep="::", names=["MovieID", "Title", "Genres"],
+                              encoding="latin-1", quoted=False)  # fmt: skip
+        frame = _from_genre_strings(read.frame, "MovieID", "Title", "Genres")
     elif path.suffix == ".parquet":
         frame = _from_plain(read_parquet(path).to_pandas(), path)
     elif path.suffix == ".csv":
-        raw = read_delimited(path)
-        if "movieId" in raw.columns:
-            require_columns(raw, path, ["movieId", "title", "genres"])
-            frame = _from_genre_strings(raw, "movieId", "title", "genres")
+        read = read_delimited(path)
+        if "movieId" in read.frame.columns:
+            require_columns(read.frame, path, ["movieId", "title", "genres"])
+            frame = _from_genre_strings(read.frame, "movieId", "title", "genres")
         else:
-            frame = _from_plain(raw, path)
+            frame = _from_plain(read.frame, path)
     else:
         raise InputError(f"{path}: unknown catalog format (expected {', '.join(CATALOG_FILES)}, "
                          ".csv or .parquet)")  # fmt: skip
-    frame = frame[frame["item_id"] != ""]
-    return frame.drop_duplicates("item_id", keep="first").reset_index(drop=True)
+    checks = RowChecks(frame.index)
+    if read is not None:
+        checks.fail_rows(read.problems, _CANONICAL)
+    named = frame["item_id"] != ""
+    too_long, bad_chars = id_problems(frame["item_id"], "item_id")
+    checks.fail(named & too_long, "item_id", "item_id of {} characters is longer than 128",
+                frame["item_id"].str.len())
+    checks.fail(named & bad_chars, "item_id", "item_id '{}' contains a control character",
+                frame["item_id"].map(show))
+    for column in ("title", "categories"):
+        checks.fail(frame[column].str.contains("\x00", regex=False), column,
+                    f"{column} '{{}}' contains a NUL byte", frame[column].map(show))
+    quarantine = checks.frame(read.frame if read is not None else frame, str(path))
+    frame = frame[checks.ok & named]
+    return frame.drop_duplicates("item_id", keep="first").reset_index(drop=True), quarantine
 
 
 def _from_genre_strings(raw: pd.DataFrame, id_col: str, title_col: str, genre_col: str
@@ -148,10 +140,11 @@ def _from_genre_strings(raw: pd.DataFrame, id_col: str, title_col: str, genre_co
     })  # fmt: skip
 
 
-def _from_u_item(path: Path) -> pd.DataFrame:
+def _from_u_item(path: Path) -> tuple[pd.DataFrame, Delimited]:
     names = _ml100k_genre_names(path.with_name("u.genre"))
     columns = ["item_id", "title", "release_date", "video_date", "url", *names]
-    raw = read_delimited(path, sep="|", names=columns, encoding="latin-1", quoted=False)
+    read = read_delimited(path, sep="|", names=columns, encoding="latin-1", quoted=False)
+    raw = read.frame
     # Vectorised join of the flag columns: 19 column operations instead of a loop over items.
     joined = pd.Series("", index=raw.index, dtype=object)
     for name in names:
@@ -161,14 +154,14 @@ def _from_u_item(path: Path) -> pd.DataFrame:
         "item_id": raw["item_id"].str.strip(),
         "title": raw["title"],
         "categories": joined.str.rstrip("|"),
-    })  # fmt: skip
+    }), read  # fmt: skip
 
 
 def _ml100k_genre_names(genre_file: Path) -> list[str]:
     if not genre_file.is_file():
         return list(ML100K_GENRES)
     raw = read_delimited(genre_file, sep="|", names=["name", "index"], encoding="latin-1",
-                         quoted=False)  # fmt: skip
+                         quoted=False).frame  # fmt: skip
     raw = raw[raw["name"].str.strip() != ""]
     ordered = raw.assign(index=pd.to_numeric(raw["index"], errors="coerce")).sort_values("index")
     names = ordered["name"].str.strip().tolist()

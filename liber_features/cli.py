@@ -26,7 +26,9 @@ class _LiberGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LiberError as exc:
-            click.echo(f"error: {exc}", err=True)
+            from .redact import redact_text
+
+            click.echo(f"error: {redact_text(str(exc))}", err=True)
             sys.exit(exc.exit_code)
 
 

@@ -89,7 +89,9 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
         ledger = Ledger(ledger_url, schema=ledger_schema)
         reports = [sync_view(store, ledger, view, rebuild=rebuild, since=since) for view in ready]
     except LiberError as exc:
-        click.echo(f"error: {exc}", err=True)
+        from liber_features.redact import redact_text
+
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     summary: dict[str, Any] = {
         "project": store.project,

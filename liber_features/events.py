@@ -18,20 +18,29 @@ Quarantine frame (one row per rejected input row, in row order)::
     source str (file path) | row int64 | field str | reason str | raw str (the input row as JSON)
 
 ``field`` is the canonical name of the offending column (user_id, item_id, ts, rating,
-event_id). Checks run in this order and the first failing one wins: user_id null/empty,
-item_id null/empty, timestamp empty or unparseable, timestamp in the future, rating not a
-number / not finite / out of range, event_id empty, item not in the catalog (only when a
-catalog is known). Rows passing every check are deduplicated by event_id, first occurrence in
-input order wins; dropped rows are counted in ``LoadedEvents.duplicates``, not quarantined.
-An input as a whole that is unusable (missing file, unknown layout, unreadable, required column
-missing) raises ``InputError``.
+event_id), or ``row`` when the line as a whole is bad. Checks run in this order and the first
+failing one wins: the line could not be read (invalid bytes for the encoding, a NUL byte, the
+wrong number of fields: see ``delimited``), user_id null/empty, user_id too long or holding a
+control character, the same for item_id, timestamp empty or unparseable, timestamp before
+``LoadConfig.earliest`` or in the future, rating not a number / not finite / out of range,
+event_id empty / too long / control characters, item not in the catalog (only when a catalog is
+known). Id rules (1–128 characters for users and items, 1–64 for event ids, no control
+characters) live in ``fieldrules``; reason and raw are capped there too.
+
+Event ids are global: an id names one event whoever's it is. Rows passing every check are
+deduplicated by event_id, first occurrence in input order wins, and ``ingest`` drops ids the
+ledger already holds (for any user); dropped rows are counted in ``LoadedEvents.duplicates``,
+not quarantined. An input as a whole that is unusable (missing file, unknown layout,
+unreadable, header undecodable, required column missing) raises ``InputError``.
 
 Layouts (``detect_layout``): a directory holding ``ratings.csv`` (ml-latest, ml-latest-small),
 ``u.data`` (ml-100k) or ``ratings.dat`` (ml-1m) brings its own catalog (``movies.csv``,
 ``u.item``, ``movies.dat``; none if absent). A plain ``.csv``/``.parquet`` log has ``user_id``,
 ``item_id``, ``timestamp`` (alias ``ts``), optional ``rating`` (alias ``weight``) and optional
 ``event_id``. Timestamps: numbers are epoch seconds (int or float); text is ISO-8601; naive
-times are UTC.
+times are UTC. Valid times lie in [``LoadConfig.earliest`` (default 1970-01-01 UTC: no negative
+epochs), now + ``future_tolerance_s``]; an epoch in milliseconds lands far in the future and the
+reason says so.
 """
 
 from __future__ import annotations
@@ -46,9 +55,12 @@ import pandas as pd
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from liber_features.catalog import id_text, load_catalog, read_delimited, read_parquet
+from liber_features.catalog import id_text, load_catalog, read_catalog, read_parquet
 from liber_features.catalog import require_columns
+from liber_features.delimited import Delimited, read_delimited
 from liber_features.errors import InputError
+from liber_features.fieldrules import ID_MAX_CHARS, id_problems
+from liber_features.quarantine import QUARANTINE_COLUMNS, RowChecks
 
 __all__ = [
     "EVENT_COLUMNS", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
@@ -56,7 +68,6 @@ __all__ = [
 ]  # fmt: skip
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "ts", "rating", "row")
-QUARANTINE_COLUMNS = ("source", "row", "field", "reason", "raw")
 
 #: directory layout → (events file, catalog file); the events file identifies the layout.
 _DIR_LAYOUTS = {
@@ -87,6 +98,9 @@ class LoadConfig(BaseModel):
     """Timestamps later than now + this many seconds are quarantined (clock skew allowance)."""
     now: datetime | None = None
     """Injectable clock for tests; naive means UTC. None reads the system clock at load time."""
+    earliest: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    """Timestamps before this are quarantined; naive means UTC. The default refuses negative
+    epochs (a 1969 date is almost always a sign error or a missing value written as -1)."""
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> LoadConfig:
@@ -107,6 +121,7 @@ class LoadedEvents:
     quarantine: pd.DataFrame
     read: int
     duplicates: int
+    catalog_quarantine: pd.DataFrame | None = None  # rejected catalog rows (not counted in read)
 
 
 def detect_layout(path: str | Path) -> str:
@@ -127,7 +142,7 @@ def detect_layout(path: str | Path) -> str:
     if path.suffix == ".parquet":
         return "parquet"
     if path.suffix == ".csv":
-        header = read_delimited(path, nrows=0).columns
+        header = read_delimited(path, nrows=0).frame.columns
         return "ml-latest" if {"userId", "movieId"} <= set(header) else "csv"
     raise InputError(f"{path}: unknown event file format (expected a directory, .csv or .parquet)")
 
@@ -150,23 +165,33 @@ def load_events(
         if catalog_path is None and (path / catalog_file).is_file():
             catalog_path = path / catalog_file
         path = path / events_file
-    catalog = load_catalog(catalog_path) if catalog_path is not None else None
-    raw, columns, rating_null = _read_events(path, layout)
+    catalog, catalog_quarantine = read_catalog(catalog_path) if catalog_path is not None \
+        else (None, None)
+    raw, columns, rating_null, read = _read_events(path, layout)
 
-    checks = _Checks(raw.index)
+    checks = RowChecks(raw.index)
+    if read is not None:
+        checks.fail_rows(read.problems, {src: field for field, src in columns.items() if src})
     user = id_text(raw[columns["user_id"]])
     item = id_text(raw[columns["item_id"]])
     checks.fail(user == "", "user_id", "user_id is null")
+    _check_id(checks, user, "user_id")
     checks.fail(item == "", "item_id", "item_id is null")
+    _check_id(checks, item, "item_id")
 
     ts_raw = raw[columns["ts"]]
     ts, ts_empty = _parse_ts(ts_raw)
     checks.fail(ts_empty, "ts", "timestamp is empty")
     checks.fail(ts.isna(), "ts", "timestamp '{}' is neither epoch seconds nor ISO-8601", ts_raw)
-    now = pd.Timestamp(config.now or datetime.now(UTC))
-    now = now.tz_localize("UTC") if now.tz is None else now.tz_convert("UTC")
-    future = ts > now + pd.Timedelta(seconds=config.future_tolerance_s)
-    checks.fail(future, "ts", "timestamp '{}' is in the future", ts_raw)
+    earliest = _utc(config.earliest)
+    checks.fail(ts < earliest, "ts", f"timestamp '{{}}' is before the earliest allowed time "
+                f"{earliest.isoformat()}", ts_raw)  # fmt: skip
+    latest = _utc(config.now or datetime.now(UTC)) + pd.Timedelta(seconds=config.future_tolerance_s)
+    # An epoch in milliseconds reads as a time thousands of years ahead: say so.
+    millis = (ts > latest) & (ts > pd.Timestamp("3000-01-01", tz="UTC"))
+    checks.fail(millis, "ts", "timestamp '{}' is in the future (milliseconds? epoch seconds "
+                "are expected)", ts_raw)  # fmt: skip
+    checks.fail(ts > latest, "ts", "timestamp '{}' is in the future", ts_raw)
 
     rating = pd.Series(np.nan, index=raw.index, dtype="float64")
     if columns["rating"] is not None:
@@ -184,6 +209,7 @@ def load_events(
     given = id_text(raw[columns["event_id"]]) if columns["event_id"] is not None else None
     if given is not None:
         checks.fail(given == "", "event_id", "event_id is empty")
+        _check_id(checks, given, "event_id")
     if catalog is not None:
         checks.fail(~item.isin(catalog["item_id"]), "item_id", "item '{}' not in catalog", item)
 
@@ -203,6 +229,7 @@ def load_events(
         quarantine=checks.frame(raw, str(path)),
         read=len(raw),
         duplicates=int(repeated.sum()),
+        catalog_quarantine=catalog_quarantine,
     )
 
 
@@ -226,61 +253,44 @@ def iter_time_slices(events: pd.DataFrame, n: int) -> list[pd.DataFrame]:
     return [canonical[labels == i].reset_index(drop=True) for i in range(n)]
 
 
-class _Checks:
-    """Accumulates the first failing check per row (field + reason)."""
-
-    def __init__(self, index: pd.Index) -> None:
-        self.field = pd.Series(None, index=index, dtype=object)
-        self.reason = pd.Series(None, index=index, dtype=object)
-
-    def fail(
-        self, mask: pd.Series, field: str, reason: str, values: pd.Series | None = None
-    ) -> None:
-        """Mark the rows of ``mask`` that no earlier check failed; ``reason`` is a template whose
-        ``{}`` takes the row's entry of ``values`` (formatted for the failing rows only)."""
-        new = mask & self.reason.isna()
-        if not new.any():
-            return
-        self.field[new] = field
-        if values is None:
-            self.reason[new] = reason
-        else:
-            self.reason[new] = [reason.format(v) for v in values[new].tolist()]
-
-    def frame(self, raw: pd.DataFrame, source: str) -> pd.DataFrame:
-        bad = self.reason.notna()
-        rows = raw[bad]
-        # to_json is vectorised and turns NaN into null and timestamps into ISO text; JSON
-        # escapes newlines inside values, so one line per row.
-        text = rows.to_json(orient="records", lines=True, force_ascii=False, date_format="iso",
-                            date_unit="us") if len(rows) else ""  # fmt: skip
-        return pd.DataFrame({
-            "source": pd.Series(source, index=rows.index, dtype=object),
-            "row": rows.index.to_numpy(dtype="int64"),
-            "field": self.field[bad], "reason": self.reason[bad],
-            "raw": pd.Series(text.split("\n")[: len(rows)], index=rows.index, dtype=object),
-        }).reset_index(drop=True)  # fmt: skip
+def _utc(when: datetime) -> pd.Timestamp:
+    stamp = pd.Timestamp(when)
+    return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
 
 
-def _read_events(path: Path, layout: str) -> tuple[pd.DataFrame, _Columns, pd.Series | None]:
-    """Return (raw frame indexed by data row, canonical field → source column, rating null mask).
+def _check_id(checks: RowChecks, ids: pd.Series, field: str) -> None:
+    """The id rule of ``fieldrules`` (length, control characters) on non-empty ids."""
+    too_long, bad_chars = id_problems(ids, field)
+    checks.fail(too_long, field, f"{field} of {{}} characters is longer than {ID_MAX_CHARS[field]}",
+                ids.str.len())  # fmt: skip
+    checks.fail(bad_chars, field, f"{field} '{{}}' contains a control character", ids)
+
+
+def _read_events(path: Path, layout: str
+                 ) -> tuple[pd.DataFrame, _Columns, pd.Series | None, Delimited | None]:  # fmt: skip
+    """Return (raw frame indexed by data row, canonical field → source column, rating null mask,
+    the text reader's outcome with its problem rows; None for parquet).
 
     The null mask is only known for parquet, where null (missing) and NaN (invalid) differ.
     """
+    read: Delimited | None = None
     if layout == "ml-latest":
-        raw = read_delimited(path)
+        read = read_delimited(path)
+        raw = read.frame
         columns: _Columns = {"user_id": "userId", "item_id": "movieId", "ts": "timestamp",
                              "rating": "rating", "event_id": None}  # fmt: skip
     elif layout in ("ml-100k", "ml-1m"):
         names = (["user_id", "item_id", "rating", "timestamp"] if layout == "ml-100k"
                  else ["UserID", "MovieID", "Rating", "Timestamp"])  # fmt: skip
-        raw = read_delimited(path, sep="\t" if layout == "ml-100k" else "::", names=names,
-                             encoding="latin-1", quoted=False)  # fmt: skip
+        read = read_delimited(path, sep="\t" if layout == "ml-100k" else "::", names=names,
+                              encoding="latin-1", quoted=False)  # fmt: skip
+        raw = read.frame
         columns = {**dict(zip(("user_id", "item_id", "rating", "ts"), names, strict=True)),
                    "event_id": None}  # fmt: skip
     else:
         table = read_parquet(path) if layout == "parquet" else None
-        raw = table.to_pandas() if table is not None else read_delimited(path)
+        read = None if table is not None else read_delimited(path)
+        raw = table.to_pandas() if table is not None else read.frame
         columns = {field: next((c for c in names if c in raw.columns), None)
                    for field, names in _PLAIN_ALIASES.items()}  # fmt: skip
         for field in ("user_id", "item_id", "ts"):
@@ -288,9 +298,9 @@ def _read_events(path: Path, layout: str) -> tuple[pd.DataFrame, _Columns, pd.Se
                 require_columns(raw, path, [_PLAIN_ALIASES[field][0]])
         if table is not None and columns["rating"] is not None:
             null = pc.is_null(table.column(columns["rating"])).to_numpy(zero_copy_only=False)
-            return raw, columns, pd.Series(null, index=raw.index)
+            return raw, columns, pd.Series(null, index=raw.index), None
     require_columns(raw, path, [c for c in columns.values() if c is not None])
-    return raw, columns, None
+    return raw, columns, None, read
 
 
 def _parse_ts(values: pd.Series) -> tuple[pd.Series, pd.Series]:

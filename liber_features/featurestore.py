@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from liber_features.errors import ConfigError, FeatureStoreError
+from liber_features.redact import redact_text, redact_url
 
 if TYPE_CHECKING:  # feast is heavy to import (it pulls torch when installed): only when used
     from feast import FeatureStore
@@ -134,10 +135,16 @@ def feast_redis_connection(url: str) -> str:
     tests and most deployments speak URLs; this is the one place that bridges them.
     """
     parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # 'Port could not be cast to integer value': one line, not a traceback
+        raise ConfigError(f"bad port in Redis URL {redact_url(url)!r}") from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"not a redis:// URL: {url!r}")
+        raise ConfigError(f"not a redis:// URL: {redact_url(url)!r}")
     db = (parts.path or "/0").strip("/") or "0"
-    out = [f"{parts.hostname}:{parts.port or 6379}", f"db={db}"]
+    if not db.isdigit():
+        raise ConfigError(f"Redis URL {redact_url(url)!r}: the database must be a number, got {db!r}")
+    out = [f"{parts.hostname}:{port or 6379}", f"db={db}"]
     if parts.username:
         out.append(f"username={unquote(parts.username)}")
     if parts.password:
@@ -160,6 +167,23 @@ def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
         return m.group(0)
 
     return _VAR.sub(sub, text), sorted(set(missing))
+
+
+def _check_registry_url(raw: object, yaml_path: Path) -> None:
+    """A SQL registry URL that cannot parse (a bad port) fails here as one line; Feast would
+    only fail at its first registry query, with a traceback."""
+    registry = raw.get("registry") if isinstance(raw, dict) else None
+    if not isinstance(registry, dict) or registry.get("registry_type") != "sql":
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = str(registry.get("path", ""))
+    try:
+        make_url(url).port
+    except (ValueError, ArgumentError) as exc:
+        raise ConfigError(f"{yaml_path}: malformed registry URL {redact_url(url)!r}: "
+                          f"{redact_text(str(exc))}") from None
 
 
 def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] | None = None) -> FeatureStore:
@@ -189,12 +213,14 @@ def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] 
             "not a redis:// URL; put the URL in LIBER_REDIS_URL (and unset LIBER_REDIS_CONNECTION): "
             "liber translates it"
         )
+    _check_registry_url(yaml.safe_load(text), yaml_path)
     try:
         config = RepoConfig(**yaml.safe_load(text))
         config.repo_path = repo  # as feast.repo_config.load_repo_config does
         return FeatureStore(repo_path=str(repo), config=config)
     except Exception as exc:  # Feast raises a zoo of types here; keep its message, type it ours
-        raise FeatureStoreError(f"cannot open the Feast repo {repo} ({yaml_path}): {exc}") from exc
+        raise FeatureStoreError(f"cannot open the Feast repo {repo} ({yaml_path}): "
+                                f"{redact_text(str(exc))}") from exc
 
 
 # --- sample frames: a bootstrap for trying the repo, and the fixtures of our tests and bench ---

@@ -4,6 +4,9 @@ Work is done in chunks of users, one transaction per chunk: the chunk's new even
 partitions they seal and the users' cache states commit together. A crash loses at most the
 chunk in flight; a rerun of the same input finds the committed events in the ledger, counts
 them as duplicates and carries on — so running the same ingest twice adds nothing.
+
+Event ids are global (see ``events``): an id the ledger already holds is a duplicate whichever
+user the new row names, so the events table and the users' caches always hold the same events.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class IngestSummary:
     accepted: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    catalog_quarantined: int = 0  # catalog rows rejected (not part of ``read``)
     late: int = 0
     users: int = 0
     partitions_sealed: int = 0
@@ -145,10 +149,25 @@ def _write_side_tables(ledger: Ledger, loaded: LoadedEvents, run_id: int) -> Non
             ledger.upsert(conn, items_t, loaded.catalog[["item_id", "title", "categories"]]
                           .to_dict("records"), ["item_id"])
         q = loaded.quarantine
+        if loaded.catalog_quarantine is not None:
+            q = pd.concat([q, loaded.catalog_quarantine], ignore_index=True)
         rows = [{"key": hashlib.sha1(f"{r.source}\x1f{r.row}\x1f{r.raw}".encode()).hexdigest(),
                  "run_id": run_id, "source": r.source, "row": int(r.row), "field": r.field,
                  "reason": r.reason, "raw": r.raw} for r in q.itertuples(index=False)]
         ledger.insert_ignore(conn, quarantine_t, rows, ["key"])
+
+
+_ID_BATCH = 5_000  # bound parameters per query: SQLite allows 32,766, psycopg 65,535
+
+
+def _known_ids(conn, event_ids: list[str]) -> set[str]:
+    """The ids among ``event_ids`` that the ledger holds already, for any user."""
+    seen: set[str] = set()
+    for start in range(0, len(event_ids), _ID_BATCH):
+        batch = event_ids[start:start + _ID_BATCH]
+        seen.update(r[0] for r in conn.execute(
+            select(events_t.c.event_id).where(events_t.c.event_id.in_(batch))))
+    return seen
 
 
 def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_users: int = 256,
@@ -160,7 +179,9 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
     run_id = ledger.start_run("ingest", {"source": loaded.source, "layout": loaded.layout,
                                          "rule": rule.model_dump()})
     s = IngestSummary(read=loaded.read, duplicates=loaded.duplicates,
-                      quarantined=len(loaded.quarantine), run_id=run_id)
+                      quarantined=len(loaded.quarantine), run_id=run_id,
+                      catalog_quarantined=len(loaded.catalog_quarantine)
+                      if loaded.catalog_quarantine is not None else 0)  # fmt: skip
     try:
         _write_side_tables(ledger, loaded, run_id)
         ev = loaded.events
@@ -176,8 +197,7 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
         for start in range(0, len(users), chunk_users):
             chunk = users[start:start + chunk_users]
             with ledger.begin() as conn:
-                seen = {r[0] for r in conn.execute(
-                    select(events_t.c.event_id).where(events_t.c.user_id.in_(chunk)))}
+                seen = _known_ids(conn, [ids[i] for u in chunk for i in groups[u]])
                 states = load_states(conn, chunk)
                 new_events, new_parts, new_states = [], [], []
                 for user in chunk:

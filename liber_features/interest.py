@@ -28,10 +28,12 @@ from tqdm import tqdm
 
 from .claims import Lease, poll_interval
 from .errors import EncoderError, LiberError, LLMUnavailable, VectorShapeError
+from .fieldrules import cap_text
 from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
-from .ledger import vectors as vec_t
-from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, sanitize,
+from .ledger import prompt_audit as audit_t, vectors as vec_t
+from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_hash, prompt_version, sanitize,
                       shift_messages, summary_messages)
+from .redact import redact_text
 
 __all__ = ["EncodeConfig", "EncodeSummary", "LLMLike", "TextEncoderLike", "run_encode"]
 
@@ -123,12 +125,16 @@ def _run_batch(batch: list[_Part], prev: dict[tuple[str, int], str], catalog, ll
                enc: TextEncoderLike, cfg: EncodeConfig, s: EncodeSummary):
     """Summaries, then shifts (needing the same batch's summaries), then vectors."""
     p = cfg.prompts
+    # The backend's own control tokens (a local tokenizer's; none known for a remote server).
+    special = tuple(getattr(llm, "special_tokens", ()))
     t0 = time.perf_counter()
-    gens = llm.generate([summary_messages(_lines(x, catalog), p) for x in batch])
+    prompts = [summary_messages(_lines(x, catalog), p, special) for x in batch]
+    gens = llm.generate(prompts)
     summaries = [_text(g, p.output_chars) for g in gens]
     need = [i for i, x in enumerate(batch) if x.seq > 0]
-    shift_gens = llm.generate([shift_messages(prev[(batch[i].user_id, batch[i].seq - 1)],
-                                              summaries[i], p) for i in need]) if need else []
+    shift_prompts = [shift_messages(prev[(batch[i].user_id, batch[i].seq - 1)], summaries[i], p,
+                                    special) for i in need]  # fmt: skip
+    shift_gens = llm.generate(shift_prompts) if need else []
     s.seconds_llm += time.perf_counter() - t0
     s.llm_calls += len(gens) + len(shift_gens)
     shifts = [FIRST_SHIFT] * len(batch)
@@ -143,7 +149,9 @@ def _run_batch(batch: list[_Part], prev: dict[tuple[str, int], str], catalog, ll
     if vecs.shape != (2 * len(batch), enc.dim):
         raise VectorShapeError(f"text encoder {enc.encoder_id} returned {vecs.shape}, "
                                f"expected {(2 * len(batch), enc.dim)}")
-    return summaries, shifts, tokens, vecs
+    seen = [(x.id, "summary", m) for x, m in zip(batch, prompts)]
+    seen += [(batch[i].id, "shift", m) for i, m in zip(need, shift_prompts)]
+    return summaries, shifts, tokens, vecs, seen
 
 
 def _ready(parts: list[_Part], prev: dict, skip: set[int]) -> list[_Part]:
@@ -207,7 +215,8 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                 budget -= len(batch)
                 lease.count_calls(_calls(batch))
                 try:
-                    summaries, shifts, tokens, vecs = _run_batch(batch, prev, catalog, llm, enc, cfg, s)
+                    summaries, shifts, tokens, vecs, seen = _run_batch(batch, prev, catalog, llm, enc,
+                                                                       cfg, s)  # fmt: skip
                 except LLMUnavailable:
                     # The backend is down, not this batch bad: stop, mark nothing failed, and
                     # let the next run (or another worker, at once) pick up exactly here.
@@ -216,10 +225,10 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                     _record_failure(ledger, lease, batch, pv, llm, run_id, exc)
                     failed_now.update(x.id for x in batch)
                     s.failed += len(batch)
-                    s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
                     continue
                 accepted = _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm,
-                                   enc, run_id)
+                                   enc, run_id, seen)
                 s.rejected_commits += len(batch) - len(accepted)
                 for i, (x, text) in enumerate(zip(batch, summaries)):
                     if x.id in accepted:
@@ -231,7 +240,7 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
                 bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
     except BaseException as exc:
         status = "failed"
-        s.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
         raise
     finally:
         if bar is not None:
@@ -255,7 +264,11 @@ def _done_summaries(ledger: Ledger, pv: str, llm_id: str, by_id: dict[int, _Part
             for r in rows if r.partition_id in by_id}
 
 
-def _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id) -> set[int]:
+_AUDIT_CHARS = 16_000  # a stored prompt is capped; its hash covers the whole of it
+
+
+def _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id,
+            seen=()) -> set[int]:
     """Write the batch's texts and vectors for the claims still ours; return their partition ids.
 
     Insert-or-nothing: a ``done`` row is never touched (its id, and so its vectors, stay put); only
@@ -280,6 +293,12 @@ def _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm, enc,
             "interest_id": ids[batch[i].id], "encoder_id": enc.encoder_id, "dim": enc.dim,
             "summary_vec": vecs[i].tobytes(), "shift_vec": vecs[n + i].tobytes(),
             "created_us": stamp} for i in keep], ["interest_id", "encoder_id"])
+        ledger.upsert(conn, audit_t, [{
+            "partition_id": pid, "prompt_version": pv, "llm_id": llm.llm_id, "kind": kind,
+            "prompt_sha256": prompt_hash(messages),
+            "prompt": cap_text(json.dumps(messages, ensure_ascii=False), _AUDIT_CHARS),
+            "run_id": run_id, "created_us": stamp} for pid, kind, messages in seen if pid in accepted],
+            ["partition_id", "prompt_version", "llm_id", "kind"])
         lease.count(conn, partitions_done=len(keep), llm_calls_committed=_calls([batch[i] for i in keep]),
                     rejected_commits=n - len(keep))
     return accepted
@@ -287,7 +306,7 @@ def _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm, enc,
 
 def _record_failure(ledger, lease, batch, pv, llm, run_id, exc: BaseException) -> None:
     """Mark the batch failed with the error and give up its claims; ``attempts`` counts tries."""
-    message = sanitize(f"{type(exc).__name__}: {exc}", 2000)
+    message = sanitize(redact_text(f"{type(exc).__name__}: {exc}"), 2000)
     with lease._tx() as conn:
         held = lease.release(conn, [x.id for x in batch])  # first: the write lock on SQLite
         tried = dict(conn.execute(select(int_t.c.partition_id, int_t.c.attempts).where(

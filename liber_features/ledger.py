@@ -24,7 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from .errors import LedgerError
+from .errors import ConfigError, LedgerError
+from .redact import redact_obj, redact_url
 
 __all__ = ["Ledger", "default_ledger_url", "metadata", "now_us"]
 
@@ -174,6 +175,23 @@ locks = Table(
 )
 
 
+prompt_audit = Table(
+    "prompt_audit", metadata,
+    # What the model saw for each output: its own table, so existing ledgers gain it through
+    # create_all (which adds missing tables, never missing columns).
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("partition_id", Integer, nullable=False),
+    Column("prompt_version", String(32), nullable=False),
+    Column("llm_id", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),  # summary | shift
+    Column("prompt_sha256", String(64), nullable=False),  # prompts.prompt_hash of the messages
+    Column("prompt", Text, nullable=False),  # the messages as JSON, capped
+    Column("run_id", Integer, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    UniqueConstraint("partition_id", "prompt_version", "llm_id", "kind", name="uq_prompt_audit"),
+)
+
+
 def now_us() -> int:
     import time
 
@@ -195,6 +213,14 @@ class Ledger:
         self.url = url or default_ledger_url()
         self.schema = schema
         try:
+            from sqlalchemy.engine import make_url
+
+            make_url(self.url).port  # a malformed URL (bad port, no scheme) is a setting, not a crash
+        except (ValueError, TypeError, SQLAlchemyError) as exc:
+            raise ConfigError(f"malformed ledger URL {self.safe_url()}: "
+                              f"{redact_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
+                              ) from None
+        try:
             self.engine = self._make_engine(self.url, schema)
             for attempt in range(3):
                 try:
@@ -210,7 +236,7 @@ class Ledger:
                         raise
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {self.safe_url()}: {exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+                              f"{redact_url(str(exc).splitlines()[0])}") from exc
         self.dialect = self.engine.dialect.name
 
     @staticmethod
@@ -232,12 +258,8 @@ class Ledger:
         return engine
 
     def safe_url(self) -> str:
-        try:
-            from sqlalchemy.engine import make_url
-
-            return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:  # a malformed URL is itself the problem being reported
-            return "<malformed url>"
+        """The URL with its password masked (``redact.redact_url``, malformed URLs included)."""
+        return redact_url(self.url)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -247,7 +269,7 @@ class Ledger:
                 yield conn
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger write failed on {self.safe_url()}: "
-                              f"{str(exc).splitlines()[0]}") from exc
+                              f"{redact_url(str(exc).splitlines()[0])}") from exc
 
     def _insert(self, table: Table):
         """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL both do)."""
@@ -317,7 +339,7 @@ class Ledger:
             stamp = now_us()
             result = conn.execute(runs.insert().values(
                 kind=kind, status="running", started_us=stamp,
-                params=json.dumps(params, default=str)))
+                params=json.dumps(redact_obj(params), default=str)))
             run_id = int(result.inserted_primary_key[0])
             conn.execute(run_heartbeats.insert().values(
                 run_id=run_id, worker=f"{socket.gethostname()}:{os.getpid()}",
@@ -328,7 +350,8 @@ class Ledger:
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
-                status=status, finished_us=now_us(), summary=json.dumps(summary, default=str)))
+                status=status, finished_us=now_us(),
+                summary=json.dumps(redact_obj(summary), default=str)))
 
     # -- reads -----------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -142,7 +142,7 @@ def test_ml_100k_layout_latin1_and_genre_flags() -> None:
         (7, "user_id", "user_id is null"),
         (8, "ts", "timestamp '4102444800' is in the future"),
         (10, "rating", "rating 0.5 outside [1.0, 5.0]"),
-        (11, "ts", "timestamp is empty"),  # a line with too few fields
+        (11, "row", "expected 4 fields, found 2"),  # a line with too few fields
     ]
     cat = loaded.catalog.set_index("item_id")
     assert cat.loc["51", "title"] == "Café au lait (Métisse) (1993)"

@@ -45,7 +45,7 @@ class FakeLLM:
             if self.fail_on and self.fail_on in body:
                 raise EncoderError("backend exploded")
             self.prompts.append(body)
-            kind = "shift" if body.startswith("Earlier interests") else "summary"
+            kind = "shift" if "Earlier interests: " in body else "summary"
             out.append(Gen(f"{kind}#{len(self.prompts)}", len(body.split()), 3))
         return out
 
@@ -94,9 +94,10 @@ def test_cascade_summary_then_shift_with_previous_summary(filled):
     assert len(rows) == 4
     firsts = [r for r in rows.values() if r.shift == FIRST_SHIFT]
     assert len(firsts) == 2
-    shifts = [p for p in llm.prompts if p.startswith("Earlier interests")]
-    # Each shift prompt quotes an earlier summary the same run produced.
-    assert all("summary#" in p for p in shifts)
+    shifts = [p for p in llm.prompts if "Earlier interests: " in p]
+    # Each shift prompt quotes an earlier summary the same run produced, inside the data fence.
+    assert len(shifts) == 2 and all("summary#" in p for p in shifts)
+    assert all(p.startswith("<catalog_data>\nEarlier interests: summary#") for p in shifts)
     assert all(json.loads(r.decoding) == {"max_new_tokens": 8} for r in rows.values())
 
 
