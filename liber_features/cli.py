@@ -18,7 +18,7 @@ import click
 
 from .errors import LiberError
 
-__all__ = ["main", "cli"]
+__all__ = ["cli", "main"]
 
 
 class _LiberGroup(click.Group):
@@ -38,23 +38,7 @@ def cli() -> None:
     """LIBER lifelong user-behaviour features for Feast-backed recommenders."""
 
 
-def emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
-    """Print a summary: aligned lines for people, one JSON line for machines."""
-    if as_json:
-        click.echo(json.dumps(summary, default=str, sort_keys=True))
-        return
-    click.echo(title)
-    for key, value in summary.items():
-        if not isinstance(value, dict):
-            click.echo(f"  {key:<22} {value}")
-
-
-ledger_option = click.option(
-    "--ledger", "ledger_url", envvar="LIBER_LEDGER_URL", default=None,
-    help="SQLAlchemy URL of the ledger [env LIBER_LEDGER_URL; default sqlite:///.liber/ledger.db]")
-schema_option = click.option(
-    "--ledger-schema", envvar="LIBER_LEDGER_SCHEMA", default=None,
-    help="PostgreSQL schema holding the ledger tables [env LIBER_LEDGER_SCHEMA]")
+from .cli_common import emit, ledger_option, schema_option
 
 
 @cli.command()
@@ -192,6 +176,8 @@ def _table_path(repo: str, name: str) -> Path:
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
            max_new_tokens, repo, table, lease_s, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
+    import signal
+
     from encoders.llm import DecodingConfig, load_llm
     from encoders.text import TextEncoder
 
@@ -199,8 +185,6 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
     from .memory import refresh_memory_table
-
-    import signal
 
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
     # as failed instead of leaving it "running" forever. Committed batches are kept either way.
@@ -251,10 +235,9 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
         click.echo(json.dumps(result, default=str, sort_keys=True))
 
 
-from .cli_feast import COMMANDS as _FEAST_COMMANDS  # noqa: E402 - registered after the group
-
-from .cli_model import COMMANDS as _MODEL_COMMANDS  # noqa: E402
-from .cli_report import COMMANDS as _REPORT_COMMANDS  # noqa: E402
+from .cli_feast import COMMANDS as _FEAST_COMMANDS
+from .cli_model import COMMANDS as _MODEL_COMMANDS
+from .cli_report import COMMANDS as _REPORT_COMMANDS
 
 for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS):
     cli.add_command(_command)
@@ -277,7 +260,7 @@ def quiet_library_warnings() -> None:
     """
     show = warnings.showwarning
 
-    def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+    def showwarning(message, category, filename, lineno, file=None, line=None):
         where = str(Path(filename).resolve())
         if issubclass(category, _LIBRARY_NOISE) and where.startswith(_LIBRARY_DIRS) \
                 and not where.startswith(_OWN_DIRS):  # a non-editable install puts us there too

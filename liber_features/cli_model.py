@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .cli import emit, ledger_option, schema_option
+from .cli_common import emit, ledger_option, schema_option
 from .training import checkpoint_meta, prepare_training_set
 
 __all__ = ["COMMANDS"]

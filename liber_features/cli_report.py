@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli import emit, ledger_option, schema_option
+from .cli_common import emit, ledger_option, schema_option
 
 __all__ = ["COMMANDS"]
 
