@@ -31,8 +31,12 @@ _USERINFO = re.compile(
     r"(?=[^\s@'\"<>]*(?:[\s'\"<>]|$))"
 )
 # The same without a scheme ('user:pw@host/db', a URL missing its 'scheme://').
+# Not our own identifiers, which look alike ('fake:hash@1', 'transformers:SmolLM2@771632162d8c':
+# a name, a version or a 12-hex fingerprint after the '@', never a host): masking those would make
+# the stored LLM id differ from the one its outputs are keyed by.
 _BARE_USERINFO = re.compile(
-    r"(?<![\w/:@.+-])(?P<user>[A-Za-z0-9._~%+-]+):(?P<pw>[^\s'\"<>/@]+)@(?=[A-Za-z0-9\[])")
+    r"(?<![\w/:@.+-])(?P<user>[A-Za-z0-9._~%+-]+):(?P<pw>[^\s'\"<>/@]+)@"
+    r"(?![0-9a-f]{12}(?![\w.:-])|\d+(?![\w.:-]))(?=[A-Za-z0-9\[])")
 # key=value secrets: Feast's 'host:6379,password=pw', query strings, libpq 'password=pw'.
 _PAIR = re.compile(
     r"(?P<key>\b(?:password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|auth)\s*[=:]\s*)"
@@ -61,12 +65,18 @@ def strip_credentials(url: str) -> str:
                   redact_text(str(url)))  # fmt: skip
 
 
+# Identifiers built credential-free (``strip_credentials``) that outputs are keyed by: stored as is.
+_IDENTITY_KEYS = frozenset({"llm_id", "encoder_id", "prompt_version"})
+
+
 def redact_obj(value: Any) -> Any:
-    """``redact_text`` applied to every string inside dicts, lists and tuples."""
+    """``redact_text`` applied to every string inside dicts, lists and tuples (except the
+    credential-free identity keys, which must match the rows they key exactly)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, dict):
-        return {k: redact_obj(v) for k, v in value.items()}
+        return {k: v if k in _IDENTITY_KEYS and isinstance(v, str) and v == strip_credentials(v)
+                else redact_obj(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_obj(v) for v in value]
     return value

@@ -46,7 +46,7 @@ class CountingLLM:
             body = messages[-1]["content"]
             if self.delay_s:
                 time.sleep(self.delay_s)
-            kind = "shift" if body.startswith("Earlier interests") else "summary"
+            kind = "shift" if "Earlier interests: " in body else "summary"
             digest = hashlib.sha256(f"{self.llm_id}\x1f{body}".encode()).hexdigest()[:12]
             self.calls += 1
             if self.calls_file is not None:

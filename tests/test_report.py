@@ -52,7 +52,7 @@ class ScriptLLM:
             body = messages[-1]["content"]
             if self.fail_on and self.fail_on in body:
                 raise EncoderError("backend exploded")
-            kind = "shift" if body.startswith("Earlier interests") else "summary"
+            kind = "shift" if "Earlier interests: " in body else "summary"
             out.append(Gen(f"{SCRIPT} {kind} & more", 10, 3))
         return out
 
