@@ -215,7 +215,12 @@ def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] 
         )
     _check_registry_url(yaml.safe_load(text), yaml_path)
     try:
-        config = RepoConfig(**yaml.safe_load(text))
+        raw = yaml.safe_load(text)
+        # A project name other than the yaml's without editing it (several teams, one registry):
+        # liber commands honour LIBER_FEAST_PROJECT; plain `feast` needs FEAST_FS_YAML_FILE_PATH.
+        if env.get("LIBER_FEAST_PROJECT", "").strip():
+            raw["project"] = env["LIBER_FEAST_PROJECT"].strip()
+        config = RepoConfig(**raw)
         config.repo_path = repo  # as feast.repo_config.load_repo_config does
         return FeatureStore(repo_path=str(repo), config=config)
     except Exception as exc:  # Feast raises a zoo of types here; keep its message, type it ours

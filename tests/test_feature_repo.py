@@ -226,3 +226,14 @@ def test_liber_materialize_reports_unreachable_redis(tmp_path, monkeypatch):
         assert result.stderr.startswith("error: ") and "ConnectionError" in result.stderr
     finally:
         cleanup(copied)
+
+
+def test_project_name_comes_from_the_environment_without_editing_the_yaml(tmp_path):
+    import shutil
+
+    from liber_features.featurestore import open_store
+
+    for name in ("feature_store.yaml", "definitions.py"):
+        shutil.copy(Path(__file__).resolve().parents[1] / "feature_repo" / name, tmp_path)
+    assert open_store(tmp_path, environ={}).project == "liber"
+    assert open_store(tmp_path, environ={"LIBER_FEAST_PROJECT": "team_b_recs"}).project == "team_b_recs"
