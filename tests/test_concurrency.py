@@ -126,7 +126,7 @@ def test_killed_worker_lease_is_taken_over(ledger, tmp_path):
 
     lines = call_lines(calls)
     wasted = [x for x in lines if int(x[0]) == victim.pid]
-    assert 1 <= len(wasted) <= 3  # killed during its first batch: 3 summaries, no shift yet
+    assert len(wasted) in (1, 2, 3)  # killed during its first batch: 3 summaries, no shift yet
     assert len(lines) == NEEDED + len(wasted)  # only the killed worker's batch is paid twice
     assert sum(s["partitions_done"] for s in summaries) == PARTS
     assert_exactly_once(ledger)
