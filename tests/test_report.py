@@ -3,13 +3,11 @@ missing parts stated on the page, and online figures read through a real (SQLite
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -22,6 +20,7 @@ from liber_features.interest import EncodeConfig, run_encode
 from liber_features.modelcard import ModelCard
 from liber_features.partition import PartitionRule
 from liber_features.report import gather, write_report
+from liber_features.testing import HashEncoder
 
 SCRIPT = "<script>alert('x')</script>"
 SECTIONS = ["1. Data and partitions", "2. LLM cost, coverage and lag", "3. Interests over time",
@@ -35,6 +34,9 @@ class Gen:
     text: str
     prompt_tokens: int
     completion_tokens: int
+
+
+ENCODER_ID = "fake-enc@1"
 
 
 class ScriptLLM:
@@ -57,15 +59,6 @@ class ScriptLLM:
         return out
 
 
-class HashEncoder:
-    encoder_id = "fake-enc@1"
-    dim = 4
-
-    def encode(self, texts):
-        return np.array([np.frombuffer(hashlib.sha256(t.encode()).digest()[:16], dtype=np.float32)
-                         for t in texts], dtype=np.float32)
-
-
 def tiny_log() -> LoadedEvents:
     # user a: 7 events → 3 partitions of 2 + 1 cached; b: 2 → 1 partition; c: 1 cached.
     rows = [(f"a{i}", "a", f"i{i}", 1_500_000_000 + 86400 * i, 4.0) for i in range(7)]
@@ -83,7 +76,7 @@ def tiny_log() -> LoadedEvents:
 
 def fill(ledger):
     ingest(tiny_log(), ledger, PartitionRule(k=2), progress=False)
-    enc, cfg = HashEncoder(), EncodeConfig(batch_size=1)
+    enc, cfg = HashEncoder(ENCODER_ID, dim=4), EncodeConfig(batch_size=1)
     run_encode(ledger, ScriptLLM(fail_on="Movie 30"), enc, cfg, progress=False)  # b fails once
     run_encode(ledger, ScriptLLM(), enc, cfg, progress=False)  # and is retried
     return ledger
@@ -108,7 +101,7 @@ def write_inputs(tmp: Path) -> dict[str, Path]:
     ModelCard(backbone="din", liber="both", inputs=[], outputs=[], opset=17, memory_slots=8, vector_dim=4,
               history_length=50, item_vocab={}, user_vocab={}, item_vectors="items.npy",
               feature_service="liber_ranker_v1", prompt_version="p1", llm_id=ScriptLLM.llm_id,
-              text_encoder_id=HashEncoder.encoder_id, encoder_version="0123456789ab", metrics={},
+              text_encoder_id=ENCODER_ID, encoder_version="0123456789ab", metrics={},
               train_time_range=[], train_config={}, created_at="2026-11-26T00:00:00+00:00").save(tmp / "model")
     return {"evaluation": tmp / "evaluation.json", "bench_dir": tmp / "bench", "model_dir": tmp / "model"}
 
