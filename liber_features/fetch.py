@@ -12,10 +12,18 @@ Both return, per user, a dict of the raw values the model inputs are built from
   users). Float vectors are decoded with ``np.frombuffer`` on the packed bytes (no per-value
   protobuf or pandas round trip); the handful of scalar/string fields go through ``ValueProto``.
   Its client has a socket timeout, so a slow or dead Redis costs at most ``timeout_ms``.
+
+  The request path is lean on purpose (it is half the latency budget of a ranker's call): each
+  thread keeps one redis-py ``Connection`` of its own (no pool checkout/release per request), the
+  ``HMGET`` is packed once per user from precomputed bytes, and the entity key is Feast's
+  ``_redis_key`` laid out from a template that is checked against Feast's helper at start-up.
+  Measured with interleaved requests: ~2x less time than ``client.hmget`` for the same reply.
 """
 
 from __future__ import annotations
 
+import struct
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,14 +111,57 @@ class RedisFetcher:
         # Wire tags of Value.float_list_val and FloatList.val (packed): checked, never assumed.
         self._outer = (Value.DESCRIPTOR.fields_by_name["float_list_val"].number << 3) | 2
         self._inner = (FloatList.DESCRIPTOR.fields_by_name["val"].number << 3) | 2
+        # RESP for "HMGET <key> <fields...>" around the key, built once.
+        fields = [f if isinstance(f, bytes) else f.encode() for f in self.fields]
+        self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        self._tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+        self._local = threading.local()
+        # Feast's key for user_id u is <entity-key prefix><len(u) as <I><u utf-8><project>. The
+        # prefix is cut from Feast's own key for "" and the layout is checked on probe ids, so a
+        # Feast that serialises differently falls back to its helper instead of reading nothing.
+        empty = self._feast_key("")
+        self._prefix, self._suffix = empty[: -len(self.project.encode()) - 4], self.project.encode()
+        if any(self._templated(p) != self._feast_key(p) for p in ("u-1", "用户-42", "x" * 300)):
+            self._prefix = None
 
-    def key(self, user_id: str) -> bytes:
+    def _feast_key(self, user_id: str) -> bytes:
         from feast.infra.online_stores.helpers import _redis_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
         ek = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=str(user_id))])
         return _redis_key(self.project, ek, self.version)
+
+    def _templated(self, user_id: str) -> bytes:
+        raw = str(user_id).encode()
+        return self._prefix + struct.pack("<I", len(raw)) + raw + self._suffix
+
+    def key(self, user_id: str) -> bytes:
+        """The user's Redis hash key, exactly as Feast's ``_redis_key`` builds it."""
+        return self._templated(user_id) if self._prefix is not None else self._feast_key(user_id)
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:  # this thread's own connection, kept: no pool checkout per request
+            conn = self._local.conn = self.client.connection_pool.get_connection()
+        return conn
+
+    def _hmget(self, user_ids: Sequence[str]) -> list[list[bytes | None]]:
+        """One write of N packed HMGETs, N replies read in order (a pipeline without the wrapper)."""
+        conn = self._connection()
+        try:
+            cmds = []
+            for u in user_ids:
+                k = self.key(u)
+                cmds.append(self._head + b"$%d\r\n%s\r\n" % (len(k), k) + self._tail)
+            conn.send_packed_command(cmds, check_health=False)
+            return [conn.read_response() for _ in cmds]
+        except BaseException:
+            # A timeout or error mid-reply leaves unread bytes on the socket: never reuse it.
+            conn.disconnect()
+            self._local.conn = None
+            self.client.connection_pool.release(conn)
+            raise
 
     def floats(self, raw: bytes) -> np.ndarray:
         """A ``Value{float_list_val}`` → float32 array, zero-copy from the packed bytes."""
@@ -145,13 +196,7 @@ class RedisFetcher:
         import redis
 
         try:
-            if len(user_ids) == 1:
-                replies = [self.client.hmget(self.key(user_ids[0]), self.fields)]
-            else:
-                with self.client.pipeline(transaction=False) as pipe:
-                    for u in user_ids:
-                        pipe.hmget(self.key(u), self.fields)
-                    replies = pipe.execute()
+            replies = self._hmget(user_ids)
         except redis.RedisError as exc:
             raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
         return [self._decode(r[: len(FEATURES)]) for r in replies]

@@ -164,6 +164,39 @@ def test_store_down_raises_or_degrades(world, own_redis):
     assert down.degraded and "ConnectionError" in down.reason
 
 
+def test_a_late_reply_is_never_read_as_the_next_answer(world, own_redis):
+    """After a timeout the reply still arrives on that socket: the next request must not read it."""
+    proc, store = own_redis
+    fetch = RedisFetcher(store, timeout_ms=50)
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    client = fetch.client
+    client.hset(fetch.key("2"), mapping=client.hgetall(fetch.key("1")))  # a second user, same values
+    client.hset(fetch.key("2"), fetch.fields[2], Value(int64_val=7).SerializeToString())  # but 7 partitions
+    first = fetch.fetch(["1"])[0]
+    os.kill(proc.pid, signal.SIGSTOP)
+    with pytest.raises(OnlineStoreError, match="TimeoutError"):
+        fetch.fetch(["1"])  # sent, unanswered; Redis answers it once it runs again
+    os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(0.1)
+    again = fetch.fetch(["2", "1"])
+    assert again[0]["partition_count"] == 7 and again[1]["partition_count"] == first["partition_count"]
+    assert np.array_equal(again[1]["summary_vectors"], first["summary_vectors"])
+
+
+@pytest.mark.parametrize("user_id", ["1", "", "用户-42", "a" * 1000, "tab\tand\nnewline", "0" * 3])
+def test_keys_are_feasts_keys(world, user_id):
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    store = world["store"]
+    fetch = RedisFetcher(store)
+    ek = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+    assert fetch._prefix is not None  # the template matched Feast's helper at start-up
+    assert fetch.key(user_id) == _redis_key(store.config.project, ek, store.config.entity_key_serialization_version)
+
+
 def test_wrong_shaped_value_is_an_error_or_degrades(world, own_redis):
     _, store = own_redis
     fetch = RedisFetcher(store)
