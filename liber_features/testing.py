@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CountingLLM", "HashEncoder", "Generation"]
+__all__ = ["CountingLLM", "Generation", "HashEncoder", "ScriptedLLM"]
 
 
 @dataclass
@@ -56,6 +56,40 @@ class CountingLLM:
                 finally:
                     os.close(fd)
             out.append(Generation(f"{kind} {digest}", len(body.split()), 2))
+        return out
+
+
+class ScriptedLLM:
+    """Answers with ``reply(kind, n, body)`` (override it), records every prompt it answered, and
+    raises ``EncoderError`` for any prompt that contains ``fail_on`` — a backend failing mid-batch.
+
+    ``kind`` is ``summary`` or ``shift``; ``n`` counts answered prompts from 1 (in this object).
+    """
+
+    llm_id = "fake:scripted@1"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.decoding = {"max_new_tokens": 8}
+        self.fail_on = fail_on
+        self.prompts: list[str] = []
+
+    def reply(self, kind: str, n: int, body: str) -> str:
+        return f"{kind}#{n}"
+
+    def tokens(self, body: str) -> tuple[int, int]:
+        return len(body.split()), 3
+
+    def generate(self, prompts: list[list[dict[str, str]]]) -> list[Generation]:
+        from .errors import EncoderError
+
+        out = []
+        for messages in prompts:
+            body = messages[-1]["content"]
+            if self.fail_on and self.fail_on in body:
+                raise EncoderError("backend exploded")
+            self.prompts.append(body)
+            kind = "shift" if "Earlier interests: " in body else "summary"
+            out.append(Generation(self.reply(kind, len(self.prompts), body), *self.tokens(body)))
         return out
 
 

@@ -4,50 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from liber_features.errors import EncoderError
 from liber_features.events import LoadedEvents
 from liber_features.ingest import ingest
 from liber_features.interest import EncodeConfig, run_encode
 from liber_features.ledger import interests, vectors
 from liber_features.memory import memory_table, to_frame
 from liber_features.partition import PartitionRule
-from liber_features.prompts import FIRST_SHIFT, PromptConfig, sanitize, summary_messages, ItemLine
+from liber_features.prompts import FIRST_SHIFT, ItemLine, PromptConfig, sanitize, summary_messages
+from liber_features.testing import ScriptedLLM
 
 
-@dataclass
-class Gen:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class FakeLLM:
-    """Echoes a digest of the prompt, so tests can see what each prompt contained."""
+class FakeLLM(ScriptedLLM):
+    """Echoes the answer's ordinal, so tests can see which prompt produced which text."""
 
     llm_id = "fake:echo@1"
-    decoding = {"max_new_tokens": 8}
-
-    def __init__(self, fail_on: str | None = None):
-        self.prompts: list[str] = []
-        self.fail_on = fail_on
-
-    def generate(self, prompts):
-        out = []
-        for messages in prompts:
-            body = messages[-1]["content"]
-            if self.fail_on and self.fail_on in body:
-                raise EncoderError("backend exploded")
-            self.prompts.append(body)
-            kind = "shift" if "Earlier interests: " in body else "summary"
-            out.append(Gen(f"{kind}#{len(self.prompts)}", len(body.split()), 3))
-        return out
 
 
 class FakeEncoder:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -13,14 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from liber_features.cli import cli
-from liber_features.errors import EncoderError
 from liber_features.events import LoadedEvents
 from liber_features.ingest import ingest
 from liber_features.interest import EncodeConfig, run_encode
 from liber_features.modelcard import ModelCard
 from liber_features.partition import PartitionRule
 from liber_features.report import gather, write_report
-from liber_features.testing import HashEncoder
+from liber_features.testing import HashEncoder, ScriptedLLM
 
 SCRIPT = "<script>alert('x')</script>"
 SECTIONS = ["1. Data and partitions", "2. LLM cost, coverage and lag", "3. Interests over time",
@@ -29,34 +27,19 @@ ALL_IMAGES = {"partitions_per_user.png", "seal_times.png", "llm_calls.png", "cov
               "vector_age_cdf.png", "evaluation_auc.png", "auc_by_partitions.png", "serving_latency.png"}
 
 
-@dataclass
-class Gen:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
 ENCODER_ID = "fake-enc@1"
 
 
-class ScriptLLM:
-    """Replies carry raw HTML, as an LLM may; fails every prompt that mentions ``fail_on``."""
+class ScriptLLM(ScriptedLLM):
+    """Replies carry raw HTML, as an LLM may."""
 
     llm_id = "fake:script@1"
-    decoding = {"max_new_tokens": 8}
 
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.fail_on = fail_on
+    def reply(self, kind: str, n: int, body: str) -> str:
+        return f"{SCRIPT} {kind} & more"
 
-    def generate(self, prompts):
-        out = []
-        for messages in prompts:
-            body = messages[-1]["content"]
-            if self.fail_on and self.fail_on in body:
-                raise EncoderError("backend exploded")
-            kind = "shift" if "Earlier interests: " in body else "summary"
-            out.append(Gen(f"{SCRIPT} {kind} & more", 10, 3))
-        return out
+    def tokens(self, body: str) -> tuple[int, int]:
+        return 10, 3
 
 
 def tiny_log() -> LoadedEvents:
