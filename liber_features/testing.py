@@ -1,5 +1,6 @@
 """Deterministic stand-ins for the LLM and the text encoder, shipped for tests (as httpx ships
-MockTransport): they implement ``interest.LLMLike`` / ``TextEncoderLike`` without torch or models.
+MockTransport): they implement ``interest.LLMLike`` / ``TextEncoderLike`` without torch or models,
+and :class:`FakeOpenAIServer` stands in for a vLLM / OpenAI-compatible endpoint over real HTTP.
 
 Never used on the command line's path: ``liber encode`` only loads real models.
 """
@@ -7,14 +8,18 @@ Never used on the command line's path: ``liber encode`` only loads real models.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CountingLLM", "Generation", "HashEncoder", "ScriptedLLM"]
+__all__ = ["CountingLLM", "FakeOpenAIServer", "Generation", "HashEncoder", "ScriptedLLM"]
 
 
 @dataclass
@@ -105,3 +110,61 @@ class HashEncoder:
             raw = hashlib.sha256(t.encode()).digest() * (self.dim * 4 // 32 + 1)
             out[i] = np.frombuffer(raw[:self.dim * 4], dtype=np.uint32) / np.float32(2**32)
         return out
+
+
+def _echo(user: str) -> tuple[str, int]:
+    return f" echo:{user} ", len(user)
+
+
+class FakeOpenAIServer:
+    """A local OpenAI-compatible ``/v1/chat/completions`` endpoint (what vLLM serves), as a context
+    manager. ``reply(user_message) -> (text, prompt_tokens)`` answers (default: `` echo:<msg> ``);
+    the first ``fail_first`` requests get HTTP 500. It records the request bodies, the
+    Authorization headers and the peak number of requests in flight.
+    """
+
+    def __init__(self, fail_first: int = 0, delay_s: float = 0.0,
+                 reply: Callable[[str], tuple[str, int]] = _echo) -> None:
+        self.fail_first, self.delay_s, self.reply = fail_first, delay_s, reply
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = self.seen = 0
+        self.bodies: list[dict] = []
+        self.auth: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.seen += 1
+                    fail = outer.seen <= outer.fail_first
+                    outer.in_flight += 1
+                    outer.peak = max(outer.peak, outer.in_flight)
+                    outer.bodies.append(body)
+                    outer.auth.append(self.headers.get("Authorization", ""))
+                time.sleep(outer.delay_s)
+                with outer.lock:
+                    outer.in_flight -= 1
+                text, prompt_tokens = outer.reply(body["messages"][-1]["content"])
+                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
+                                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 3}}).encode()
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -3,11 +3,8 @@ against a local HTTP server, load_llm's grammar, and one run of the real package
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pydantic import ValidationError
@@ -16,6 +13,7 @@ from tinymodels import tiny_llm_dir  # noqa: F401  (session fixture)
 from encoders import checkpoints
 from encoders.llm import LLM, DecodingConfig, Generation, OpenAICompatLLM, TransformersLLM, load_llm
 from liber_features.errors import ConfigError, EncoderError, LLMUnavailable
+from liber_features.testing import FakeOpenAIServer
 
 FIXED = DecodingConfig(max_new_tokens=6, min_new_tokens=6, batch_size=4)
 
@@ -88,57 +86,8 @@ def test_bad_prompts_and_specs(tiny: TransformersLLM, tmp_path) -> None:
 
 # --- OpenAI-compatible backend against a local server -------------------------------------------
 
-class FakeServer:
-    """Answers chat completions; fails the first ``fail_first`` requests with HTTP 500 and
-    records the peak number of requests in flight."""
-
-    def __init__(self, fail_first: int = 0, delay_s: float = 0.0) -> None:
-        self.fail_first, self.delay_s = fail_first, delay_s
-        self.lock = threading.Lock()
-        self.in_flight = self.peak = self.seen = 0
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep test output clean
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.seen += 1
-                    fail = outer.seen <= outer.fail_first
-                    outer.in_flight += 1
-                    outer.peak = max(outer.peak, outer.in_flight)
-                    outer.bodies.append(body)
-                time.sleep(outer.delay_s)
-                with outer.lock:
-                    outer.in_flight -= 1
-                user = body["messages"][-1]["content"]
-                payload = {"choices": [{"message": {"role": "assistant", "content": f" echo:{user} "}}],
-                           "usage": {"prompt_tokens": len(user), "completion_tokens": 3}}
-                data = json.dumps(payload).encode()
-                self.send_response(500 if fail else 200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_openai_happy_path_and_concurrency_bound() -> None:
-    with FakeServer(delay_s=0.05) as server:
+    with FakeOpenAIServer(delay_s=0.05) as server:
         llm = OpenAICompatLLM(server.url + "/v1/", "tiny", max_concurrency=3, backoff_s=0.01,
                               decoding=DecodingConfig(max_new_tokens=32))
         prompts = [chat(f"p{i}") for i in range(12)]
@@ -154,7 +103,7 @@ def test_openai_happy_path_and_concurrency_bound() -> None:
 
 
 def test_openai_retries_after_500() -> None:
-    with FakeServer(fail_first=2) as server:
+    with FakeOpenAIServer(fail_first=2) as server:
         llm = OpenAICompatLLM(server.url, "tiny", max_concurrency=1, retries=3, backoff_s=0.01)
         assert llm.generate([chat("again")])[0].text == "echo:again"
     assert server.seen == 3
@@ -168,7 +117,7 @@ def test_openai_gives_up_with_the_url() -> None:
     llm._retrying = llm._retrying.copy(wait=lambda _: 0.01)  # keep the test fast
     with pytest.raises(LLMUnavailable, match=f"127.0.0.1:{port}/v1/chat/completions"):
         llm.generate([chat("hello")])
-    with FakeServer(fail_first=100) as server:
+    with FakeOpenAIServer(fail_first=100) as server:
         llm = OpenAICompatLLM(server.url, "tiny", retries=1, backoff_s=0.01)
         with pytest.raises(LLMUnavailable, match="HTTP 500"):
             llm.generate([chat("x")])

@@ -4,11 +4,8 @@ addresses alike — and a malformed URL is one line and exit 2, never a tracebac
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from encoders.llm import OpenAICompatLLM
 from liber_features.cli import cli
 from liber_features.ledger import Ledger, interests, prompt_audit
 from liber_features.redact import redact_text, redact_url, strip_credentials
+from liber_features.testing import FakeOpenAIServer
 
 SECRET = f"Pw0rd{uuid.uuid4().hex[:10]}"
 
@@ -53,41 +51,6 @@ def run(args: list[str], env: dict[str, str] | None = None, code: int = 2):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1, result.stderr
     return result
-
-
-class ShortServer:
-    """An OpenAI-compatible endpoint answering every chat with one short sentence; it records the
-    Authorization headers it saw."""
-
-    def __init__(self) -> None:
-        self.auth: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                outer.auth.append(self.headers.get("Authorization", ""))
-                data = json.dumps({"choices": [{"message": {"content": "Likes comedy."}}],
-                                   "usage": {"prompt_tokens": 9, "completion_tokens": 3}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def __enter__(self) -> ShortServer:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -177,7 +140,7 @@ def test_llm_endpoint_password_unreachable_and_malformed(sealed_ledger, tiny_ber
 
 def test_llm_endpoint_password_kept_out_of_a_successful_run(sealed_ledger,
                                                             tiny_bert_dir) -> None:  # noqa: F811
-    with ShortServer() as server:
+    with FakeOpenAIServer(reply=lambda user: ("Likes comedy.", 9)) as server:
         spec = server.url.replace("http://", f"openai:http://me:{SECRET}@") + "#tiny"
         run(["encode", "--ledger", sealed_ledger, "--text-encoder", str(tiny_bert_dir),
              "--no-table", "--llm", spec, "--json"], code=0)
