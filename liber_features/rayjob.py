@@ -221,7 +221,9 @@ def run_ray_encode(ledger: Ledger, make_backends: Backends, cfg: EncodeConfig | 
     cfg, rc = cfg or EncodeConfig(), rc or RayEncodeConfig()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=rc.address, include_dashboard=False, log_to_driver=False)
+        # The dashboard is an option of a Ray we start, not of one we join.
+        extra = {"include_dashboard": False} if rc.address == "local" else {}
+        ray.init(address=rc.address, log_to_driver=False, **extra)
     pool = None
     try:
         resources = ray.cluster_resources()
@@ -241,6 +243,10 @@ def run_ray_encode(ledger: Ledger, make_backends: Backends, cfg: EncodeConfig | 
             infos = ray.get([a.describe.remote() for a in actors], timeout=rc.start_timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise EncoderError(f"Ray actors not started within {rc.start_timeout_s:g} s") from None
+        except ray.exceptions.RayActorError as exc:  # the factory raised in the actor (a bad spec)
+            # Ray's message is the actor's whole traceback; its last line names the error.
+            raise EncoderError("a Ray actor could not load its backends: "
+                               + str(exc).strip().splitlines()[-1]) from None
         ids = {(i["llm_id"], i["encoder_id"], i["dim"]) for i in infos}
         if len(ids) != 1:  # e.g. nodes holding different checkpoints under one path
             raise ConfigError(f"the actors' backends differ: {sorted(ids)}")

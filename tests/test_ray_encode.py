@@ -20,7 +20,7 @@ import ray
 from sqlalchemy import func, select
 
 from conftest import PG_URL, REPO
-from liber_features.errors import ConfigError
+from liber_features.errors import ConfigError, EncoderError
 from liber_features.ingest import ingest
 from liber_features.interest import EncodeConfig, run_encode
 from liber_features.ledger import Ledger, claims, interests, partitions, prompt_audit, vectors
@@ -145,8 +145,9 @@ def test_killed_actor_costs_at_most_its_batch(ray_address, pg, tmp_path, retry_l
 def test_two_drivers_at_once_generate_each_partition_once(ray_address, pg, tmp_path):
     calls = tmp_path / "calls.txt"
     start = f"{time.time() + 5:.3f}"  # both past imports and Ray connection, then together
-    drivers = [spawn(pg, calls, "--ray", ray_address, "--actors", "1", "--start-at", start,
-                     "--delay", "0.1") for _ in range(2)]
+    # Half a CPU per actor: both fit even while an earlier test's killed actors free theirs.
+    drivers = [spawn(pg, calls, "--ray", ray_address, "--actors", "1", "--actor-cpus", "0.5",
+                     "--start-at", start, "--delay", "0.2") for _ in range(2)]
     summaries = finish(drivers)
     lines = call_lines(calls)
     assert len(lines) == NEEDED and len({tuple(x[1:]) for x in lines}) == NEEDED
@@ -160,6 +161,13 @@ def test_two_drivers_at_once_generate_each_partition_once(ray_address, pg, tmp_p
 def test_actors_that_do_not_fit_the_cluster_are_refused(ray_address, pg):
     with pytest.raises(ConfigError, match="3 actors × 1.0 CPU do not fit"):
         run_ray_encode(pg, fake_backends, rc=RayEncodeConfig(actors=3), progress=False)
+    assert claim_counts(pg) == {}
+
+
+def test_an_actor_that_cannot_load_its_backends_fails_the_run(ray_address, pg):
+    broken = functools.partial(int, "not a model")  # raises ValueError inside the actor
+    with pytest.raises(EncoderError, match=r"could not load its backends: ValueError: .*'not a model'$"):
+        run_ray_encode(pg, broken, rc=RayEncodeConfig(actors=1), progress=False)
     assert claim_counts(pg) == {}
 
 
