@@ -71,6 +71,7 @@ def encoder_section(args: argparse.Namespace) -> dict:
     from liber_features.rayjob import RayEncodeConfig, run_ray_encode
     from liber_features.testing import fake_backends
 
+    load_before = os.getloadavg()[0]  # other processes on the machine compete for its cores
     parts = args.users * args.parts_per_user
     calls = parts + args.users * (args.parts_per_user - 1)  # no shift for partition 0
     loaded = _synthetic(args.users, args.parts_per_user, args.k)
@@ -110,7 +111,7 @@ def encoder_section(args: argparse.Namespace) -> dict:
     print(f"encoder: {parts} partitions ({args.users} users × {args.parts_per_user}, K={args.k}), "
           f"{calls} LLM calls × {args.cpu_s * 1000:g} ms CPU each (= {llm_floor:.1f} CPU s), "
           f"batch {args.batch_size}, ledger {args.ledger.split(':')[0]}, Ray num_cpus={args.ray_cpus}, "
-          f"{os.cpu_count()} cores, load avg before {os.getloadavg()[0]:.2f}")
+          f"{os.cpu_count()} cores, load avg before {load_before:.2f}")
     print(f"  {'run':<26} {'job s':>7} {'+start s':>8} {'part/s':>7} {'vs 1 actor':>10} "
           f"{'driver CPU s':>12} {'LLM wall/CPU':>12}")
     for r in rows:
@@ -120,7 +121,7 @@ def encoder_section(args: argparse.Namespace) -> dict:
     return {"partitions": parts, "llm_calls": calls, "cpu_s_per_call": args.cpu_s, "k": args.k,
             "batch_size": args.batch_size, "ledger": args.ledger.split(":")[0],
             "ray_num_cpus": args.ray_cpus, "cores": os.cpu_count(),
-            "load_avg_before": round(os.getloadavg()[0], 2), "runs": rows,
+            "load_avg_before": round(load_before, 2), "runs": rows,
             "speedup_2_vs_1_actor": next(r for r in rows if r["actors"] == 2)["speedup_vs_1_actor"]}
 
 

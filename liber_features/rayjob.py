@@ -37,7 +37,7 @@ from .interest import (EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike, _P
 from .interest_store import LostBatch
 from .ledger import Ledger
 
-__all__ = ["RayEncodeConfig", "RayEncodeSummary", "model_backends", "run_ray_encode"]
+__all__ = ["RayEncodeConfig", "RayEncodeSummary", "actor_gpus", "model_backends", "run_ray_encode"]
 
 Backends = Callable[[], tuple[LLMLike, TextEncoderLike]]
 
@@ -201,6 +201,17 @@ class _ActorPool:
             self.ray.kill(actor)
 
 
+def actor_gpus(rc: RayEncodeConfig, cluster: dict[str, float]) -> float:
+    """GPUs per actor (1 when the cluster has any, unless set); refuse a pool that cannot fit,
+    since its last actors would wait for resources forever."""
+    gpus = rc.gpus_per_actor if rc.gpus_per_actor is not None else (1.0 if cluster.get("GPU") else 0.0)
+    for name, per_actor in (("CPU", rc.actor_cpus), ("GPU", gpus)):
+        if per_actor and rc.actors * per_actor > cluster.get(name, 0):
+            raise ConfigError(f"{rc.actors} actors × {per_actor:g} {name} do not fit the Ray "
+                              f"cluster ({cluster.get(name, 0):g} {name} in all)")
+    return gpus
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -226,12 +237,7 @@ def run_ray_encode(ledger: Ledger, make_backends: Backends, cfg: EncodeConfig | 
         ray.init(address=rc.address, log_to_driver=False, **extra)
     pool = None
     try:
-        resources = ray.cluster_resources()
-        gpus = rc.gpus_per_actor if rc.gpus_per_actor is not None else (1.0 if resources.get("GPU") else 0.0)
-        for name, per_actor in (("CPU", rc.actor_cpus), ("GPU", gpus)):
-            if per_actor and rc.actors * per_actor > resources.get(name, 0):
-                raise ConfigError(f"{rc.actors} actors × {per_actor} {name} do not fit the Ray "
-                                  f"cluster ({resources.get(name, 0):g} {name} in all)")
+        gpus = actor_gpus(rc, ray.cluster_resources())
         actor_cls = ray.remote(EncoderActor).options(num_cpus=rc.actor_cpus, num_gpus=gpus,
                                                      max_restarts=0)
         new_actor = lambda: actor_cls.remote(make_backends)  # noqa: E731

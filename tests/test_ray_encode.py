@@ -25,7 +25,7 @@ from liber_features.ingest import ingest
 from liber_features.interest import EncodeConfig, run_encode
 from liber_features.ledger import Ledger, claims, interests, partitions, prompt_audit, vectors
 from liber_features.partition import PartitionRule
-from liber_features.rayjob import RayEncodeConfig, run_ray_encode
+from liber_features.rayjob import RayEncodeConfig, actor_gpus, run_ray_encode
 from liber_features.testing import fake_backends
 from test_concurrency import K, NEEDED, PARTS, assert_exactly_once, call_lines, events, finish, spawn
 
@@ -101,6 +101,7 @@ def test_ray_run_writes_what_one_process_writes(ray_address, pg, unique_name, tm
     assert len({x[0] for x in lines}) == 2  # both actors generated
     assert (one.partitions_done, one.llm_calls) == (s.partitions_done, s.llm_calls) == (PARTS, NEEDED)
     assert (s.failed, s.rejected_commits, s.partitions_lost, s.actor_deaths) == (0, 0, 0, 0)
+    assert (s.actors, s.gpus_per_actor) == (2, 0.0)  # a CPU-only cluster: no GPU asked for
     assert (s.prompt_tokens, s.completion_tokens) == (one.prompt_tokens, one.completion_tokens)
     assert_exactly_once(pg)
     again = run_ray_encode(pg, backends, EncodeConfig(batch_size=3), RayEncodeConfig(actors=1),
@@ -159,9 +160,19 @@ def test_two_drivers_at_once_generate_each_partition_once(ray_address, pg, tmp_p
 
 
 def test_actors_that_do_not_fit_the_cluster_are_refused(ray_address, pg):
-    with pytest.raises(ConfigError, match="3 actors × 1.0 CPU do not fit"):
+    with pytest.raises(ConfigError, match="3 actors × 1 CPU do not fit"):
         run_ray_encode(pg, fake_backends, rc=RayEncodeConfig(actors=3), progress=False)
     assert claim_counts(pg) == {}
+
+
+def test_one_gpu_per_actor_when_the_cluster_has_gpus():
+    gpu_node = {"CPU": 16.0, "GPU": 2.0}
+    assert actor_gpus(RayEncodeConfig(actors=2), gpu_node) == 1.0
+    assert actor_gpus(RayEncodeConfig(actors=2), {"CPU": 2.0}) == 0.0
+    assert actor_gpus(RayEncodeConfig(actors=8, gpus_per_actor=0), gpu_node) == 0.0  # openai: clients
+    assert actor_gpus(RayEncodeConfig(actors=4, gpus_per_actor=0.5), gpu_node) == 0.5
+    with pytest.raises(ConfigError, match=r"3 actors × 1 GPU do not fit the Ray cluster \(2 GPU in all\)"):
+        actor_gpus(RayEncodeConfig(actors=3), gpu_node)
 
 
 def test_an_actor_that_cannot_load_its_backends_fails_the_run(ray_address, pg):
