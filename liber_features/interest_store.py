@@ -90,7 +90,8 @@ def commit_batch(ledger: Ledger, lease: Lease, batch, summaries, shifts, tokens,
             "prompt": cap_text(json.dumps(messages, ensure_ascii=False), _AUDIT_CHARS),
             "run_id": run_id, "created_us": stamp} for pid, kind, messages in seen if pid in accepted],
             ["partition_id", "prompt_version", "llm_id", "kind"])
-        lease.count(conn, partitions_done=len(keep), llm_calls_committed=calls_needed([batch[i] for i in keep]),
+        lease.count(conn, partitions_done=len(keep),
+                    llm_calls_committed=calls_needed([batch[i] for i in keep]),
                     rejected_commits=n - len(keep))
     return accepted
 
