@@ -73,7 +73,7 @@ class EncodeSummary:
     skipped_already_done: int = 0
     failed: int = 0
     rejected_commits: int = 0  # batches finished after another worker took their lease over
-    partitions_lost: int = 0  # their worker process (a Ray actor) died mid-batch: left for a rerun
+    partitions_lost: int = 0  # in batches whose process (a Ray actor) died: left for a rerun
     vectors_written: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -164,12 +164,11 @@ def _ready(parts: list[_Part], prev: dict, skip: set[int]) -> list[_Part]:
             and (x.seq == 0 or (x.user_id, x.seq - 1) in prev)]
 
 
-
-
 class BatchRunner(Protocol):
-    """Where batches are generated. ``wait`` returns at least one finished batch with its outcome:
-    ``_run_batch``'s output, the exception it raised, or a ``LostBatch``; it adds the batch's LLM
-    and encoder counters to ``s``."""
+    """Where batches are generated. ``wait`` blocks until a batch finishes and returns the finished
+    ones (none if the runner sent a lost one out again), each with its outcome: ``_run_batch``'s
+    output, the exception it raised, or a ``LostBatch``; it adds their LLM and encoder counters
+    to ``s``."""
 
     def free(self) -> bool: ...
 
