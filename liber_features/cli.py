@@ -7,6 +7,7 @@ traceback; row-level problems are quarantined and reported in the counts instead
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import sysconfig
@@ -172,19 +173,24 @@ def _table_path(repo: str, name: str) -> Path:
 @click.option("--table/--no-table", default=True, help="write the long-term memory Parquet table")
 @click.option("--lease", "lease_s", type=click.FloatRange(min=1), default=300, show_default=True,
               help="seconds a dead worker's claimed partitions wait before another worker takes them")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]", help="generate on Ray actors: alone, a local Ray instance; or "
+              "'auto', host:6379, ray://host:10001 (needs the 'scale' extra)")
+@click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="with --ray: actors, each loading one LLM and text encoder (1 GPU each if any)")
+@click.option("--actor-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="with --ray: CPUs per actor (its torch threads)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
-           max_new_tokens, repo, table, lease_s, as_json) -> None:
+           max_new_tokens, repo, table, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
     import signal
-
-    from encoders.llm import DecodingConfig, load_llm
-    from encoders.text import TextEncoder
 
     from .featurestore import LONG_TERM_VIEW, LiberFeatureConfig
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
     from .memory import refresh_memory_table
+    from .rayjob import RayEncodeConfig, model_backends, run_ray_encode
 
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
     # as failed instead of leaving it "running" forever. Committed batches are kept either way.
@@ -192,10 +198,19 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     ledger = Ledger(ledger_url, schema=ledger_schema)
     cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s,
                        users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
-    llm = load_llm(llm_spec, device=device,
-                   decoding=DecodingConfig(max_new_tokens=max_new_tokens, batch_size=batch_size))
-    enc = TextEncoder(encoder_path, device=device)
-    summary = run_encode(ledger, llm, enc, cfg, progress=False if as_json else None).as_dict()
+    progress = False if as_json else None
+    if ray_address is None:
+        summary = run_encode(ledger, *model_backends(llm_spec, encoder_path, device, max_new_tokens,
+                                                     batch_size), cfg, progress=progress).as_dict()
+    else:
+        # The models load in the actors, never here. An openai: backend is a client of vLLM
+        # servers that hold the GPUs, so its actors ask Ray for none.
+        remote = (llm_spec or "").startswith("openai:")
+        rc = RayEncodeConfig(address=ray_address, actors=actors, actor_cpus=actor_cpus,
+                             gpus_per_actor=0 if remote else None)
+        backends = functools.partial(model_backends, llm_spec, encoder_path, device, max_new_tokens,
+                                     batch_size)
+        summary = run_ray_encode(ledger, backends, cfg, rc, progress=progress).as_dict()
     if table:
         # Every user in their newest complete version (not only this run's): users not yet
         # re-encoded under a new LLM/prompt/encoder keep their rows. Locked: workers may race.

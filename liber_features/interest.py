@@ -11,6 +11,10 @@ claim turning ``done`` — rejected if another worker took the lease over. A rer
 calls for committed work; a worker killed mid-batch costs only that batch, redone by whoever
 takes its expired lease. A batch whose generation raises is recorded as ``failed`` and released:
 the next run (or another worker) retries it, this one does not.
+
+Where a batch is *generated* is a ``BatchRunner``: in this process one at a time (``run_encode``),
+or on a pool of Ray actors with several batches in flight (``rayjob.py``). Claiming, committing
+and the cascade order stay here, in ``encode_loop``, whichever runner generates.
 """
 
 from __future__ import annotations
@@ -23,19 +27,18 @@ from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from tqdm import tqdm
 
 from .claims import Lease, poll_interval
-from .errors import EncoderError, LiberError, LLMUnavailable, VectorShapeError
-from .fieldrules import cap_text
-from .ledger import Ledger, interests as int_t, items as items_t, now_us, partitions as parts_t
-from .ledger import prompt_audit as audit_t, vectors as vec_t
-from .prompts import (FIRST_SHIFT, ItemLine, PromptConfig, prompt_hash, prompt_version, sanitize,
-                      shift_messages, summary_messages)
+from .errors import LiberError, VectorShapeError
+from .interest_store import LostBatch, calls_needed as _calls, done_summaries, fill_vectors, settle_batch
+from .ledger import Ledger, interests as int_t, items as items_t, partitions as parts_t
+from .prompts import FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, shift_messages, summary_messages
 from .redact import redact_text
 
-__all__ = ["EncodeConfig", "EncodeSummary", "LLMLike", "TextEncoderLike", "run_encode"]
+__all__ = ["BatchRunner", "EncodeConfig", "EncodeSummary", "LLMLike", "LostBatch", "TextEncoderLike",
+           "encode_loop", "run_encode"]
 
 
 class LLMLike(Protocol):
@@ -70,6 +73,7 @@ class EncodeSummary:
     skipped_already_done: int = 0
     failed: int = 0
     rejected_commits: int = 0  # batches finished after another worker took their lease over
+    partitions_lost: int = 0  # in batches whose process (a Ray actor) died: left for a rerun
     vectors_written: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -160,8 +164,44 @@ def _ready(parts: list[_Part], prev: dict, skip: set[int]) -> list[_Part]:
             and (x.seq == 0 or (x.user_id, x.seq - 1) in prev)]
 
 
-def _calls(batch: list[_Part]) -> int:
-    return len(batch) + sum(1 for x in batch if x.seq > 0)  # a summary each, a shift after seq 0
+class BatchRunner(Protocol):
+    """Where batches are generated. ``wait`` blocks until a batch finishes and returns the finished
+    ones (none if the runner sent a lost one out again), each with its outcome: ``_run_batch``'s
+    output, the exception it raised, or a ``LostBatch``; it adds their LLM and encoder counters
+    to ``s``."""
+
+    def free(self) -> bool: ...
+
+    def submit(self, batch: list[_Part], prev: dict[tuple[str, int], str], catalog: dict) -> None: ...
+
+    def pending(self) -> bool: ...
+
+    def wait(self, s: EncodeSummary) -> list[tuple[list[_Part], Any]]: ...
+
+
+class _InProcess:
+    """One batch at a time, generated here by the caller's LLM and text encoder."""
+
+    def __init__(self, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeConfig) -> None:
+        self.llm, self.enc, self.cfg = llm, enc, cfg
+        self._next: tuple | None = None
+
+    def free(self) -> bool:
+        return self._next is None
+
+    def pending(self) -> bool:
+        return self._next is not None
+
+    def submit(self, batch, prev, catalog) -> None:
+        self._next = (batch, prev, catalog)
+
+    def wait(self, s: EncodeSummary) -> list[tuple[list[_Part], Any]]:
+        batch, prev, catalog = self._next
+        self._next = None
+        try:
+            return [(batch, _run_batch(batch, prev, catalog, self.llm, self.enc, self.cfg, s))]
+        except Exception as exc:  # judged by encode_loop, which raises what is not a batch's fault
+            return [(batch, exc)]
 
 
 def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeConfig | None = None,
@@ -172,72 +212,76 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
     no partition is generated twice unless its worker died holding it.
     """
     cfg = cfg or EncodeConfig()
+    return encode_loop(ledger, _InProcess(llm, enc, cfg), llm, enc, cfg, progress=progress)
+
+
+def encode_loop(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEncoderLike,
+                cfg: EncodeConfig, *, progress: bool | None = None, summary: EncodeSummary | None = None,
+                params: dict[str, Any] | None = None) -> EncodeSummary:
+    """Claim ready batches, hand them to ``runner``, commit what comes back (one run in the ledger).
+
+    ``llm`` / ``enc`` name the backends (``llm_id``, ``decoding``, ``encoder_id``, ``dim``); ``enc``
+    also encodes texts generated earlier but not yet encoded. A batch is in flight from its claim
+    to its commit; its partitions' successors wait for it (the cascade needs their summaries).
+    """
     started = time.perf_counter()
     pv = prompt_version(cfg.prompts)
-    s = EncodeSummary(prompt_version=pv, llm_id=llm.llm_id)
+    s = summary or EncodeSummary()
+    s.prompt_version, s.llm_id = pv, llm.llm_id
     run_id = ledger.start_run("encode", {"prompt_version": pv, "llm_id": llm.llm_id,
                                          "encoder_id": enc.encoder_id, "decoding": llm.decoding,
-                                         **cfg.model_dump(exclude={"prompts"})}, lease_s=cfg.lease_s)
+                                         **cfg.model_dump(exclude={"prompts"}), **(params or {})},
+                              lease_s=cfg.lease_s)
     lease = Lease(ledger, run_id, pv, llm.llm_id, cfg.lease_s)
     status = "ok"
     bar = None
     try:
         with lease.heartbeat():
-            s.vectors_written += _fill_vectors(ledger, enc, pv, llm.llm_id, cfg, s)
+            s.vectors_written += fill_vectors(ledger, enc, pv, llm.llm_id, cfg, s)
             parts, done, catalog = _load(ledger, cfg, pv, llm.llm_id)
             prev = {(x.user_id, x.seq): done[x.id] for x in parts if x.id in done}
             s.skipped_already_done = len(prev)
-            failed_now: set[int] = set()
+            given_up: set[int] = set()  # failed or lost in this run: the next run retries them
             busy: set[int] = set()  # claimed by another live worker when we last tried
+            flying: set[int] = set()  # claimed by us, handed to the runner, not yet back
             budget = cfg.limit if cfg.limit is not None else len(parts)
             bar = tqdm(total=min(budget, len(parts) - len(prev)), unit="part", desc="encode",
                        disable=None if progress is None else not progress)
             by_id = {x.id: x for x in parts}
-            while budget > 0:
-                ready = _ready(parts, prev, failed_now | busy)
-                if not ready:
-                    # Other workers may have finished partitions (ours to continue from) or died.
-                    prev.update(_done_summaries(ledger, pv, llm.llm_id, by_id))
-                    busy.clear()
-                    if not _ready(parts, prev, failed_now):
-                        if not lease.others_holding(cfg.users):
-                            break
-                        time.sleep(poll_interval(cfg.lease_s))
+            while True:
+                while budget > 0 and runner.free():
+                    ready = _ready(parts, prev, given_up | busy | flying)
+                    if not ready:
+                        break
+                    want = ready[:min(cfg.batch_size, budget)]
+                    mine = lease.claim([x.id for x in want])
+                    busy.update(x.id for x in want if x.id not in mine)
+                    batch = [x for x in want if x.id in mine]
+                    if batch:
+                        budget -= len(batch)
+                        lease.count_calls(_calls(batch))
+                        flying.update(x.id for x in batch)
+                        runner.submit(batch, prev, catalog)
+                if runner.pending():
+                    for batch, outcome in runner.wait(s):
+                        flying.difference_update(x.id for x in batch)
+                        bar.update(settle_batch(ledger, lease, batch, outcome, prev, given_up, pv,
+                                                llm, enc, run_id, s))
+                    bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
                     continue
-                want = ready[:min(cfg.batch_size, budget)]
-                mine = lease.claim([x.id for x in want])
-                busy.update(x.id for x in want if x.id not in mine)
-                batch = [x for x in want if x.id in mine]
-                if not batch:
-                    if len(want) == len(ready):  # everything ready is someone else's: wait a bit
-                        time.sleep(poll_interval(cfg.lease_s))
-                    continue
-                budget -= len(batch)
-                lease.count_calls(_calls(batch))
-                try:
-                    summaries, shifts, tokens, vecs, seen = _run_batch(batch, prev, catalog, llm, enc,
-                                                                       cfg, s)  # fmt: skip
-                except LLMUnavailable:
-                    # The backend is down, not this batch bad: stop, mark nothing failed, and
-                    # let the next run (or another worker, at once) pick up exactly here.
-                    raise
-                except (EncoderError, VectorShapeError, RuntimeError, ValueError, OSError) as exc:
-                    _record_failure(ledger, lease, batch, pv, llm, run_id, exc)
-                    failed_now.update(x.id for x in batch)
-                    s.failed += len(batch)
-                    s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
-                    continue
-                accepted = _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm,
-                                   enc, run_id, seen)
-                s.rejected_commits += len(batch) - len(accepted)
-                for i, (x, text) in enumerate(zip(batch, summaries)):
-                    if x.id in accepted:
-                        prev[(x.user_id, x.seq)] = text
-                        s.partitions_done += 1
-                        s.prompt_tokens += tokens[i][0]
-                        s.completion_tokens += tokens[i][1]
-                bar.update(len(accepted))
-                bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
+                if budget <= 0:
+                    break
+                # Nothing of ours in flight, nothing ready: other workers may have finished
+                # partitions (ours to continue from), still hold some, or have died.
+                prev.update(done_summaries(ledger, pv, llm.llm_id, by_id))
+                waited_on_others = bool(busy)
+                busy.clear()
+                if not _ready(parts, prev, given_up):
+                    if not lease.others_holding(cfg.users):
+                        break
+                    time.sleep(poll_interval(cfg.lease_s))
+                elif waited_on_others:  # what is ready may still be theirs: do not spin on it
+                    time.sleep(poll_interval(cfg.lease_s))
     except BaseException as exc:
         status = "failed"
         s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
@@ -254,103 +298,3 @@ def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeCo
         ledger.finish_run(run_id, status, s.as_dict())
     return s
 
-
-def _done_summaries(ledger: Ledger, pv: str, llm_id: str, by_id: dict[int, _Part]) -> dict:
-    """(user, seq) → summary of every done partition in scope (other workers' included)."""
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(select(int_t.c.partition_id, int_t.c.summary).where(
-            int_t.c.prompt_version == pv, int_t.c.llm_id == llm_id, int_t.c.status == "done")).all()
-    return {(by_id[r.partition_id].user_id, by_id[r.partition_id].seq): r.summary
-            for r in rows if r.partition_id in by_id}
-
-
-_AUDIT_CHARS = 16_000  # a stored prompt is capped; its hash covers the whole of it
-
-
-def _commit(ledger, lease, batch, summaries, shifts, tokens, vecs, pv, llm, enc, run_id,
-            seen=()) -> set[int]:
-    """Write the batch's texts and vectors for the claims still ours; return their partition ids.
-
-    Insert-or-nothing: a ``done`` row is never touched (its id, and so its vectors, stay put); only
-    a ``failed`` row of an earlier run is replaced, in place.
-    """
-    stamp = now_us()
-    decoding = json.dumps(llm.decoding, sort_keys=True)
-    with lease._tx() as conn:
-        accepted = lease.accept(conn, [x.id for x in batch])
-        keep = [i for i, x in enumerate(batch) if x.id in accepted]
-        ledger.upsert(conn, int_t, [{
-            "partition_id": batch[i].id, "prompt_version": pv, "llm_id": llm.llm_id,
-            "status": "done", "summary": summaries[i], "shift": shifts[i], "decoding": decoding,
-            "prompt_tokens": tokens[i][0], "completion_tokens": tokens[i][1], "error": None,
-            "attempts": 1, "run_id": run_id, "updated_us": stamp} for i in keep],
-            ["partition_id", "prompt_version", "llm_id"], where=int_t.c.status != "done")
-        ids = dict(conn.execute(select(int_t.c.partition_id, int_t.c.id).where(and_(
-            int_t.c.partition_id.in_(list(accepted) or [-1]), int_t.c.prompt_version == pv,
-            int_t.c.llm_id == llm.llm_id))).all())
-        n = len(batch)
-        ledger.insert_ignore(conn, vec_t, [{
-            "interest_id": ids[batch[i].id], "encoder_id": enc.encoder_id, "dim": enc.dim,
-            "summary_vec": vecs[i].tobytes(), "shift_vec": vecs[n + i].tobytes(),
-            "created_us": stamp} for i in keep], ["interest_id", "encoder_id"])
-        ledger.upsert(conn, audit_t, [{
-            "partition_id": pid, "prompt_version": pv, "llm_id": llm.llm_id, "kind": kind,
-            "prompt_sha256": prompt_hash(messages),
-            "prompt": cap_text(json.dumps(messages, ensure_ascii=False), _AUDIT_CHARS),
-            "run_id": run_id, "created_us": stamp} for pid, kind, messages in seen if pid in accepted],
-            ["partition_id", "prompt_version", "llm_id", "kind"])
-        lease.count(conn, partitions_done=len(keep), llm_calls_committed=_calls([batch[i] for i in keep]),
-                    rejected_commits=n - len(keep))
-    return accepted
-
-
-def _record_failure(ledger, lease, batch, pv, llm, run_id, exc: BaseException) -> None:
-    """Mark the batch failed with the error and give up its claims; ``attempts`` counts tries."""
-    message = sanitize(redact_text(f"{type(exc).__name__}: {exc}"), 2000)
-    with lease._tx() as conn:
-        held = lease.release(conn, [x.id for x in batch])  # first: the write lock on SQLite
-        tried = dict(conn.execute(select(int_t.c.partition_id, int_t.c.attempts).where(
-            int_t.c.partition_id.in_([x.id for x in batch]), int_t.c.prompt_version == pv,
-            int_t.c.llm_id == llm.llm_id)).all())
-        ledger.upsert(conn, int_t, [{
-            "partition_id": x.id, "prompt_version": pv, "llm_id": llm.llm_id, "status": "failed",
-            "summary": None, "shift": None, "decoding": json.dumps(llm.decoding, sort_keys=True),
-            "prompt_tokens": 0, "completion_tokens": 0, "error": message,
-            "attempts": tried.get(x.id, 0) + 1, "run_id": run_id, "updated_us": now_us()}
-            for x in batch if x.id in held], ["partition_id", "prompt_version", "llm_id"],
-            where=int_t.c.status != "done")
-
-
-def _fill_vectors(ledger: Ledger, enc: TextEncoderLike, pv: str, llm_id: str, cfg: EncodeConfig,
-                  s: EncodeSummary) -> int:
-    """Vectors for texts already generated but not yet encoded by *this* text encoder.
-
-    A new text encoder must not cost a single LLM call: the texts are in the ledger.
-    """
-    q = (select(int_t.c.id, int_t.c.summary, int_t.c.shift)
-         .select_from(int_t.join(parts_t, parts_t.c.id == int_t.c.partition_id)
-                      .outerjoin(vec_t, and_(vec_t.c.interest_id == int_t.c.id,
-                                             vec_t.c.encoder_id == enc.encoder_id)))
-         .where(int_t.c.prompt_version == pv, int_t.c.llm_id == llm_id,
-                int_t.c.status == "done", vec_t.c.id.is_(None)))
-    if cfg.users:
-        q = q.where(parts_t.c.user_id.in_(cfg.users))
-    with ledger.engine.connect() as conn:
-        todo = conn.execute(q).all()
-    chunk = max(cfg.batch_size, 64)
-    for i in range(0, len(todo), chunk):
-        rows = todo[i:i + chunk]
-        t0 = time.perf_counter()
-        vecs = np.asarray(enc.encode([r.summary for r in rows] + [r.shift for r in rows]),
-                          dtype=np.float32)
-        s.seconds_encoder += time.perf_counter() - t0
-        if vecs.shape != (2 * len(rows), enc.dim):
-            raise VectorShapeError(f"text encoder {enc.encoder_id} returned {vecs.shape}, "
-                                   f"expected {(2 * len(rows), enc.dim)}")
-        with ledger.begin() as conn:
-            # Insert-or-nothing: a worker that filled the same texts first keeps its rows.
-            ledger.insert_ignore(conn, vec_t, [{
-                "interest_id": r.id, "encoder_id": enc.encoder_id, "dim": enc.dim,
-                "summary_vec": vecs[j].tobytes(), "shift_vec": vecs[len(rows) + j].tobytes(),
-                "created_us": now_us()} for j, r in enumerate(rows)], ["interest_id", "encoder_id"])
-    return len(todo)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CountingLLM", "FakeOpenAIServer", "Generation", "HashEncoder", "ScriptedLLM"]
+__all__ = ["CountingLLM", "FakeOpenAIServer", "Generation", "HashEncoder", "ScriptedLLM", "fake_backends"]
 
 
 @dataclass
@@ -35,14 +35,17 @@ class CountingLLM:
     With ``calls_file`` every answered prompt is appended as one line ``<pid> <kind> <digest>``
     (O_APPEND writes of one line are atomic), so a test can count the calls of many processes,
     killed ones included. ``delay_s`` sleeps before each answer, to land a kill mid-batch.
+    ``cpu_s`` burns that much CPU time of the calling thread per answer, like a model on CPU: a
+    fixed cost per call that only more cores (processes, actors) can spread, not more threads.
     """
 
     def __init__(self, llm_id: str = "fake:counting@1", *, calls_file: str | Path | None = None,
-                 delay_s: float = 0.0) -> None:
+                 delay_s: float = 0.0, cpu_s: float = 0.0) -> None:
         self.llm_id = llm_id
         self.decoding = {"max_new_tokens": 8}
         self.calls_file = Path(calls_file) if calls_file else None
         self.delay_s = delay_s
+        self.cpu_s = cpu_s
         self.calls = 0
 
     def generate(self, prompts: list[list[dict[str, str]]]) -> list[Generation]:
@@ -51,6 +54,12 @@ class CountingLLM:
             body = messages[-1]["content"]
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if self.cpu_s:
+                # CPU time, not wall time: on an oversubscribed machine a call takes longer,
+                # as a real model's would, instead of hiding the contention.
+                until = time.thread_time() + self.cpu_s
+                while time.thread_time() < until:
+                    pass
             kind = "shift" if "Earlier interests: " in body else "summary"
             digest = hashlib.sha256(f"{self.llm_id}\x1f{body}".encode()).hexdigest()[:12]
             self.calls += 1
@@ -110,6 +119,13 @@ class HashEncoder:
             raw = hashlib.sha256(t.encode()).digest() * (self.dim * 4 // 32 + 1)
             out[i] = np.frombuffer(raw[:self.dim * 4], dtype=np.uint32) / np.float32(2**32)
         return out
+
+
+def fake_backends(llm_id: str = "fake:counting@1", *, calls_file: str | Path | None = None,
+                  delay_s: float = 0.0, cpu_s: float = 0.0, dim: int = 4) -> tuple[CountingLLM, HashEncoder]:
+    """A ``CountingLLM`` and a ``HashEncoder``: a factory for ``rayjob.run_ray_encode`` (pass it
+    with ``functools.partial``; it is pickled by reference and called inside each actor)."""
+    return CountingLLM(llm_id, calls_file=calls_file, delay_s=delay_s, cpu_s=cpu_s), HashEncoder(dim=dim)
 
 
 def _echo(user: str) -> tuple[str, int]:

@@ -5,18 +5,22 @@ rewrites the long-term memory table, as ``liber encode`` does; prints the summar
 
     python tests/encode_worker.py LEDGER_URL CALLS_FILE [--schema S] [--llm-id ID] [--lease S]
         [--batch-size N] [--delay S] [--table PATH] [--start-at EPOCH_S]
+        [--ray ADDRESS [--actors N] [--actor-cpus C]]
+
+With ``--ray`` it is a Ray driver (``run_ray_encode``) whose actors each hold a counting LLM.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
 from liber_features.interest import EncodeConfig, run_encode
 from liber_features.ledger import Ledger
 from liber_features.memory import refresh_memory_table
-from liber_features.testing import CountingLLM, HashEncoder
+from liber_features.testing import CountingLLM, HashEncoder, fake_backends
 
 
 def main() -> None:
@@ -30,13 +34,23 @@ def main() -> None:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--table")
     p.add_argument("--start-at", type=float, default=0.0, help="wait until this time: start together")
+    p.add_argument("--ray", help="Ray address: run as a Ray driver")
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--actor-cpus", type=float, default=1.0)
     a = p.parse_args()
     ledger = Ledger(a.ledger, schema=a.schema)
     time.sleep(max(0.0, a.start_at - time.time()))
-    llm = CountingLLM(a.llm_id, calls_file=a.calls_file, delay_s=a.delay)
+    cfg = EncodeConfig(batch_size=a.batch_size, lease_s=a.lease)
     enc = HashEncoder()
-    s = run_encode(ledger, llm, enc, EncodeConfig(batch_size=a.batch_size, lease_s=a.lease),
-                   progress=False)
+    if a.ray:
+        from liber_features.rayjob import RayEncodeConfig, run_ray_encode
+
+        backends = functools.partial(fake_backends, a.llm_id, calls_file=a.calls_file, delay_s=a.delay)
+        s = run_ray_encode(ledger, backends, cfg, RayEncodeConfig(address=a.ray, actors=a.actors,
+                                                                  actor_cpus=a.actor_cpus), progress=False)
+    else:
+        llm = CountingLLM(a.llm_id, calls_file=a.calls_file, delay_s=a.delay)
+        s = run_encode(ledger, llm, enc, cfg, progress=False)
     out = s.as_dict()
     if a.table:
         t = refresh_memory_table(ledger, a.table, memory_slots=2, vector_dim=enc.dim)

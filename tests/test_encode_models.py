@@ -129,3 +129,23 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_redoes_at_most_one_batch(t
     # and the killed run lost at most the one batch (≤ 4 calls) it had in flight.
     assert s["llm_calls"] == 15 - calls_committed
     assert s["skipped_already_done"] == len(committed) and s["failed"] == 0
+
+
+def test_encode_on_ray_with_real_models_then_one_process_continues(tmp_path, movielens):
+    """`liber encode --ray` starts a local Ray whose actor loads both models; a plain `liber
+    encode` then finds that work done under the same keys and generates only the rest."""
+    url = fresh_ledger(tmp_path / "l.db", movielens)
+    common = ["encode", "--ledger", url, "--max-new-tokens", "16", "--no-table", "--json"]
+    on_ray = CliRunner().invoke(cli, [*common, "--users", "5,8", "--ray", "--actors", "1"])
+    assert on_ray.exit_code == 0, on_ray.output
+    s = json.loads(on_ray.output.strip().splitlines()[-1])
+    assert (s["partitions_done"], s["llm_calls"], s["failed"]) == (4, 6, 0)
+    assert (s["ray_address"], s["actors"], s["actor_deaths"]) == ("local", 1, 0)
+    with Ledger(url).engine.connect() as conn:
+        dims = conn.execute(select(vectors.c.dim)).scalars().all()
+    assert dims == [384] * 4
+    rest = CliRunner().invoke(cli, [*common, "--users", "5,8,9"])
+    assert rest.exit_code == 0, rest.output
+    s2 = json.loads(rest.output.strip().splitlines()[-1])
+    assert (s2["skipped_already_done"], s2["partitions_done"], s2["llm_calls"]) == (4, 2, 3)
+    assert s2["llm_id"] == s["llm_id"]
