@@ -34,15 +34,15 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from liber_features.featurestore import (  # noqa: E402
+from liber_features.featurestore import (
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     SHORT_TERM_SCHEMA,
@@ -54,7 +54,7 @@ from liber_features.featurestore import (  # noqa: E402
     write_parquet,
 )
 
-SEALED_AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
+SEALED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 CHUNK = 10_000  # users per generated Parquet chunk: bounded generator memory
 
 
@@ -203,7 +203,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "users": args.users, "memory_slots": args.slots, "vector_dim": args.dim, "cpus": os.cpu_count(),
         "machine": platform.platform(), "online_store": "redis_cluster (3 masters, local)",
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": rows,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "runs": rows,
     }, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
 
