@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,28 @@ def twin(tmp_path, redis_cluster_connection, local_ray):
     yield make
     for r in made:
         cleanup(r)
+
+
+def test_ray_yaml_is_selected_by_environment_and_names_what_is_missing(tmp_path, monkeypatch):
+    from feast.repo_config import load_repo_config
+
+    from liber_features.errors import ConfigError
+    from liber_features.featurestore import open_store
+
+    repo = Repo(tmp_path, "ray", redis_cluster="10.0.0.1:7000,10.0.0.2:7000")
+    selected = {"FEAST_FS_YAML_FILE_PATH": repo.env["FEAST_FS_YAML_FILE_PATH"]}
+    with pytest.raises(ConfigError, match="LIBER_RAY_STORAGE_PATH, LIBER_REDIS_CLUSTER_CONNECTION, LIBER_REGISTRY_URL"):
+        open_store(tmp_path, environ=selected)
+    config = open_store(tmp_path, environ=repo.env).config  # builds nothing: Ray starts on first use
+    assert (config.offline_store.type, config.offline_store.storage_path) == ("ray", str(tmp_path / "ray-staging"))
+    assert config.batch_engine_config["type"] == "ray.engine"
+    assert config.online_store.redis_type.value == "redis_cluster"
+    assert config.online_store.connection_string == "10.0.0.1:7000,10.0.0.2:7000"
+    for name, value in repo.env.items():  # plain `feast` reads the same file the same way
+        monkeypatch.setenv(name, value)
+    feast_config = load_repo_config(tmp_path, Path(repo.env["FEAST_FS_YAML_FILE_PATH"]))
+    assert feast_config.online_store.connection_string == config.online_store.connection_string
+    assert feast_config.batch_engine.type == "ray.engine" and feast_config.offline_store.type == "ray"
 
 
 def test_historical_features_equal_duckdb_at_the_edges(tmp_path, twin):
