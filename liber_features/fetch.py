@@ -12,8 +12,11 @@ Both return, per user, a dict of the raw values the model inputs are built from
   users). Float vectors are decoded with ``np.frombuffer`` on the packed bytes (no per-value
   protobuf or pandas round trip); the handful of scalar/string fields go through ``ValueProto``.
   Its client has a socket timeout, so a slow or dead Redis costs at most ``timeout_ms``.
+  On ``redis_type: redis_cluster`` the client is redis-py's ``RedisCluster``: a user's hash lives
+  on the node owning its key's slot, so one user is still one ``HMGET`` (routed by the client) and
+  many users are one ``ClusterPipeline``, which groups the commands per node. Sentinel is refused.
 
-  The request path is lean on purpose (it is half the latency budget of a ranker's call): each
+  On a single Redis the request path is lean on purpose (it is half the latency budget of a ranker's call): each
   thread keeps one redis-py ``Connection`` of its own (no pool checkout/release per request), the
   ``HMGET`` is packed once per user from precomputed bytes, and the entity key is Feast's
   ``_redis_key`` laid out from a template that is checked against Feast's helper at start-up.
@@ -95,8 +98,9 @@ class RedisFetcher:
         cfg, self.store = store.config, store
         if cfg.online_store.type != "redis":
             raise OnlineStoreError(f"the Redis fast path needs a Redis online store, not {cfg.online_store.type!r}")
-        if cfg.online_store.redis_type.value != "redis":
-            raise OnlineStoreError("the Redis fast path reads a single Redis (not cluster/sentinel) here")
+        redis_type = cfg.online_store.redis_type.value
+        if redis_type not in ("redis", "redis_cluster"):
+            raise OnlineStoreError(f"the Redis fast path reads a single Redis or a Redis Cluster, not {redis_type!r}")
         self.project, self.version = cfg.project, cfg.entity_key_serialization_version
         versioning = cfg.registry.enable_online_feature_view_versioning
         names = {v: compute_versioned_name(store.get_feature_view(v), versioning)
@@ -104,10 +108,24 @@ class RedisFetcher:
         self.fields = [_mmh3(f"{names[v]}:{f}") for v, f in FEATURES]
         self.fields += [f"_ts:{names[LONG_TERM_VIEW]}", f"_ts:{names[SHORT_TERM_VIEW]}"]
         nodes, kwargs = RedisOnlineStore._parse_connection_string(cfg.online_store.connection_string)
-        self.where = f"Redis at {nodes[0]['host']}:{nodes[0]['port']}"  # never the password
-        self.client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs,
-                                  socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000)
+        timeouts = {"socket_timeout": timeout_ms / 1000, "socket_connect_timeout": timeout_ms / 1000}
+        self.cluster = redis_type == "redis_cluster"
+        if self.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            self.where = f"Redis Cluster via {nodes[0]['host']}:{nodes[0]['port']}"  # never the password
+            # Constructing it reads the slot map from the first reachable startup node (once, here).
+            try:
+                self.client = RedisCluster(startup_nodes=[ClusterNode(n["host"], int(n["port"])) for n in nodes],
+                                           **kwargs, **timeouts)
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+        else:
+            self.where = f"Redis at {nodes[0]['host']}:{nodes[0]['port']}"  # never the password
+            self.client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs, **timeouts)
         self._Value = Value
+        # RedisClusterException (no slot map, all nodes down) is not a RedisError.
+        self._errors = (redis.RedisError, redis.exceptions.RedisClusterException)
         # Wire tags of Value.float_list_val and FloatList.val (packed): checked, never assumed.
         self._outer = (Value.DESCRIPTOR.fields_by_name["float_list_val"].number << 3) | 2
         self._inner = (FloatList.DESCRIPTOR.fields_by_name["val"].number << 3) | 2
@@ -193,11 +211,17 @@ class RedisFetcher:
         return out
 
     def fetch(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        import redis
-
         try:
-            replies = self._hmget(user_ids)
-        except redis.RedisError as exc:
+            if not self.cluster:
+                replies = self._hmget(user_ids)
+            elif len(user_ids) == 1:  # routed to the node that owns the key's slot
+                replies = [self.client.hmget(self.key(user_ids[0]), self.fields)]
+            else:
+                with self.client.pipeline(transaction=False) as pipe:  # grouped per node
+                    for u in user_ids:
+                        pipe.hmget(self.key(u), self.fields)
+                    replies = pipe.execute()
+        except self._errors as exc:
             raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
         return [self._decode(r[: len(FEATURES)]) for r in replies]
 

@@ -56,5 +56,28 @@ def ledger(request, tmp_path, unique_name):
     led.drop_schema()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_connection(tmp_path_factory) -> str:
+    """A 3-master Redis Cluster on free local ports for this session (Feast's connection form)."""
+    from rediscluster import redis_cluster
+
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.connection
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A small local Ray for this session, started before Feast needs one (Feast then uses it
+    instead of starting one per core), shut down at the end."""
+    import ray  # the 'scale' extra, installed by `make install`: missing fails, never skips
+    from feast.infra import ray_initializer
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    yield ray
+    ray.shutdown()
+    # Feast remembers "initialized" in a module global; a later test must not skip its init.
+    ray_initializer._ray_initialized = False
+
+
 # The served world (real Redis, a small exported model) shared by the scorer and HTTP tests.
 from servekit import world  # noqa: E402, F401

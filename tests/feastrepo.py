@@ -1,7 +1,9 @@
 """Throwaway copies of feature_repo/ for tests: own Feast project per copy, cleaned up after.
 
 On Redis the copy uses the real server and a PostgreSQL SQL registry; an unreachable Redis fails
-the test (``redis_client`` pings), it is never skipped.
+the test (``redis_client`` pings), it is never skipped. The ``ray`` backend is the scale-out yaml
+(Ray offline store + Ray engine, Redis Cluster online, PostgreSQL registry) on a cluster the test
+started (``tests/rediscluster.py``), staging under the copy.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ LONG_PATH, SHORT_PATH = "data/user_long_term_memory.parquet", "data/user_short_t
 class Repo:
     """A throwaway feature repo + its store; ``env`` is what a shell would export."""
 
-    def __init__(self, root: Path, backend: str) -> None:
+    def __init__(self, root: Path, backend: str, *, redis_cluster: str | None = None) -> None:
         self.root, self.backend = root, backend
         self.project = f"liber_t_{uuid.uuid4().hex[:10]}"
         shutil.copy(REPO / "definitions.py", root)
-        for name in ("feature_store.yaml", "feature_store.redis.yaml"):
+        for name in ("feature_store.yaml", "feature_store.redis.yaml", "feature_store.ray.yaml"):
             text = (REPO / name).read_text().replace("project: liber\n", f"project: {self.project}\n")
             (root / name).write_text(text)
         self.env: dict[str, str] = {}
@@ -43,6 +45,15 @@ class Repo:
                 "FEAST_FS_YAML_FILE_PATH": str(root / "feature_store.redis.yaml"),
                 "LIBER_REDIS_URL": REDIS_URL,
                 "LIBER_REGISTRY_URL": PG_URL,
+            }
+        if backend == "ray":
+            if redis_cluster is None:
+                raise ValueError("the ray backend needs a Redis Cluster connection")
+            self.env |= {
+                "FEAST_FS_YAML_FILE_PATH": str(root / "feature_store.ray.yaml"),
+                "LIBER_REDIS_CLUSTER_CONNECTION": redis_cluster,
+                "LIBER_REGISTRY_URL": PG_URL,
+                "LIBER_RAY_STORAGE_PATH": str(root / "ray-staging"),
             }
 
     def write(self, long_term: pd.DataFrame | None = None, short_term: pd.DataFrame | None = None) -> None:
@@ -70,6 +81,8 @@ def redis_client():
 
 
 def cleanup(repo: Repo) -> None:
+    if repo.backend == "ray":  # its cluster dies with the test: only the registry rows remain
+        repo.store().registry.delete_project(repo.project)
     if repo.backend != "redis":
         return
     client = redis_client()
