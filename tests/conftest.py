@@ -65,10 +65,11 @@ def redis_cluster_connection(tmp_path_factory) -> str:
         yield cluster.connection
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A small local Ray for this session, started before Feast needs one (Feast then uses it
-    instead of starting one per core), shut down at the end."""
+    """A small local Ray for one test module, started before Feast needs one (Feast then uses it
+    instead of starting one per core), shut down after the module: another module (the Ray
+    encoder's tests) starts its own, and Ray allows one per process."""
     import ray  # the 'scale' extra, installed by `make install`: missing fails, never skips
     from feast.infra import ray_initializer
 
