@@ -66,6 +66,11 @@ def _session(path: Path, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # With more than one thread onnxruntime's workers spin after each run, waiting for the next:
+    # on a small box that spinning takes the core Redis and the HTTP server need. Measured by
+    # bench_online (2 cores): interleaved with a 2-thread spinning session, the fast fetch's p99
+    # went from 0.75 to 2.2 ms. Workers sleep instead; a request pays their wake-up.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # The CUDA provider only where onnxruntime-gpu is installed (it lists the provider); CPU else.
