@@ -36,23 +36,6 @@ PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.
 
 # --- section: encoder ---------------------------------------------------------------------------
 
-def _synthetic(users: int, parts_per_user: int, k: int):
-    """``users`` users with ``parts_per_user`` sealed partitions of ``k`` events each."""
-    import pandas as pd
-
-    from liber_features.events import LoadedEvents
-
-    rows = [(f"u{u}e{i}", f"u{u}", f"i{(u * 7 + i) % 500}", 1_000_000 + 1000 * u + i, 1.0 + (i % 5))
-            for u in range(users) for i in range(parts_per_user * k)]
-    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts", "rating"])
-    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[us, UTC]")
-    df["row"] = range(len(df))
-    cat = pd.DataFrame({"item_id": [f"i{i}" for i in range(500)],
-                        "title": [f"Movie {i}" for i in range(500)], "categories": ["Drama"] * 500})
-    q = pd.DataFrame(columns=["source", "row", "field", "reason", "raw"])
-    return LoadedEvents("synthetic", "csv", df, cat, q, len(df), 0)
-
-
 def _fresh_ledger(kind: str, loaded, k: int):
     from liber_features.ingest import ingest
     from liber_features.ledger import Ledger
@@ -71,12 +54,13 @@ def encoder_section(args: argparse.Namespace) -> dict:
 
     from liber_features.interest import EncodeConfig, run_encode
     from liber_features.rayjob import RayEncodeConfig, run_ray_encode
-    from liber_features.testing import fake_backends
+    from liber_features.testing import event_log, fake_backends
 
     load_before = os.getloadavg()[0]  # other processes on the machine compete for its cores
     parts = args.users * args.parts_per_user
     calls = parts + args.users * (args.parts_per_user - 1)  # no shift for partition 0
-    loaded = _synthetic(args.users, args.parts_per_user, args.k)
+    loaded = event_log(args.users, args.parts_per_user * args.k, items=500, item_stride=7, user_spacing_s=1000,
+                       source="synthetic")
     cfg = EncodeConfig(batch_size=args.batch_size)
     backends = functools.partial(fake_backends, cpu_s=args.cpu_s)
     # Actors must import this checkout: Ray's workers inherit the driver's environment.

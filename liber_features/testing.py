@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CountingLLM", "FakeOpenAIServer", "Generation", "HashEncoder", "ScriptedLLM", "fake_backends"]
+__all__ = ["CountingLLM", "FakeOpenAIServer", "Generation", "HashEncoder", "ScriptedLLM", "event_log", "fake_backends"]
 
 
 @dataclass
@@ -126,6 +126,26 @@ def fake_backends(llm_id: str = "fake:counting@1", *, calls_file: str | Path | N
     """A ``CountingLLM`` and a ``HashEncoder``: a factory for ``rayjob.run_ray_encode`` (pass it
     with ``functools.partial``; it is pickled by reference and called inside each actor)."""
     return CountingLLM(llm_id, calls_file=calls_file, delay_s=delay_s, cpu_s=cpu_s), HashEncoder(dim=dim)
+
+
+def event_log(users: int, per_user: int, *, items: int = 30, item_stride: int = 1, user_spacing_s: int = 100,
+              source: str = "mem"):
+    """A synthetic, already-loaded event log: user ``u{u}``'s ``i``-th event rates item
+    ``i{(u * item_stride + i) % items}`` at second ``1_000_000 + user_spacing_s * u + i``, with ratings
+    cycling 1–5, and a catalog of ``items`` titles — what ``events.load_events`` would return."""
+    import pandas as pd
+
+    from .events import LoadedEvents
+
+    rows = [(f"u{u}e{i}", f"u{u}", f"i{(u * item_stride + i) % items}", 1_000_000 + user_spacing_s * u + i,
+             1.0 + (i % 5)) for u in range(users) for i in range(per_user)]
+    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts", "rating"])
+    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[us, UTC]")
+    df["row"] = range(len(df))
+    cat = pd.DataFrame({"item_id": [f"i{i}" for i in range(items)],
+                        "title": [f"Movie {i}" for i in range(items)], "categories": ["Drama"] * items})
+    q = pd.DataFrame(columns=["source", "row", "field", "reason", "raw"])
+    return LoadedEvents(source, "csv", df, cat, q, len(df), 0)
 
 
 def _echo(user: str) -> tuple[str, int]:

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
@@ -25,6 +24,7 @@ from liber_features.events import LoadedEvents
 from liber_features.ingest import ingest
 from liber_features.ledger import claims, interests, partitions, run_heartbeats, vectors
 from liber_features.partition import PartitionRule
+from liber_features.testing import event_log
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "encode_worker.py"
@@ -34,15 +34,7 @@ NEEDED = PARTS + USERS * (PER_USER // K - 1)  # a summary each + a shift after p
 
 
 def events(users=USERS, per_user=PER_USER) -> LoadedEvents:
-    rows = [(f"u{u}e{i}", f"u{u}", f"i{(u + i) % 30}", 1_000_000 + 100 * u + i, 1.0 + (i % 5))
-            for u in range(users) for i in range(per_user)]
-    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts", "rating"])
-    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[us, UTC]")
-    df["row"] = range(len(df))
-    cat = pd.DataFrame({"item_id": [f"i{i}" for i in range(30)],
-                        "title": [f"Movie {i}" for i in range(30)], "categories": ["Drama"] * 30})
-    q = pd.DataFrame(columns=["source", "row", "field", "reason", "raw"])
-    return LoadedEvents("mem", "csv", df, cat, q, len(df), 0)
+    return event_log(users, per_user)
 
 
 def spawn(ledger, calls: Path, *extra: str) -> subprocess.Popen:
