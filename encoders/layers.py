@@ -7,10 +7,12 @@ candidates, broadcast inside the graph) or U = N (training: one candidate per sa
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
-__all__ = ["MLP", "ItemEmbedding", "expand_users"]
+__all__ = ["MLP", "ItemEmbedding", "expand_users", "user_matmul"]
 
 
 class ItemEmbedding(nn.Module):
@@ -46,7 +48,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, dims: list[int], out: int, dropout: float = 0.0) -> None:
         layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in pairwise(dims):
             layers += [nn.Linear(a, b), nn.ReLU(), nn.Dropout(dropout)]
         layers.append(nn.Linear(dims[-1], out))
         super().__init__(*layers)
@@ -55,3 +57,14 @@ class MLP(nn.Sequential):
 def expand_users(x: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
     """``(U, …)`` → ``(N, …)`` when U = 1; a no-op when U = N."""
     return x.expand(n, *x.shape[1:]) if isinstance(n, int) else x.expand(n.shape[0], *x.shape[1:])
+
+
+def user_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Candidates ``x`` (N, a) against a user-side matrix ``y`` (U, a, b) → ``(N, b)``.
+
+    One user (U = 1, serving) is one GEMM over all N candidates; U = N (training) is a batched
+    product, one row per sample. The export traces U = 1, so the graph holds the single GEMM.
+    """
+    if y.shape[0] == 1:
+        return x @ y[0]
+    return torch.bmm(x.unsqueeze(1), y).squeeze(1)

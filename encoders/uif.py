@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+from encoders.layers import user_matmul
+
 __all__ = ["UIF"]
 
 
@@ -32,19 +34,23 @@ class UIF(nn.Module):
 
     def memory(self, summary: torch.Tensor, shift: torch.Tensor, partition_count: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """User side, once per user: ``(U, M, D)`` ×2, ``(U,)`` → keys, values ``(U, M, d)``, mask ``(U, M)``."""
+        """User side, once per user: ``(U, M, D)`` ×2, ``(U,)`` → keys, values ``(U, M, d)``, mask ``(U, M)``.
+
+        The keys come back in query space (see below): score = candidate · key.
+        """
         x = torch.cat([summary, shift], dim=-1) if self.use_shift else summary
         slots = torch.relu(self.slot(x))
         m = summary.shape[1]
         mask = (torch.arange(m, device=summary.device)[None, :] < partition_count[:, None]).to(x.dtype)
-        return self.key(slots), self.value(slots), mask
+        # The query projection folded into the keys, per user: query(q) · k = q · (k W_q), so each
+        # candidate costs one dot product per slot and no d×d projection of its own.
+        return self.key(slots) @ self.query.weight, self.value(slots), mask
 
     def forward(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
                 ) -> torch.Tensor:
         """Candidate side: ``q`` (N, d), keys/values (U, M, d), mask (U, M) → (N, d)."""
-        qq = self.query(q).unsqueeze(1)  # (N, 1, d)
-        scores = (qq * keys).sum(-1) * self.scale  # (N, M): U broadcasts to N
+        scores = user_matmul(q, keys.transpose(1, 2)) * self.scale  # (N, M): one GEMM when U = 1
         # A large finite negative, not -inf: an all-masked row must give zeros, not NaN.
         scores = scores.masked_fill(mask == 0, -1e9)
         weights = torch.softmax(scores, dim=-1) * mask  # all-masked row → exactly 0
-        return (weights.unsqueeze(-1) * values).sum(1)
+        return user_matmul(weights, values)

@@ -155,7 +155,7 @@ class LiberScorer:
             if self.config.on_store_error == "raise":
                 raise OnlineStoreError(f"{self.fetcher.where}: wrong-shaped value: {exc}") from exc
             feeds, degraded, reason = self.user_side(user_id, None), True, f"wrong-shaped value: {exc}"
-        items, _ = index_items([str(i) for i in item_ids], self._vocab)
+        items, _ = index_items(item_ids, self._vocab)
         feeds["item_idx"] = items
         scores = self.session.run(None, feeds)[0]
         return ScoreResult(
