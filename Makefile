@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/liber demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -119,8 +119,13 @@ def online_recovery(ledger: Ledger, workdir: Path) -> dict:
     import redis
 
     from liber_features.errors import FeatureStoreError
-    from liber_features.featurestore import LONG_TERM_VIEW, SHORT_TERM_VIEW, apply_repo, feast_redis_connection
-    from liber_features.featurestore import open_store
+    from liber_features.featurestore import (
+        LONG_TERM_VIEW,
+        SHORT_TERM_VIEW,
+        apply_repo,
+        feast_redis_connection,
+        open_store,
+    )
     from liber_features.sync import sync_view
 
     repo = workdir / "repo"
@@ -128,9 +133,11 @@ def online_recovery(ledger: Ledger, workdir: Path) -> dict:
     shutil.copy(ROOT / "feature_repo" / "definitions.py", repo)
     own = OwnRedis(workdir)
     yaml = (ROOT / "feature_repo" / "feature_store.yaml").read_text()
+    connection = feast_redis_connection(f"redis://127.0.0.1:{own.port}/0")
     yaml = yaml.replace("  type: sqlite\n  path: data/online_store.db\n",
-                        f"  type: redis\n  connection_string: \"{feast_redis_connection(f'redis://127.0.0.1:{own.port}/0')}\"\n")
-    (repo / "feature_store.yaml").write_text(yaml.replace("project: liber\n", f"project: bench_{uuid.uuid4().hex[:8]}\n"))
+                        f"  type: redis\n  connection_string: \"{connection}\"\n")
+    project = f"project: bench_{uuid.uuid4().hex[:8]}\n"
+    (repo / "feature_store.yaml").write_text(yaml.replace("project: liber\n", project))
     table = refresh_memory_table(ledger, repo / "data" / f"{LONG_TERM_VIEW}.parquet", memory_slots=2, vector_dim=4)
     append_cache_history(current_caches(ledger), repo / "data" / f"{SHORT_TERM_VIEW}.parquet")
     users = sorted(set(table.column("user_id").to_pylist()))
@@ -138,8 +145,8 @@ def online_recovery(ledger: Ledger, workdir: Path) -> dict:
     apply_repo(store, repo)
 
     def missing() -> int:
-        got = store.get_online_features(features=[f"{LONG_TERM_VIEW}:partition_count", f"{SHORT_TERM_VIEW}:cache_length"],
-                                        entity_rows=[{"user_id": u} for u in users]).to_dict()
+        features = [f"{LONG_TERM_VIEW}:partition_count", f"{SHORT_TERM_VIEW}:cache_length"]
+        got = store.get_online_features(features=features, entity_rows=[{"user_id": u} for u in users]).to_dict()
         return sum(1 for a, b in zip(got["partition_count"], got["cache_length"]) if a is None or b is None)
 
     def sync_all(rebuild: bool = False) -> None:

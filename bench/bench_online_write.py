@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,7 @@ def main() -> None:
     project = f"liber_bench_{uuid.uuid4().hex[:8]}"
     pattern = b"*" + project.encode()
     users = [f"user-{i:07d}" for i in range(args.users)]
-    rows = sample_long_term(users, datetime.now(timezone.utc) - timedelta(hours=1), partition_count=shape.memory_slots)
+    rows = sample_long_term(users, datetime.now(UTC) - timedelta(hours=1), partition_count=shape.memory_slots)
 
     def clear() -> None:
         keys = list(client.scan_iter(match=pattern, count=5000))

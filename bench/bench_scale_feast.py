@@ -40,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from liber_features.featurestore import (
+from liber_features.featurestore import (  # noqa: E402
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     SHORT_TERM_SCHEMA,

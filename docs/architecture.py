@@ -17,12 +17,18 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 W, H = 2.0, 1.0  # box size in axis units
 # name: (x, y, title, detail, colour)
 BOXES = {
-    "events": (0.0, 2.2, "events + catalog", "user_id, item_id, ts, rating\nMovieLens or any CSV / Parquet", "#e8eef7"),
-    "ingest": (2.75, 2.2, "liber ingest (UBSP)", "validate, dedupe, quarantine\nseal a partition every K events", "#e8eef7"),
-    "ledger": (5.5, 2.2, "SQL ledger", "SQLite or PostgreSQL: events,\npartitions, caches, interests, runs", "#f3ece0"),
-    "encode": (8.25, 2.2, "liber encode (UIL)", "LLM: summary → shift, once per\npartition; text encoder → vectors", "#eaf4e4"),
-    "parquet": (8.25, 0.0, "Parquet tables", "long-term memory (last M vectors)\n+ short-term cache history", "#f3ece0"),
-    "feast": (5.5, 0.0, "Feast", "offline: DuckDB point-in-time joins\nonline: SQLite, or Redis in production", "#efe6f5"),
+    "events": (0.0, 2.2, "events + catalog",
+               "user_id, item_id, ts, rating\nMovieLens or any CSV / Parquet", "#e8eef7"),
+    "ingest": (2.75, 2.2, "liber ingest (UBSP)",
+               "validate, dedupe, quarantine\nseal a partition every K events", "#e8eef7"),
+    "ledger": (5.5, 2.2, "SQL ledger",
+               "SQLite or PostgreSQL: events,\npartitions, caches, interests, runs", "#f3ece0"),
+    "encode": (8.25, 2.2, "liber encode (UIL)",
+               "LLM: summary → shift, once per\npartition; text encoder → vectors", "#eaf4e4"),
+    "parquet": (8.25, 0.0, "Parquet tables",
+                "long-term memory (last M vectors)\n+ short-term cache history", "#f3ece0"),
+    "feast": (5.5, 0.0, "Feast",
+              "offline: DuckDB point-in-time joins\nonline: SQLite, or Redis in production", "#efe6f5"),
     "train": (2.75, 0.0, "liber train (UIF)", "fusion + DIN / DCNv2 on the\nleak-free training set", "#eaf4e4"),
     "serve": (0.0, 0.0, "ONNX → scorer", "liber export, liber score,\nliber serve: one read per request", "#fbe9e7"),
 }
@@ -43,7 +49,10 @@ def anchor(name: str, side: str) -> tuple[float, float]:
     return {"l": (x, y + H / 2), "r": (x + W, y + H / 2), "t": (x + W / 2, y + H), "b": (x + W / 2, y)}[side]
 
 
-def main(out: Path = Path(__file__).with_name("architecture.png")) -> Path:
+OUT = Path(__file__).with_name("architecture.png")
+
+
+def main(out: Path = OUT) -> Path:
     fig, ax = plt.subplots(figsize=(11.0, 4.1))
     ax.set_xlim(-0.1, 10.35)
     ax.set_ylim(-0.85, 3.55)

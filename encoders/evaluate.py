@@ -198,7 +198,8 @@ def _markdown(h: dict[str, Any], summary: list[dict[str, Any]]) -> str:
                      f"| {rel} | {s['epochs']} |")
     names = list(summary[0]["by_partitions"])
     lines += ["", "Test AUC by partitions sealed before the sample (mean over seeds):", "",
-              "| backbone | variant | " + " | ".join(f"{n} ({summary[0]['by_partitions'][n]['samples']})" for n in names) + " |",
+              "| backbone | variant | "
+              + " | ".join(f"{n} ({summary[0]['by_partitions'][n]['samples']})" for n in names) + " |",
               "| --- | --- | " + " | ".join("---" for _ in names) + " |"]
     for s in summary:
         cells = [f"{s['by_partitions'][n]['auc']:.4f}" if s["by_partitions"][n]["auc"] else "—" for n in names]

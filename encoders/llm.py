@@ -242,7 +242,7 @@ class OpenAICompatLLM:
         base = base.removesuffix("/v1")  # accept both spellings
         self.url = f"{base}/v1/chat/completions"
         try:
-            httpx.URL(self.url).port  # a bad port or host fails here, as one ConfigError line
+            _ = httpx.URL(self.url).port  # a bad port or host fails here, as one ConfigError line
         except (httpx.InvalidURL, ValueError, TypeError) as exc:
             raise ConfigError(f"malformed LLM server URL {redact_url(base_url)!r}: "
                               f"{redact_text(str(exc))}") from None

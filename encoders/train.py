@@ -83,7 +83,9 @@ class _Batches:
     """The training set as device tensors; gathers the memory vectors per batch (bounded memory)."""
 
     def __init__(self, ts: TrainingSet, tables: tuple[np.ndarray, np.ndarray], device: torch.device):
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
         self.user, self.item, self.hist = t(ts.user_idx), t(ts.item_idx), t(ts.hist_idx)
         self.count, self.rows, self.label = t(ts.partition_count), t(ts.slot_rows), t(ts.label)
         self.summ, self.shift = t(tables[0]), t(tables[1])

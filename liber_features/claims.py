@@ -25,7 +25,9 @@ from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.engine import Connection
 
 from .errors import LiberError
-from .ledger import Ledger, claims, now_us, partitions as parts_t, run_heartbeats as hb_t
+from .ledger import Ledger, claims, now_us
+from .ledger import partitions as parts_t
+from .ledger import run_heartbeats as hb_t
 
 __all__ = ["Lease", "poll_interval"]
 

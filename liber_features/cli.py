@@ -17,6 +17,10 @@ from typing import Any
 
 import click
 
+from .cli_common import emit, ledger_option, schema_option
+from .cli_feast import COMMANDS as _FEAST_COMMANDS
+from .cli_model import COMMANDS as _MODEL_COMMANDS
+from .cli_report import COMMANDS as _REPORT_COMMANDS
 from .errors import LiberError
 
 __all__ = ["cli", "main"]
@@ -38,8 +42,6 @@ class _LiberGroup(click.Group):
 def cli() -> None:
     """LIBER lifelong user-behaviour features for Feast-backed recommenders."""
 
-
-from .cli_common import emit, ledger_option, schema_option
 
 
 @cli.command()
@@ -249,10 +251,6 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
     if as_json:
         click.echo(json.dumps(result, default=str, sort_keys=True))
 
-
-from .cli_feast import COMMANDS as _FEAST_COMMANDS
-from .cli_model import COMMANDS as _MODEL_COMMANDS
-from .cli_report import COMMANDS as _REPORT_COMMANDS
 
 for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS):
     cli.add_command(_command)

@@ -10,8 +10,9 @@ Rerunning it does no LLM work twice.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,18 +51,25 @@ def check_data(data: Path) -> None:
 def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
              max_new_tokens: int, say: Callable[[str], None]) -> dict[str, Any]:
     check_data(data)  # before any import or write: a missing download is the likeliest failure
+    import warnings
+
     from .events import load_events
-    from .featurestore import (LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW,
-                               LiberFeatureConfig, apply_repo, data_file, open_store)
+    from .featurestore import (
+        LONG_TERM_VIEW,
+        RANKER_SERVICE,
+        SHORT_TERM_VIEW,
+        LiberFeatureConfig,
+        apply_repo,
+        data_file,
+        open_store,
+    )
     from .ingest import append_cache_history, current_caches, ingest
     from .interest import EncodeConfig, run_encode
     from .ledger import Ledger
     from .memory import refresh_memory_table
     from .online import push_short_term_cache
-    from .sync import sync_view
     from .partition import PartitionRule
-
-    import warnings
+    from .sync import sync_view
 
     # ibis (under Feast's DuckDB store) warns about its own use of duckdb; not ours to fix.
     warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated",

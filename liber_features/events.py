@@ -55,8 +55,7 @@ import pandas as pd
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from liber_features.catalog import id_text, load_catalog, read_catalog, read_parquet
-from liber_features.catalog import require_columns
+from liber_features.catalog import id_text, load_catalog, read_catalog, read_parquet, require_columns
 from liber_features.delimited import Delimited, read_delimited
 from liber_features.errors import InputError
 from liber_features.fieldrules import ID_MAX_CHARS, id_problems

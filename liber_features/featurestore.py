@@ -180,7 +180,7 @@ def _check_registry_url(raw: object, yaml_path: Path) -> None:
 
     url = str(registry.get("path", ""))
     try:
-        make_url(url).port
+        _ = make_url(url).port
     except (ValueError, ArgumentError) as exc:
         raise ConfigError(f"{yaml_path}: malformed registry URL {redact_url(url)!r}: "
                           f"{redact_text(str(exc))}") from None

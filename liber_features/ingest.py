@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,11 +28,16 @@ from tqdm import tqdm
 
 from .errors import ConfigError
 from .events import LoadedEvents
-from .ledger import Ledger, events as events_t, items as items_t, now_us, partitions as parts_t
-from .ledger import quarantine as quarantine_t, run_heartbeats as hb_t, runs as runs_t
+from .ledger import Ledger, now_us
+from .ledger import events as events_t
+from .ledger import items as items_t
+from .ledger import partitions as parts_t
+from .ledger import quarantine as quarantine_t
+from .ledger import run_heartbeats as hb_t
+from .ledger import runs as runs_t
 from .ledger import user_cache as cache_t
-from .runs import fix_setting
 from .partition import CachedEvent, PartitionRule, SealedPartition, UserState, advance
+from .runs import fix_setting
 
 __all__ = ["IngestSummary", "ingest", "load_states", "cache_frame", "current_caches",
            "append_cache_history"]

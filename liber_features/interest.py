@@ -32,8 +32,12 @@ from tqdm import tqdm
 
 from .claims import Lease, poll_interval
 from .errors import LiberError, VectorShapeError
-from .interest_store import LostBatch, calls_needed as _calls, done_summaries, fill_vectors, settle_batch
-from .ledger import Ledger, interests as int_t, items as items_t, partitions as parts_t
+from .interest_store import LostBatch, done_summaries, fill_vectors, settle_batch
+from .interest_store import calls_needed as _calls
+from .ledger import Ledger
+from .ledger import interests as int_t
+from .ledger import items as items_t
+from .ledger import partitions as parts_t
 from .prompts import FIRST_SHIFT, ItemLine, PromptConfig, prompt_version, shift_messages, summary_messages
 from .redact import redact_text
 
@@ -114,7 +118,7 @@ def _load(ledger: Ledger, cfg: EncodeConfig, pv: str, llm_id: str):
 
 def _lines(part: _Part, catalog: dict[str, tuple[str, str]]) -> list[ItemLine]:
     out = []
-    for event_id, item_id, ts_us, rating in part.events:
+    for _event_id, item_id, ts_us, rating in part.events:
         title, cats = catalog.get(item_id, (f"item {item_id}", ""))
         out.append(ItemLine(title=title, categories=cats, rating=rating, ts_us=ts_us))
     return out

@@ -17,8 +17,11 @@ from sqlalchemy import and_, select
 
 from .errors import EncoderError, LLMUnavailable, VectorShapeError
 from .fieldrules import cap_text
-from .ledger import Ledger, interests as int_t, now_us, partitions as parts_t
-from .ledger import prompt_audit as audit_t, vectors as vec_t
+from .ledger import Ledger, now_us
+from .ledger import interests as int_t
+from .ledger import partitions as parts_t
+from .ledger import prompt_audit as audit_t
+from .ledger import vectors as vec_t
 from .prompts import prompt_hash, sanitize
 from .redact import redact_text
 

@@ -28,7 +28,10 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from .errors import LedgerError, VectorShapeError
-from .ledger import Ledger, interests as int_t, partitions as parts_t, runs as runs_t
+from .ledger import Ledger
+from .ledger import interests as int_t
+from .ledger import partitions as parts_t
+from .ledger import runs as runs_t
 from .ledger import vectors as vec_t
 
 __all__ = ["encoder_version", "latest_versions", "memory_table", "refresh_memory_table",

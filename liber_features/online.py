@@ -18,7 +18,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,7 +254,7 @@ def materialize_late(
     re-encodes of sealed partitions (new ``encoder_version``). Returns the users written."""
     from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
 
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     with _store_errors("late materialization"):
         view = store.get_feature_view(LONG_TERM_VIEW, allow_registry_cache=False)
         src, keys = _source(view), view.join_keys
@@ -269,7 +269,7 @@ def materialize_late(
             return 0
         latest = offline.pull_latest_from_table_or_query(
             store.config, src, keys, features, src.timestamp_field, src.created_timestamp_column,
-            start_date=end - view.ttl if view.ttl else datetime(1970, 1, 1, tzinfo=timezone.utc),
+            start_date=end - view.ttl if view.ttl else datetime(1970, 1, 1, tzinfo=UTC),
             end_date=end,
         ).to_df()
     rows = latest[latest[keys[0]].isin(set(touched[keys[0]]))]
@@ -285,13 +285,13 @@ def materialize(
     Without ``late_since`` the late pass starts LATE_MARGIN before the long-term view's previous
     watermark (nothing to do on a first run: that window already starts at now - ttl).
     """
-    end = end or datetime.now(timezone.utc)
+    end = end or datetime.now(UTC)
     with _store_errors("materialize-incremental"):
         view = store.get_feature_view(LONG_TERM_VIEW, allow_registry_cache=False)
         previous = view.most_recent_end_time
         store.materialize_incremental(end_date=end, feature_views=views)
     if late_since is None and previous is not None:
-        late_since = previous.astimezone(timezone.utc) - LATE_MARGIN
+        late_since = previous.astimezone(UTC) - LATE_MARGIN
     if views is not None and LONG_TERM_VIEW not in views:
         late_since = None
     late = materialize_late(store, late_since, end=end) if late_since is not None else 0

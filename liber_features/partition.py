@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,7 +60,7 @@ class CachedEvent:
         return [self.event_id, self.item_id, self.ts_us, self.rating]
 
     @classmethod
-    def from_row(cls, row: list) -> "CachedEvent":
+    def from_row(cls, row: list) -> CachedEvent:
         event_id, item_id, ts_us, rating = row
         return cls(ts_us=int(ts_us), event_id=event_id, item_id=item_id, rating=rating)
 

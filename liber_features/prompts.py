@@ -28,13 +28,12 @@ instruction:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Sequence
-
-import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,7 +113,7 @@ def sanitize(value: object, limit: int, special_tokens: Sequence[str] = ()) -> s
 
 
 def _day(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(ts_us / 1e6, tz=UTC).strftime("%Y-%m-%d")
 
 
 def summary_messages(lines: Sequence[ItemLine], cfg: PromptConfig,

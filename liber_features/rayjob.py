@@ -32,8 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ConfigError, EncoderError, MissingDependency
-from .interest import (EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike, _Part, _run_batch,
-                       encode_loop)
+from .interest import EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike, _Part, _run_batch, encode_loop
 from .interest_store import LostBatch
 from .ledger import Ledger
 

@@ -22,9 +22,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from .ledger import Ledger, interests as int_t, partitions as parts_t, quarantine as q_t
-from .ledger import runs as runs_t, user_cache as cache_t, vectors as vec_t
-from .ledger import events as events_t, now_us
+from .ledger import Ledger, now_us
+from .ledger import events as events_t
+from .ledger import interests as int_t
+from .ledger import partitions as parts_t
+from .ledger import quarantine as q_t
+from .ledger import runs as runs_t
+from .ledger import user_cache as cache_t
+from .ledger import vectors as vec_t
 
 __all__ = ["ONLINE_BATCH", "ReportData", "Timeline", "gather", "write_report"]
 
@@ -164,9 +169,9 @@ def _timelines(conn, users: list[str] | None, versions, n_users: int) -> list[Ti
 def _online(repo: Path, users: list[str], versions_by_user: dict[str, list[int]], now: int,
             rd: ReportData) -> None:
     """Partition counts and encoder versions as served, through Feast; a note when unreadable."""
-    from .featurestore import LONG_TERM_VIEW
-
     import os
+
+    from .featurestore import LONG_TERM_VIEW
 
     yaml_path = Path(os.environ.get("FEAST_FS_YAML_FILE_PATH") or repo / "feature_store.yaml")
     if not yaml_path.exists():  # checked first: importing Feast costs seconds

@@ -8,8 +8,9 @@ run it. Each section opens with one caption that says what to look for.
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .report import ReportData
@@ -46,7 +47,7 @@ def _fmt(v: Any) -> str:
 def _date(us: int | None) -> str:
     if us is None:
         return "n/a"
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _kv(rows: Iterable[tuple[str, Any]]) -> str:

@@ -13,7 +13,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .ledger import Ledger, now_us, run_heartbeats as hb_t, runs as runs_t, settings as settings_t
+from .ledger import Ledger, now_us
+from .ledger import run_heartbeats as hb_t
+from .ledger import runs as runs_t
+from .ledger import settings as settings_t
 
 __all__ = ["run_report", "fix_setting", "DEFAULT_LEASE_S"]
 

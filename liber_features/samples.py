@@ -250,5 +250,6 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
         user_ids=ev.user_id.to_numpy(), item_ids=ev.item_id.to_numpy(), ts_us=ts, label=label,
         split=split, user_idx=user_idx, item_idx=item_idx, hist_idx=hist_idx, partition_count=counts,
         slot_rows=slot_rows, summary_table=summary_table, shift_table=shift_table,
-        part_items=part_items, part_users=["", *mem.user_id], user_vocab=user_vocab, item_vocab=item_vocab, catalog=catalog,
+        part_items=part_items, part_users=["", *mem.user_id], user_vocab=user_vocab, item_vocab=item_vocab,
+        catalog=catalog,
         shape=shape, encoder_version=versions[0] if versions else "", counts=summary)

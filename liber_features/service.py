@@ -109,7 +109,10 @@ def _ledger_partitions(ledger, user_id: str, card) -> list[Partition]:
         rows = conn.execute(select(partitions.c.seq, partitions.c.sealed_at_us, partitions.c.n_events,
                                    interests.c.summary, interests.c.shift).select_from(j)
                             .where(partitions.c.user_id == user_id).order_by(partitions.c.seq)).all()
-    iso = lambda us: datetime.fromtimestamp(us / 1e6, UTC).isoformat()
+
+    def iso(us: int) -> str:
+        return datetime.fromtimestamp(us / 1e6, UTC).isoformat()
+
     return [Partition(seq=r.seq, sealed_at=iso(r.sealed_at_us), n_events=r.n_events, summary=r.summary,
                       shift=r.shift) for r in rows]
 

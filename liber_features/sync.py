@@ -18,7 +18,7 @@ the recovery after the online store lost its data (Redis flushed or restarted em
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +49,7 @@ class SyncReport:
 
 
 def _dt(us: int | None) -> datetime | None:
-    return None if us is None else datetime.fromtimestamp(us / 1e6, timezone.utc)
+    return None if us is None else datetime.fromtimestamp(us / 1e6, UTC)
 
 
 def synced_mark(ledger: Ledger, project: str, view: str) -> int | None:

@@ -55,7 +55,10 @@ def checkpoint_meta(ts, result, versions, ledger) -> dict[str, Any]:
     from .memory import encoder_version
 
     train_ts = ts.ts_us[ts.mask("train")]
-    iso = lambda us: np.datetime64(int(us), "us").astype(str) + "Z"
+
+    def iso(us: int) -> str:
+        return np.datetime64(int(us), "us").astype(str) + "Z"
+
     return {
         "config": result.config.model_dump(), "user_vocab": ts.user_vocab, "item_vocab": ts.item_vocab,
         "memory_slots": ts.shape.memory_slots, "vector_dim": ts.shape.vector_dim,

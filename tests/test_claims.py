@@ -4,6 +4,7 @@ written twice; a failed row is replaced in place (its id, and so its vectors, ne
 from __future__ import annotations
 
 from sqlalchemy import func, select, update
+from test_concurrency import assert_exactly_once, events
 
 from liber_features.errors import EncoderError
 from liber_features.ingest import ingest
@@ -11,8 +12,6 @@ from liber_features.interest import EncodeConfig, run_encode
 from liber_features.ledger import claims, interests, run_heartbeats, vectors
 from liber_features.partition import PartitionRule
 from liber_features.testing import CountingLLM, HashEncoder
-
-from test_concurrency import assert_exactly_once, events
 
 
 def test_commit_after_takeover_is_rejected_and_counted(ledger):

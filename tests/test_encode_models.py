@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import REPO, ml_latest_small
 from sqlalchemy import func, select
 
 from liber_features.cli import cli
@@ -25,8 +26,6 @@ from liber_features.ingest import ingest
 from liber_features.ledger import Ledger, interests, partitions, vectors
 from liber_features.partition import PartitionRule
 from liber_features.prompts import FIRST_SHIFT
-
-from conftest import REPO, ml_latest_small
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 USERS = ["5", "8", "9", "14", "44"]

@@ -6,11 +6,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from modelkit import encoded_repo, movielens_users
 
 from liber_features.cli import cli
 from liber_features.featurestore import LiberFeatureConfig
-
-from modelkit import encoded_repo, movielens_users
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 

@@ -35,6 +35,7 @@ from liber_features.events import (
     load_events,
 )
 
+
 def _lay_out_fixtures() -> Path:
     """The layout fixtures under their GroupLens names (ratings.csv, u.data, ...) in a temp dir.
 

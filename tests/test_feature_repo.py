@@ -14,13 +14,14 @@ import os
 import socket
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from feastrepo import PG_URL, REDIS_URL, REPO, Repo, cleanup
 
 from liber_features.cli_feast import materialize as materialize_cmd
 from liber_features.errors import ConfigError
@@ -36,11 +37,9 @@ from liber_features.featurestore import (
     write_parquet,
 )
 
-from feastrepo import PG_URL, REDIS_URL, REPO, Repo, cleanup
-
 ENV_NAMES = ("LIBER_DATA_DIR", "LIBER_MEMORY_SLOTS", "LIBER_VECTOR_DIM", "FEAST_FS_YAML_FILE_PATH",
              "LIBER_REDIS_URL", "LIBER_REDIS_CONNECTION", "LIBER_REGISTRY_URL")
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 USERS = ["alice", "bob", "carol"]
 
 
@@ -151,7 +150,7 @@ def test_real_feast_cli_apply_then_materialize_incremental(tmp_path, backend):
     try:
         out = _feast("-c", "feature_repo", "apply", cwd=repo.parent, env=env)
         assert f"Applying changes for project {project}" in out
-        end = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        end = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _feast("-c", "feature_repo", "materialize-incremental", end, cwd=repo.parent, env=env)
 
         store = open_store(repo, environ={**os.environ, **env})

@@ -8,16 +8,15 @@ import json
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import ml_latest_small
 from sqlalchemy import select
 
 from liber_features.cli import cli
 from liber_features.errors import ConfigError
-from liber_features.events import load_events, iter_time_slices
+from liber_features.events import iter_time_slices, load_events
 from liber_features.ingest import ingest
 from liber_features.ledger import partitions, quarantine, user_cache
 from liber_features.partition import PartitionRule
-
-from conftest import ml_latest_small
 
 
 @pytest.fixture(scope="module")

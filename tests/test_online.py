@@ -7,11 +7,12 @@ Redis or PostgreSQL being unreachable fails the test: it is never skipped.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from feastrepo import Repo, cleanup, redis_client
 
 from liber_features.errors import FeatureStoreError, VectorShapeError
 from liber_features.featurestore import (
@@ -23,9 +24,7 @@ from liber_features.featurestore import (
 )
 from liber_features.online import materialize, materialize_late, push_short_term_cache, write_online
 
-from feastrepo import Repo, cleanup, redis_client
-
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 USERS = [f"user-{i}" for i in range(6)]
 
 
@@ -132,7 +131,7 @@ def test_late_partition_reaches_online(repo):
                             partition_count=4, seed=7)
     repo.write(pd.concat([sample_long_term(USERS, NOW - timedelta(days=30)), late], ignore_index=True))
 
-    store.materialize_incremental(end_date=datetime.now(timezone.utc))
+    store.materialize_incremental(end_date=datetime.now(UTC))
     stale = online(store, USERS[:1], service=False)
     assert not np.array_equal(f32(stale[f"{LONG_TERM_VIEW}__summary_vectors"][0]), late.summary_vectors[0])
 

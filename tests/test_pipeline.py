@@ -8,12 +8,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import ml_latest_small
+from feastrepo import Repo, cleanup, redis_client
 
 from liber_features.cli import cli
 from liber_features.featurestore import SHORT_TERM_VIEW
-
-from conftest import ml_latest_small
-from feastrepo import Repo, cleanup, redis_client
 
 
 def cache_online(store, users):

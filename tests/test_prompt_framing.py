@@ -21,8 +21,15 @@ from liber_features.ingest import ingest
 from liber_features.interest import EncodeConfig, run_encode
 from liber_features.ledger import interests, prompt_audit
 from liber_features.partition import PartitionRule
-from liber_features.prompts import (FENCE_CLOSE, FENCE_OPEN, ItemLine, PromptConfig, prompt_hash,
-                                    prompt_version, summary_messages)
+from liber_features.prompts import (
+    FENCE_CLOSE,
+    FENCE_OPEN,
+    ItemLine,
+    PromptConfig,
+    prompt_hash,
+    prompt_version,
+    summary_messages,
+)
 
 #: SmolLM2's added tokens, plus one that no marker rule knows: only asking the tokenizer finds it.
 ADDED = ["<file_sep>", "<filename>", "<jupyter_code>", "@@END@@"]

@@ -17,9 +17,10 @@ import time
 
 import pytest
 import ray
-from sqlalchemy import func, select
-
 from conftest import PG_URL, REPO
+from sqlalchemy import func, select
+from test_concurrency import NEEDED, PARTS, K, assert_exactly_once, call_lines, events, finish, spawn
+
 from liber_features.errors import ConfigError, EncoderError
 from liber_features.ingest import ingest
 from liber_features.interest import EncodeConfig, run_encode
@@ -27,7 +28,6 @@ from liber_features.ledger import Ledger, claims, interests, partitions, prompt_
 from liber_features.partition import PartitionRule
 from liber_features.rayjob import RayEncodeConfig, actor_gpus, run_ray_encode
 from liber_features.testing import fake_backends
-from test_concurrency import K, NEEDED, PARTS, assert_exactly_once, call_lines, events, finish, spawn
 
 pytestmark = pytest.mark.postgres
 

@@ -11,7 +11,7 @@ import json
 import socket
 import subprocess
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from click.testing import CliRunner
+from feastrepo import LONG_PATH, SHORT_PATH, Repo, cleanup, redis_client
+from test_concurrency import events
 
 from liber_features import sync
 from liber_features.cli import cli
@@ -30,9 +32,6 @@ from liber_features.memory import encoder_version, refresh_memory_table
 from liber_features.online import push_short_term_cache, write_online
 from liber_features.partition import PartitionRule
 from liber_features.testing import CountingLLM, HashEncoder
-
-from feastrepo import LONG_PATH, SHORT_PATH, Repo, cleanup, redis_client
-from test_concurrency import events
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 USERS = [f"u{i}" for i in range(6)]
@@ -117,7 +116,7 @@ def online(store, users=USERS) -> dict:
 
 def assert_online_equals_offline(store, ledger, users=USERS) -> None:
     """Online == the offline point-in-time row now (long-term), == the ledger's caches (short-term)."""
-    now = datetime.now(timezone.utc) + timedelta(seconds=1)
+    now = datetime.now(UTC) + timedelta(seconds=1)
     hist = store.get_historical_features(
         entity_df=pd.DataFrame({"user_id": users, "event_timestamp": [now] * len(users)}),
         features=[f"{LONG_TERM_VIEW}:{f}" for f in LONG_FEATURES], full_feature_names=True,
@@ -218,7 +217,7 @@ def test_feast_materialize_never_replaces_a_newer_row(tmp_path, monkeypatch):
     redis_client()
     for name in ("LIBER_DATA_DIR", "LIBER_MEMORY_SLOTS", "LIBER_VECTOR_DIM", "LIBER_REDIS_CONNECTION"):
         monkeypatch.delenv(name, raising=False)
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)
     users = ["a", "b"]
     repo.write(sample_long_term(users, now - timedelta(days=30)), sample_short_term(users, now - timedelta(days=2)))
     try:

@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete, update
+from test_concurrency import events
 
 from liber_features.cli import cli
 from liber_features.errors import ConfigError
@@ -15,8 +16,6 @@ from liber_features.ingest import ingest
 from liber_features.ledger import run_heartbeats, runs, settings
 from liber_features.partition import PartitionRule
 from liber_features.runs import run_report
-
-from test_concurrency import events
 
 
 def test_crashed_first_ingest_still_fixes_k(ledger):

@@ -19,7 +19,8 @@ from liber_features.catalog import read_catalog
 from liber_features.events import LoadConfig, load_events
 from liber_features.fieldrules import RAW_CHARS, REASON_CHARS
 from liber_features.ingest import ingest
-from liber_features.ledger import Ledger, events as events_t, partitions, quarantine, user_cache
+from liber_features.ledger import Ledger, partitions, quarantine, user_cache
+from liber_features.ledger import events as events_t
 from liber_features.partition import PartitionRule
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
