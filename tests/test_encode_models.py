@@ -53,12 +53,14 @@ def done_per_partition(url: str) -> dict[int, int]:
 
 
 def test_real_models_store_texts_vectors_and_rerun_makes_no_llm_calls(tmp_path, movielens):
+    # Summaries are read from stdout: on a machine's first use of SmolLM2 the GGUF conversion draws
+    # transformers' progress bar on stderr, which CliRunner's .output interleaves with the JSON.
     url = fresh_ledger(tmp_path / "l.db", movielens)
     args = ["encode", "--ledger", url, "--users", "5,8,9", "--max-new-tokens", "24",
             "--repo", str(tmp_path / "repo"), "--json"]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output
-    s = json.loads(first.output.strip().splitlines()[-1])
+    s = json.loads(first.stdout.strip().splitlines()[-1])
     assert (s["partitions_done"], s["llm_calls"], s["failed"]) == (6, 9, 0)
     with Ledger(url).engine.connect() as conn:
         rows = conn.execute(select(partitions.c.seq, interests.c.summary, interests.c.shift,
@@ -75,7 +77,7 @@ def test_real_models_store_texts_vectors_and_rerun_makes_no_llm_calls(tmp_path, 
     assert table.num_rows == 6 and len(table["summary_vectors"][0]) == 8 * 384
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output
-    s2 = json.loads(second.output.strip().splitlines()[-1])
+    s2 = json.loads(second.stdout.strip().splitlines()[-1])
     assert (s2["llm_calls"], s2["partitions_done"], s2["skipped_already_done"]) == (0, 0, 6)
 
 
@@ -99,9 +101,11 @@ def test_sigterm_ends_the_run_as_failed_keeping_committed_batches(tmp_path, movi
 
 def test_sigkill_mid_run_then_rerun_loses_nothing_and_redoes_at_most_one_batch(tmp_path, movielens):
     url = fresh_ledger(tmp_path / "kill.db", movielens)
+    # The rerun waits for the killed run's lease on its in-flight batch to expire: 20 s, not the
+    # default 300 (this test took 327 s of CI's 20 minutes with it).
     cmd = [sys.executable, "-m", "liber_features.cli", "encode", "--ledger", url,
            "--users", ",".join(USERS), "--batch-size", "2", "--max-new-tokens", "16",
-           "--no-table", "--json"]
+           "--no-table", "--json", "--lease", "20"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -137,7 +141,7 @@ def test_encode_on_ray_with_real_models_then_one_process_continues(tmp_path, mov
     common = ["encode", "--ledger", url, "--max-new-tokens", "16", "--no-table", "--json"]
     on_ray = CliRunner().invoke(cli, [*common, "--users", "5,8", "--ray", "--actors", "1"])
     assert on_ray.exit_code == 0, on_ray.output
-    s = json.loads(on_ray.output.strip().splitlines()[-1])
+    s = json.loads(on_ray.stdout.strip().splitlines()[-1])
     assert (s["partitions_done"], s["llm_calls"], s["failed"]) == (4, 6, 0)
     assert (s["ray_address"], s["actors"], s["actor_deaths"]) == ("local", 1, 0)
     with Ledger(url).engine.connect() as conn:
@@ -145,6 +149,6 @@ def test_encode_on_ray_with_real_models_then_one_process_continues(tmp_path, mov
     assert dims == [384] * 4
     rest = CliRunner().invoke(cli, [*common, "--users", "5,8,9"])
     assert rest.exit_code == 0, rest.output
-    s2 = json.loads(rest.output.strip().splitlines()[-1])
+    s2 = json.loads(rest.stdout.strip().splitlines()[-1])
     assert (s2["skipped_already_done"], s2["partitions_done"], s2["llm_calls"]) == (4, 2, 3)
     assert s2["llm_id"] == s["llm_id"]
