@@ -77,17 +77,17 @@ def write_users(store, card, n: int, seed: int = 0) -> list[str]:
     items = np.array(list(card.item_vocab))
     users = [f"bench-u{i}" for i in range(n)]
     now = pd.Timestamp(datetime.now(UTC))
+
+    def vectors(counts) -> list[np.ndarray]:  # M x D per user, slots beyond its count zero
+        return [np.where(np.arange(M)[:, None] < c, rng.standard_normal((M, D)), 0).astype(np.float32).ravel()
+                for c in counts]
+
     for lo in range(0, n, 1000):
         chunk = users[lo:lo + 1000]
         counts = rng.integers(0, 20, len(chunk))
-
-        def vec(counts=counts):
-            return [np.where(np.arange(M)[:, None] < c, rng.standard_normal((M, D)), 0).astype(np.float32).ravel()
-                    for c in counts]
-
         write_online(store, LONG_TERM_VIEW, pd.DataFrame({
             "user_id": chunk, "sealed_at": now, "created_at": now, "partition_count": counts,
-            "summary_vectors": vec(), "shift_vectors": vec(),
+            "summary_vectors": vectors(counts), "shift_vectors": vectors(counts),
             "recent_item_ids": [list(rng.choice(items, L)) if c else [] for c in counts],
             "latest_summary": "bench", "latest_shift": "bench", "encoder_version": card.encoder_version}))
         lens = rng.integers(0, 50, len(chunk))

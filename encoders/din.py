@@ -26,8 +26,8 @@ class DIN(Backbone):
     # Sized for serving: the (candidate, history item) term costs L·d·h per candidate, the dominant
     # cost of one request (h = 32 with a 128-64 MLP took 0.85 ms p50 for 100 candidates on one
     # thread here; h = 16 with 64-32 is the default). With that term written as broadcasts over
-    # (N, L, d) the whole graph took 0.75 ms p50 for 100 candidates in onnxruntime; with it as one
-    # GEMM (:meth:`attention`), 0.31 ms (same weights, interleaved runs).
+    # (N, L, d) the whole graph took 1.01 ms p50 for 100 candidates in onnxruntime; with it as one
+    # GEMM (:meth:`attention`), 0.42 ms (bench/bench_onnx.py: same weights, interleaved).
     def __init__(self, *, attention_hidden: int = 16, mlp: tuple[int, ...] = (64, 32),
                  dropout: float = 0.1, **kw) -> None:
         super().__init__(**kw)
