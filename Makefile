@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/liber demo
 
+# What CI runs: style, the import contracts (pyproject [tool.importlinter]) and every test, on the
+# real Redis, PostgreSQL, NATS, Feast, onnxruntime and models.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+
+# The inner loop: the same checks, without the tests marked slow (real models, clusters, Ray).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/bench_ingest.py

@@ -31,11 +31,11 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     args = ap.parse_args()
 
-    from liber_features.events import load_events
-    from liber_features.ingest import ingest
-    from liber_features.interest import EncodeConfig, run_encode
-    from liber_features.ledger import Ledger, partitions
-    from liber_features.partition import PartitionRule
+    from liber_features.ingest.events import load_events
+    from liber_features.ingest.job import ingest
+    from liber_features.ingest.partition import PartitionRule
+    from liber_features.ledger.store import Ledger, partitions
+    from liber_features.uil.interest import EncodeConfig, run_encode
 
     ledger = Ledger(f"sqlite:///{tempfile.mkdtemp(prefix='liber-bench-')}/ledger.db")
     ingest(load_events(args.data), ledger, PartitionRule(k=args.k), progress=False)
@@ -51,8 +51,8 @@ def main() -> None:
         n += count
 
     t0 = time.perf_counter()
-    from encoders.llm import DecodingConfig, load_llm
-    from encoders.text import TextEncoder
+    from encoders.uil.llm import DecodingConfig, load_llm
+    from encoders.uil.text import TextEncoder
 
     llm = load_llm(None, decoding=DecodingConfig(max_new_tokens=args.max_new_tokens,
                                                  batch_size=args.batch_size))

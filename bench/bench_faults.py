@@ -31,10 +31,11 @@ os.environ.update({"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4"})  # HashE
 
 from sqlalchemy import func, select  # noqa: E402
 
-from liber_features.ingest import append_cache_history, current_caches, ingest  # noqa: E402
-from liber_features.ledger import Ledger, interests, partitions, vectors  # noqa: E402
-from liber_features.memory import refresh_memory_table  # noqa: E402
-from liber_features.partition import PartitionRule  # noqa: E402
+from liber_features.features.caches import append_cache_history, current_caches  # noqa: E402
+from liber_features.features.memory import refresh_memory_table  # noqa: E402
+from liber_features.ingest.job import ingest  # noqa: E402
+from liber_features.ingest.partition import PartitionRule  # noqa: E402
+from liber_features.ledger.store import Ledger, interests, partitions, vectors  # noqa: E402
 
 PER_USER, K, BATCH = 7, 2, 3
 
@@ -119,14 +120,14 @@ def online_recovery(ledger: Ledger, workdir: Path) -> dict:
     import redis
 
     from liber_features.errors import FeatureStoreError
-    from liber_features.featurestore import (
+    from liber_features.features.repo import (
         LONG_TERM_VIEW,
         SHORT_TERM_VIEW,
         apply_repo,
         feast_redis_connection,
         open_store,
     )
-    from liber_features.sync import sync_view
+    from liber_features.features.sync import sync_view
 
     repo = workdir / "repo"
     repo.mkdir()

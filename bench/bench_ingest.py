@@ -22,10 +22,10 @@ PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.
 
 CHILD = r"""
 import json, resource, sys, time
-from liber_features.events import load_events
-from liber_features.ingest import ingest
-from liber_features.ledger import Ledger
-from liber_features.partition import PartitionRule
+from liber_features.ingest.events import load_events
+from liber_features.ingest.job import ingest
+from liber_features.ledger.store import Ledger
+from liber_features.ingest.partition import PartitionRule
 data, url, schema, k = sys.argv[1], sys.argv[2], sys.argv[3] or None, int(sys.argv[4])
 t0 = time.perf_counter()
 loaded = load_events(data)

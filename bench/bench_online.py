@@ -69,8 +69,8 @@ def free_port() -> int:
 
 
 def write_users(store, card, n: int, seed: int = 0) -> list[str]:
-    from liber_features.featurestore import LONG_TERM_VIEW
-    from liber_features.online import push_short_term_cache, write_online
+    from liber_features.features.online import push_short_term_cache, write_online
+    from liber_features.features.repo import LONG_TERM_VIEW
 
     rng = np.random.default_rng(seed)
     M, D, L = card.memory_slots, card.vector_dim, card.history_length
@@ -100,7 +100,7 @@ def write_users(store, card, n: int, seed: int = 0) -> list[str]:
 
 def registry_refresh(root: Path, users: list[str], seconds: float) -> dict[str, dict[str, float]]:
     """Request latencies over ``seconds`` with a 2 s registry ttl: does the refresh land on requests?"""
-    from liber_features.featurestore import RANKER_SERVICE, open_store
+    from liber_features.features.repo import RANKER_SERVICE, open_store
 
     out = {}
     for mode in ("sync", "thread"):
@@ -108,7 +108,7 @@ def registry_refresh(root: Path, users: list[str], seconds: float) -> dict[str, 
         sub.mkdir()
         project, env = make_repo(sub, ttl=2, cache_mode=mode)
         store = open_store(sub, environ={**os.environ, **env})
-        from liber_features.featurestore import apply_repo
+        from liber_features.features.repo import apply_repo
 
         apply_repo(store, sub)
         store = open_store(sub, environ={**os.environ, **env})
@@ -140,10 +140,10 @@ def main() -> None:
     import onnxruntime as ort
     import redis
 
-    from liber_features.featurestore import RANKER_SERVICE, apply_repo, open_store
-    from liber_features.fetch import RedisFetcher
-    from liber_features.modelcard import ModelCard
-    from liber_features.serving import LiberScorer, ScorerConfig, _session
+    from liber_features.features.repo import RANKER_SERVICE, apply_repo, open_store
+    from liber_features.model.card import ModelCard
+    from liber_features.serving.fetch import RedisFetcher
+    from liber_features.serving.scorer import LiberScorer, ScorerConfig, _session
 
     card = ModelCard.load(args.model)
     root = Path(tempfile.mkdtemp(prefix="liber-bench-online-"))
@@ -169,7 +169,7 @@ def main() -> None:
         small = {**feeds, "item_idx": big["item_idx"][:100]}
         two = _session(Path(args.model) / "model.onnx", 2)
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-c", "from liber_features.cli import main; main()", "serve",
+        server = subprocess.Popen([sys.executable, "-c", "from liber_features.cli.main import main; main()", "serve",
                                    "--model", args.model, "--repo", str(root), "--port", str(port)],
                                   env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)

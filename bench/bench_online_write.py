@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from liber_features.featurestore import (
+from liber_features.features.online import write_online
+from liber_features.features.repo import (
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     LiberFeatureConfig,
@@ -33,7 +34,6 @@ from liber_features.featurestore import (
     sample_long_term,
     write_parquet,
 )
-from liber_features.online import write_online
 
 REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 

@@ -1,6 +1,6 @@
 """onnxruntime alone, exported graphs side by side: p50 / p99 per call, interleaved round by round.
 
-Each graph gets the scorer's own session settings (``liber_features.serving._session``: 1 intra-op
+Each graph gets the scorer's own session settings (``liber_features.serving.scorer._session``: 1 intra-op
 thread, workers that sleep) and the same inputs: one user with 5 of M slots filled and a full
 history, against 100 and 1,000 random candidates. Used to compare two exports of one checkpoint
 (e.g. before and after a change to the graph), which the online bench cannot: it times one model.
@@ -27,8 +27,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the figures here as JSON")
     args = ap.parse_args()
 
-    from liber_features.modelcard import ModelCard
-    from liber_features.serving import _session
+    from liber_features.model.card import ModelCard
+    from liber_features.serving.scorer import _session
 
     card = ModelCard.load(args.models[0].parent)
     M, D, L, V = card.memory_slots, card.vector_dim, card.history_length, len(card.item_vocab) + 2

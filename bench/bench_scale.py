@@ -37,9 +37,9 @@ PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.
 # --- section: encoder ---------------------------------------------------------------------------
 
 def _fresh_ledger(kind: str, loaded, k: int):
-    from liber_features.ingest import ingest
-    from liber_features.ledger import Ledger
-    from liber_features.partition import PartitionRule
+    from liber_features.ingest.job import ingest
+    from liber_features.ingest.partition import PartitionRule
+    from liber_features.ledger.store import Ledger
 
     if kind == "sqlite":
         led = Ledger(f"sqlite:///{tempfile.mkdtemp(prefix='liber-bench-scale-')}/ledger.db")
@@ -52,9 +52,9 @@ def _fresh_ledger(kind: str, loaded, k: int):
 def encoder_section(args: argparse.Namespace) -> dict:
     import ray
 
-    from liber_features.interest import EncodeConfig, run_encode
-    from liber_features.rayjob import RayEncodeConfig, run_ray_encode
     from liber_features.testing import event_log, fake_backends
+    from liber_features.uil.interest import EncodeConfig, run_encode
+    from liber_features.uil.rayjob import RayEncodeConfig, run_ray_encode
 
     load_before = os.getloadavg()[0]  # other processes on the machine compete for its cores
     parts = args.users * args.parts_per_user

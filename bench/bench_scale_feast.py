@@ -42,7 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 
-from liber_features.featurestore import (  # noqa: E402
+from liber_features.features.repo import (  # noqa: E402
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     SHORT_TERM_SCHEMA,
@@ -147,7 +147,7 @@ def verify(root: Path, cluster: str, shape: LiberFeatureConfig, users: int) -> i
     """1,000 random users read back through the fast path equal their Parquet rows, bit for bit."""
     import pyarrow.parquet as pq
 
-    from liber_features.fetch import RedisFetcher
+    from liber_features.serving.fetch import RedisFetcher
 
     store = open_store(root, environ={**os.environ, **engine_env(root, "local", cluster)})
     table = pq.read_table(root / "data" / f"{LONG_TERM_VIEW}.parquet",

@@ -30,11 +30,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from encoders.export import export_onnx, save_checkpoint
-    from encoders.items import item_vectors
-    from encoders.text import TextEncoder
-    from encoders.train import TrainConfig, train
-    from liber_features.training import checkpoint_meta, prepare_training_set
+    from encoders.ctr.export import export_onnx, save_checkpoint
+    from encoders.ctr.items import item_vectors
+    from encoders.ctr.train import TrainConfig, train
+    from encoders.uil.text import TextEncoder
+    from liber_features.training.prepare import checkpoint_meta, prepare_training_set
 
     t0 = time.perf_counter()
     ledger, ts, versions = prepare_training_set(args.ledger, None, args.repo)

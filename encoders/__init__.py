@@ -1,4 +1,5 @@
-"""Torch side of liber-features: LLM backends, the text encoder, packaged checkpoints.
+"""Torch side of liber-features: ``uil`` (LLM backends, text encoder, checkpoints) and ``ctr``
+(UIF, backbones, training, export).
 
 Importing this package stays cheap; torch/transformers load inside the classes that need them.
 """

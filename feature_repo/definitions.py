@@ -16,7 +16,7 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String, UnixTimestamp
 
-from liber_features.featurestore import (
+from liber_features.features.repo import (
     LONG_TERM_VIEW,
     RANKER_SERVICE,
     SHORT_TERM_PUSH_SOURCE,

@@ -94,7 +94,7 @@ class ScriptedLLM:
         return len(body.split()), 3
 
     def generate(self, prompts: list[list[dict[str, str]]]) -> list[Generation]:
-        from .errors import EncoderError
+        from liber_features.errors import EncoderError
 
         out = []
         for messages in prompts:
@@ -135,7 +135,7 @@ def event_log(users: int, per_user: int, *, items: int = 30, item_stride: int = 
     cycling 1–5, and a catalog of ``items`` titles — what ``events.load_events`` would return."""
     import pandas as pd
 
-    from .events import LoadedEvents
+    from liber_features.ingest.events import LoadedEvents
 
     rows = [(f"u{u}e{i}", f"u{u}", f"i{(u * item_stride + i) % items}", 1_000_000 + user_spacing_s * u + i,
              1.0 + (i % 5)) for u in range(users) for i in range(per_user)]

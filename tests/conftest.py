@@ -46,7 +46,7 @@ def unique_name(request) -> str:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def ledger(request, tmp_path, unique_name):
     """A fresh ledger on SQLite (a temp file) and on the real PostgreSQL (its own schema)."""
-    from liber_features.ledger import Ledger
+    from liber_features.ledger.store import Ledger
 
     if request.param == "sqlite":
         led = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")

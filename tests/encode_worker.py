@@ -17,10 +17,10 @@ import functools
 import json
 import time
 
-from liber_features.interest import EncodeConfig, run_encode
-from liber_features.ledger import Ledger
-from liber_features.memory import refresh_memory_table
+from liber_features.features.memory import refresh_memory_table
+from liber_features.ledger.store import Ledger
 from liber_features.testing import CountingLLM, HashEncoder, fake_backends
+from liber_features.uil.interest import EncodeConfig, run_encode
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     cfg = EncodeConfig(batch_size=a.batch_size, lease_s=a.lease)
     enc = HashEncoder()
     if a.ray:
-        from liber_features.rayjob import RayEncodeConfig, run_ray_encode
+        from liber_features.uil.rayjob import RayEncodeConfig, run_ray_encode
 
         backends = functools.partial(fake_backends, a.llm_id, calls_file=a.calls_file, delay_s=a.delay)
         s = run_ray_encode(ledger, backends, cfg, RayEncodeConfig(address=a.ray, actors=a.actors,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from liber_features.featurestore import (
+from liber_features.features.repo import (
     LONG_TERM_SCHEMA,
     SHORT_TERM_SCHEMA,
     apply_repo,

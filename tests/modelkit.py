@@ -13,19 +13,20 @@ import pandas as pd
 from conftest import ml_latest_small
 from feastrepo import Repo
 
-from liber_features.events import load_events
-from liber_features.featurestore import (
+from liber_features.features.caches import append_cache_history, current_caches
+from liber_features.features.memory import memory_table, write_memory_table
+from liber_features.features.repo import (
     LONG_TERM_VIEW,
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
     data_file,
 )
-from liber_features.ingest import append_cache_history, current_caches, ingest
-from liber_features.interest import run_encode
-from liber_features.ledger import Ledger
-from liber_features.memory import memory_table, write_memory_table
-from liber_features.partition import PartitionRule
+from liber_features.ingest.events import load_events
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import Ledger
 from liber_features.testing import CountingLLM, HashEncoder
+from liber_features.uil.interest import run_encode
 
 
 def hash_llm() -> CountingLLM:
@@ -77,9 +78,9 @@ def online_caches(ledger: Ledger) -> pd.DataFrame:
 def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber: str = "both",
                  epochs: int = 2):
     """Train a small model on ``ts`` (random item text vectors) and export it; return the result."""
-    from encoders.export import export_onnx
-    from encoders.train import TrainConfig, train
-    from liber_features.training import checkpoint_meta
+    from encoders.ctr.export import export_onnx
+    from encoders.ctr.train import TrainConfig, train
+    from liber_features.training.prepare import checkpoint_meta
 
     text = np.random.default_rng(0).standard_normal((len(ts.item_vocab) + 2, 8)).astype(np.float32)
     text[:2] = 0

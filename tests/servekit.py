@@ -9,11 +9,11 @@ import pytest
 from feastrepo import cleanup, redis_client
 from modelkit import encoded_repo, export_model, movielens_users
 
-from liber_features.featurestore import LONG_TERM_VIEW, LiberFeatureConfig
-from liber_features.ingest import current_caches
-from liber_features.memory import latest_versions, memory_table, to_frame
-from liber_features.online import push_short_term_cache, write_online
-from liber_features.samples import SampleConfig, build_training_set
+from liber_features.features.caches import current_caches
+from liber_features.features.memory import latest_versions, memory_table, to_frame
+from liber_features.features.online import push_short_term_cache, write_online
+from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
+from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 ENV = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}

@@ -7,11 +7,11 @@ from sqlalchemy import func, select, update
 from test_concurrency import assert_exactly_once, events
 
 from liber_features.errors import EncoderError
-from liber_features.ingest import ingest
-from liber_features.interest import EncodeConfig, run_encode
-from liber_features.ledger import claims, interests, run_heartbeats, vectors
-from liber_features.partition import PartitionRule
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import claims, interests, run_heartbeats, vectors
 from liber_features.testing import CountingLLM, HashEncoder
+from liber_features.uil.interest import EncodeConfig, run_encode
 
 
 def test_commit_after_takeover_is_rejected_and_counted(ledger):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from liber_features import cli as cli_mod
-from liber_features.cli import cli
+from liber_features.cli import main as cli_mod
+from liber_features.cli.main import cli
 
 
 def test_demo_without_movielens_says_where_to_get_it(tmp_path, monkeypatch):

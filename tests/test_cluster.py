@@ -15,14 +15,14 @@ import pytest
 from feastrepo import Repo, cleanup
 
 from liber_features.errors import OnlineStoreError
-from liber_features.featurestore import (
+from liber_features.features.online import write_online
+from liber_features.features.repo import (
     LONG_TERM_VIEW,
     SHORT_TERM_VIEW,
     sample_long_term,
     sample_short_term,
 )
-from liber_features.fetch import FEATURES, FeastFetcher, RedisFetcher
-from liber_features.online import write_online
+from liber_features.serving.fetch import FEATURES, FeastFetcher, RedisFetcher
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 

@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
-from liber_features.events import LoadedEvents
-from liber_features.ingest import ingest
-from liber_features.ledger import claims, interests, partitions, run_heartbeats, vectors
-from liber_features.partition import PartitionRule
+from liber_features.ingest.events import LoadedEvents
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import claims, interests, partitions, run_heartbeats, vectors
 from liber_features.testing import event_log
 
 ROOT = Path(__file__).resolve().parents[1]

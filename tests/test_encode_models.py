@@ -20,12 +20,12 @@ from click.testing import CliRunner
 from conftest import REPO, ml_latest_small
 from sqlalchemy import func, select
 
-from liber_features.cli import cli
-from liber_features.events import load_events
-from liber_features.ingest import ingest
-from liber_features.ledger import Ledger, interests, partitions, vectors
-from liber_features.partition import PartitionRule
-from liber_features.prompts import FIRST_SHIFT
+from liber_features.cli.main import cli
+from liber_features.ingest.events import load_events
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import Ledger, interests, partitions, vectors
+from liber_features.uil.prompts import FIRST_SHIFT
 
 pytestmark = [pytest.mark.models, pytest.mark.slow]
 USERS = ["5", "8", "9", "14", "44"]
@@ -82,10 +82,10 @@ def test_real_models_store_texts_vectors_and_rerun_makes_no_llm_calls(tmp_path, 
 
 
 def test_sigterm_ends_the_run_as_failed_keeping_committed_batches(tmp_path, movielens):
-    from liber_features.ledger import runs
+    from liber_features.ledger.store import runs
 
     url = fresh_ledger(tmp_path / "term.db", movielens)
-    cmd = [sys.executable, "-m", "liber_features.cli", "encode", "--ledger", url,
+    cmd = [sys.executable, "-m", "liber_features.cli.main", "encode", "--ledger", url,
            "--users", ",".join(USERS), "--batch-size", "2", "--max-new-tokens", "8", "--no-table"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -103,7 +103,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_redoes_at_most_one_batch(t
     url = fresh_ledger(tmp_path / "kill.db", movielens)
     # The rerun waits for the killed run's lease on its in-flight batch to expire: 20 s, not the
     # default 300 (this test took 327 s of CI's 20 minutes with it).
-    cmd = [sys.executable, "-m", "liber_features.cli", "encode", "--ledger", url,
+    cmd = [sys.executable, "-m", "liber_features.cli.main", "encode", "--ledger", url,
            "--users", ",".join(USERS), "--batch-size", "2", "--max-new-tokens", "16",
            "--no-table", "--json", "--lease", "20"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 from modelkit import encoded_repo, movielens_users
 
-from liber_features.cli import cli
-from liber_features.featurestore import LiberFeatureConfig
+from liber_features.cli.main import cli
+from liber_features.features.repo import LiberFeatureConfig
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 

@@ -1,4 +1,4 @@
-"""liber_features.events: layouts, catalogs, row validation, quarantine, dedupe, time slices."""
+"""liber_features.ingest.events: layouts, catalogs, row validation, quarantine, dedupe, time slices."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from liber_features import events as events_mod
 from liber_features.errors import InputError
-from liber_features.events import (
+from liber_features.ingest import events as events_mod
+from liber_features.ingest.events import (
     LoadConfig,
     LoadedEvents,
     detect_layout,
@@ -431,7 +431,7 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_import_stays_light() -> None:
-    code = ("import sys, liber_features.events; "
+    code = ("import sys, liber_features.ingest.events; "
             "print(sorted(m for m in ('torch', 'feast') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

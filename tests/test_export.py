@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from modelkit import encoded_repo, movielens_users
 
-from liber_features.featurestore import LiberFeatureConfig
-from liber_features.inputs import INPUT_NAMES
-from liber_features.modelcard import ModelCard
-from liber_features.samples import SampleConfig, build_training_set
+from liber_features.features.repo import LiberFeatureConfig
+from liber_features.model.card import ModelCard
+from liber_features.model.inputs import INPUT_NAMES
+from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 
@@ -20,7 +20,7 @@ SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 def trained(tmp_path_factory):
     import os
 
-    from encoders.train import TrainConfig, train
+    from encoders.ctr.train import TrainConfig, train
 
     env = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
     old = {k: os.environ.get(k) for k in env}
@@ -55,8 +55,8 @@ def one_user(ts, i, items):
 def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_path):
     import onnxruntime as ort
 
-    from encoders.export import export_onnx, torch_scores
-    from liber_features.training import checkpoint_meta
+    from encoders.ctr.export import export_onnx, torch_scores
+    from liber_features.training.prepare import checkpoint_meta
 
     ts, results, _ = trained
     r = results[backbone]

@@ -25,15 +25,15 @@ from click.testing import CliRunner
 from feastrepo import Repo, cleanup
 from modelkit import encoded_repo, movielens_users
 
-from liber_features.featurestore import (
+from liber_features.features.repo import (
     LONG_TERM_VIEW,
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
     sample_long_term,
     sample_short_term,
 )
-from liber_features.fetch import RedisFetcher
-from liber_features.samples import SampleConfig, build_training_set
+from liber_features.serving.fetch import RedisFetcher
+from liber_features.training.samples import SampleConfig, build_training_set
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def test_ray_yaml_is_selected_by_environment_and_names_what_is_missing(tmp_path,
     from feast.repo_config import load_repo_config
 
     from liber_features.errors import ConfigError
-    from liber_features.featurestore import open_store
+    from liber_features.features.repo import open_store
 
     repo = Repo(tmp_path, "ray", redis_cluster="10.0.0.1:7000,10.0.0.2:7000")
     selected = {"FEAST_FS_YAML_FILE_PATH": repo.env["FEAST_FS_YAML_FILE_PATH"]}
@@ -152,7 +152,7 @@ def test_training_set_is_identical_on_ray(tmp_path, twin):
 
 
 def test_liber_materialize_and_the_ray_engine_write_the_cluster(tmp_path, twin, monkeypatch):
-    from liber_features.cli_feast import materialize as materialize_cmd
+    from liber_features.cli.repo import materialize as materialize_cmd
 
     events, catalog = movielens_users(["1", "5", "7"])
     ledger, default, _ = encoded_repo(tmp_path / "default", events, catalog, k=10, shape=SHAPE)
@@ -198,7 +198,7 @@ def test_liber_materialize_and_the_ray_engine_write_the_cluster(tmp_path, twin, 
 
 
 def ledger_caches(ledger) -> dict[str, list[str]]:
-    from liber_features.ingest import current_caches
+    from liber_features.features.caches import current_caches
 
     caches = current_caches(ledger)
     return {u: list(items) for u, items in zip(caches.user_id, caches.cache_item_ids)}

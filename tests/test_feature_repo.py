@@ -23,9 +23,9 @@ import pytest
 from click.testing import CliRunner
 from feastrepo import PG_URL, REDIS_URL, REPO, Repo, cleanup
 
-from liber_features.cli_feast import materialize as materialize_cmd
+from liber_features.cli.repo import materialize as materialize_cmd
 from liber_features.errors import ConfigError
-from liber_features.featurestore import (
+from liber_features.features.repo import (
     LONG_TERM_SCHEMA,
     LONG_TERM_VIEW,
     RANKER_SERVICE,
@@ -230,7 +230,7 @@ def test_liber_materialize_reports_unreachable_redis(tmp_path, monkeypatch):
 def test_project_name_comes_from_the_environment_without_editing_the_yaml(tmp_path):
     import shutil
 
-    from liber_features.featurestore import open_store
+    from liber_features.features.repo import open_store
 
     for name in ("feature_store.yaml", "definitions.py"):
         shutil.copy(Path(__file__).resolve().parents[1] / "feature_repo" / name, tmp_path)

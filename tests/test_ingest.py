@@ -11,12 +11,12 @@ from click.testing import CliRunner
 from conftest import ml_latest_small
 from sqlalchemy import select
 
-from liber_features.cli import cli
+from liber_features.cli.main import cli
 from liber_features.errors import ConfigError
-from liber_features.events import iter_time_slices, load_events
-from liber_features.ingest import ingest
-from liber_features.ledger import partitions, quarantine, user_cache
-from liber_features.partition import PartitionRule
+from liber_features.ingest.events import iter_time_slices, load_events
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import partitions, quarantine, user_cache
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_movielens_k20_exact_counts_and_idempotent(ledger, movielens):
 
 
 def test_ten_time_slices_give_the_same_partitions_as_one_pass(ledger, movielens, tmp_path):
-    from liber_features.ledger import Ledger
+    from liber_features.ledger.store import Ledger
 
     one = Ledger(f"sqlite:///{tmp_path / 'one.db'}")
     ingest(movielens, one, PartitionRule(k=20), progress=False)
@@ -74,7 +74,7 @@ def test_late_events_are_counted_and_cached(ledger):
         return df
 
     def loaded(df):
-        from liber_features.events import LoadedEvents
+        from liber_features.ingest.events import LoadedEvents
 
         q = pd.DataFrame(columns=["source", "row", "field", "reason", "raw"])
         return LoadedEvents(source="mem", layout="csv", events=df, catalog=None, quarantine=q,
@@ -103,7 +103,7 @@ def test_cli_ingest_json_summary_and_quarantine(tmp_path):
     out = json.loads(r.output.strip().splitlines()[-1])
     assert (out["read"], out["accepted"], out["duplicates"], out["quarantined"]) == (6, 2, 1, 3)
     assert out["partitions_sealed"] == 2 and out["cached_events"] == 0
-    from liber_features.ledger import Ledger
+    from liber_features.ledger.store import Ledger
 
     with Ledger(url).engine.connect() as conn:
         reasons = {(r.row, r.field) for r in conn.execute(select(quarantine))}

@@ -1,4 +1,4 @@
-"""The model-input builders the training set and the scorer share (``liber_features.inputs``)."""
+"""The model-input builders the training set and the scorer share (``liber_features.model.inputs``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from liber_features.errors import VectorShapeError
-from liber_features.inputs import (
+from liber_features.model.inputs import (
     OOV,
     PAD,
     history_items,

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from liber_features.events import LoadedEvents
-from liber_features.ingest import ingest
-from liber_features.interest import EncodeConfig, run_encode
-from liber_features.ledger import interests, vectors
-from liber_features.memory import memory_table, to_frame
-from liber_features.partition import PartitionRule
-from liber_features.prompts import FIRST_SHIFT, ItemLine, PromptConfig, sanitize, summary_messages
+from liber_features.features.memory import memory_table, to_frame
+from liber_features.ingest.events import LoadedEvents
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import interests, vectors
 from liber_features.testing import ScriptedLLM
+from liber_features.uil.interest import EncodeConfig, run_encode
+from liber_features.uil.prompts import FIRST_SHIFT, ItemLine, PromptConfig, sanitize, summary_messages
 
 
 class FakeLLM(ScriptedLLM):

@@ -1,4 +1,4 @@
-"""encoders/llm.py: the transformers backend on a tiny random model, the OpenAI-compatible backend
+"""encoders/uil/llm.py: the transformers backend on a tiny random model, the OpenAI-compatible backend
 against a local HTTP server, load_llm's grammar, and one run of the real packaged SmolLM2."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 from tinymodels import tiny_llm_dir  # noqa: F401  (session fixture)
 
-from encoders import checkpoints
-from encoders.llm import LLM, DecodingConfig, Generation, OpenAICompatLLM, TransformersLLM, load_llm
+from encoders.uil import checkpoints
+from encoders.uil.llm import LLM, DecodingConfig, Generation, OpenAICompatLLM, TransformersLLM, load_llm
 from liber_features.errors import ConfigError, EncoderError, LLMUnavailable
 from liber_features.testing import FakeOpenAIServer
 

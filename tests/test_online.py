@@ -15,14 +15,14 @@ import pytest
 from feastrepo import Repo, cleanup, redis_client
 
 from liber_features.errors import FeatureStoreError, VectorShapeError
-from liber_features.featurestore import (
+from liber_features.features.online import materialize, materialize_late, push_short_term_cache, write_online
+from liber_features.features.repo import (
     LONG_TERM_VIEW,
     RANKER_SERVICE,
     SHORT_TERM_VIEW,
     sample_long_term,
     sample_short_term,
 )
-from liber_features.online import materialize, materialize_late, push_short_term_cache, write_online
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 USERS = [f"user-{i}" for i in range(6)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liber_features.partition import CachedEvent, PartitionRule, UserState, advance
+from liber_features.ingest.partition import CachedEvent, PartitionRule, UserState, advance
 
 S = 1_000_000  # one second in µs
 

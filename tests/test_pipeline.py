@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from conftest import ml_latest_small
 from feastrepo import Repo, cleanup, redis_client
 
-from liber_features.cli import cli
-from liber_features.featurestore import SHORT_TERM_VIEW
+from liber_features.cli.main import cli
+from liber_features.features.repo import SHORT_TERM_VIEW
 
 
 def cache_online(store, users):

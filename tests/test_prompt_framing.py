@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import select
 from tinymodels import build_tiny_llm
 
-from encoders.llm import DecodingConfig, TransformersLLM
-from liber_features.events import LoadConfig, load_events
-from liber_features.ingest import ingest
-from liber_features.interest import EncodeConfig, run_encode
-from liber_features.ledger import interests, prompt_audit
-from liber_features.partition import PartitionRule
-from liber_features.prompts import (
+from encoders.uil.llm import DecodingConfig, TransformersLLM
+from liber_features.ingest.events import LoadConfig, load_events
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import interests, prompt_audit
+from liber_features.uil.interest import EncodeConfig, run_encode
+from liber_features.uil.prompts import (
     FENCE_CLOSE,
     FENCE_OPEN,
     ItemLine,

@@ -22,12 +22,12 @@ from sqlalchemy import func, select
 from test_concurrency import NEEDED, PARTS, K, assert_exactly_once, call_lines, events, finish, spawn
 
 from liber_features.errors import ConfigError, EncoderError
-from liber_features.ingest import ingest
-from liber_features.interest import EncodeConfig, run_encode
-from liber_features.ledger import Ledger, claims, interests, partitions, prompt_audit, vectors
-from liber_features.partition import PartitionRule
-from liber_features.rayjob import RayEncodeConfig, actor_gpus, run_ray_encode
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import Ledger, claims, interests, partitions, prompt_audit, vectors
 from liber_features.testing import fake_backends
+from liber_features.uil.interest import EncodeConfig, run_encode
+from liber_features.uil.rayjob import RayEncodeConfig, actor_gpus, run_ray_encode
 
 pytestmark = pytest.mark.postgres
 
@@ -184,9 +184,9 @@ def test_an_actor_that_cannot_load_its_backends_fails_the_run(ray_address, pg):
 
 def test_without_ray_the_package_imports_and_names_the_extra():
     code = ("import sys; sys.modules['ray'] = None\n"
-            "import liber_features.cli, liber_features.rayjob as r\n"
+            "import liber_features.cli.main, liber_features.uil.rayjob as r\n"
             "from liber_features.errors import MissingDependency\n"
-            "try:\n    r.run_ray_encode(None, r.model_backends)\n"
+            "try:\n    r.run_ray_encode(None, lambda: None)\n"
             "except MissingDependency as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(REPO)})

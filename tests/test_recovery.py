@@ -22,16 +22,17 @@ from click.testing import CliRunner
 from feastrepo import LONG_PATH, SHORT_PATH, Repo, cleanup, redis_client
 from test_concurrency import events
 
-from liber_features import sync
-from liber_features.cli import cli
-from liber_features.featurestore import LONG_TERM_VIEW, SHORT_TERM_VIEW, sample_long_term, sample_short_term
-from liber_features.ingest import append_cache_history, current_caches, ingest
-from liber_features.interest import EncodeConfig, prompt_version, run_encode
-from liber_features.ledger import Ledger
-from liber_features.memory import encoder_version, refresh_memory_table
-from liber_features.online import push_short_term_cache, write_online
-from liber_features.partition import PartitionRule
+from liber_features.cli.main import cli
+from liber_features.features import sync
+from liber_features.features.caches import append_cache_history, current_caches
+from liber_features.features.memory import encoder_version, refresh_memory_table
+from liber_features.features.online import push_short_term_cache, write_online
+from liber_features.features.repo import LONG_TERM_VIEW, SHORT_TERM_VIEW, sample_long_term, sample_short_term
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.store import Ledger
 from liber_features.testing import CountingLLM, HashEncoder
+from liber_features.uil.interest import EncodeConfig, prompt_version, run_encode
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 USERS = [f"u{i}" for i in range(6)]

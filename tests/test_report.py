@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from liber_features.cli import cli
-from liber_features.events import LoadedEvents
-from liber_features.ingest import ingest
-from liber_features.interest import EncodeConfig, run_encode
-from liber_features.modelcard import ModelCard
-from liber_features.partition import PartitionRule
-from liber_features.report import gather, write_report
+from liber_features.cli.main import cli
+from liber_features.ingest.events import LoadedEvents
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.model.card import ModelCard
+from liber_features.report.gather import gather, write_report
 from liber_features.testing import HashEncoder, ScriptedLLM
+from liber_features.uil.interest import EncodeConfig, run_encode
 
 SCRIPT = "<script>alert('x')</script>"
 SECTIONS = ["1. Data and partitions", "2. LLM cost, coverage and lag", "3. Interests over time",
@@ -148,7 +148,7 @@ def esc_in(text: str, page: str) -> bool:
 
 
 def test_cli_report_and_empty_ledger_error(tmp_path):
-    from liber_features.ledger import Ledger
+    from liber_features.ledger.store import Ledger
 
     tiny = fill(Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))
     paths = write_inputs(tmp_path)
@@ -168,10 +168,10 @@ def test_online_figures_are_read_through_feast(tmp_path, monkeypatch):
     """Encoded 4, online 3 (user a's newest partition not yet written): the lag shows."""
     from feastrepo import Repo
 
-    from liber_features.featurestore import LONG_TERM_VIEW, data_file
-    from liber_features.ledger import Ledger
-    from liber_features.memory import memory_table, to_frame, write_memory_table
-    from liber_features.online import write_online
+    from liber_features.features.memory import memory_table, to_frame, write_memory_table
+    from liber_features.features.online import write_online
+    from liber_features.features.repo import LONG_TERM_VIEW, data_file
+    from liber_features.ledger.store import Ledger
 
     monkeypatch.setenv("LIBER_VECTOR_DIM", "4")
     ledger = fill(Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))

@@ -10,12 +10,12 @@ from click.testing import CliRunner
 from sqlalchemy import delete, update
 from test_concurrency import events
 
-from liber_features.cli import cli
+from liber_features.cli.main import cli
 from liber_features.errors import ConfigError
-from liber_features.ingest import ingest
-from liber_features.ledger import run_heartbeats, runs, settings
-from liber_features.partition import PartitionRule
-from liber_features.runs import run_report
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.runs import run_report
+from liber_features.ledger.store import run_heartbeats, runs, settings
 
 
 def test_crashed_first_ingest_still_fixes_k(ledger):

@@ -10,16 +10,16 @@ import pytest
 from modelkit import encoded_repo, movielens_users, online_caches
 from sqlalchemy import select
 
-from liber_features.featurestore import (
+from liber_features.features.online import materialize, push_short_term_cache
+from liber_features.features.repo import (
     LONG_TERM_VIEW,
     RANKER_SERVICE,
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
 )
-from liber_features.inputs import PAD, history_items, pad_history, user_inputs
-from liber_features.ledger import partitions
-from liber_features.online import materialize, push_short_term_cache
-from liber_features.samples import SampleConfig, build_training_set
+from liber_features.ledger.store import partitions
+from liber_features.model.inputs import PAD, history_items, pad_history, user_inputs
+from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 

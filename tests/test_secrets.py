@@ -14,9 +14,9 @@ from conftest import PG_URL, REPO
 from sqlalchemy import MetaData, select
 from tinymodels import tiny_bert_dir  # noqa: F401  (session fixture)
 
-from encoders.llm import OpenAICompatLLM
-from liber_features.cli import cli
-from liber_features.ledger import Ledger, interests, prompt_audit
+from encoders.uil.llm import OpenAICompatLLM
+from liber_features.cli.main import cli
+from liber_features.ledger.store import Ledger, interests, prompt_audit
 from liber_features.redact import redact_text, redact_url, strip_credentials
 from liber_features.testing import FakeOpenAIServer
 

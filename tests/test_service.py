@@ -7,8 +7,8 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
-from liber_features.service import create_app
-from liber_features.serving import LiberScorer, ScorerConfig
+from liber_features.serving.scorer import LiberScorer, ScorerConfig
+from liber_features.serving.service import create_app
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import pytest
 from servekit import ENV, SHAPE, USERS
 
 from liber_features.errors import ConfigError, OnlineStoreError
-from liber_features.featurestore import LONG_TERM_VIEW
-from liber_features.fetch import FEATURES, FeastFetcher, RedisFetcher
-from liber_features.modelcard import ModelCard
-from liber_features.serving import LiberScorer, ScorerConfig
+from liber_features.features.repo import LONG_TERM_VIEW
+from liber_features.model.card import ModelCard
+from liber_features.serving.fetch import FEATURES, FeastFetcher, RedisFetcher
+from liber_features.serving.scorer import LiberScorer, ScorerConfig
 
 
 def test_fast_path_equals_feast_path(world):
@@ -42,7 +42,7 @@ def test_fast_path_reads_what_feast_itself_wrote(world):
     """Feast's own write_to_online_store, read back by the fast path, bit for bit."""
     from datetime import datetime
 
-    from liber_features.featurestore import sample_long_term
+    from liber_features.features.repo import sample_long_term
 
     store = world["store"]
     df = sample_long_term(["fx1", "fx2"], datetime(2020, 1, 1, tzinfo=UTC), shape=SHAPE,
@@ -58,7 +58,7 @@ def test_fast_path_reads_what_feast_itself_wrote(world):
 
 def test_scores_equal_the_offline_model_at_the_same_moment(world):
     """Online (Redis fast path, onnxruntime) vs offline (training builder inputs, torch)."""
-    from encoders.export import torch_scores
+    from encoders.ctr.export import torch_scores
 
     ts, model = world["ts"], world["model"].model
     scorer = LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"])
@@ -116,7 +116,7 @@ def own_redis(world):
     """A private redis-server holding user 1's hash, so the test can pause and stop it."""
     import redis
 
-    from liber_features.featurestore import open_store
+    from liber_features.features.repo import open_store
 
     port = _free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -218,7 +218,7 @@ def test_scorer_runs_with_torch_blocked(world):
     code = f"""
 import sys
 sys.modules["torch"] = None  # any import of torch now fails
-from liber_features.serving import LiberScorer
+from liber_features.serving.scorer import LiberScorer
 s = LiberScorer.load({str(world['model_dir'])!r}, {str(world['repo'].root)!r})
 r = s.score("1", ["1", "3", "6"])
 assert r.scores.shape == (3,) and not r.degraded and not r.cold_start

@@ -1,4 +1,4 @@
-"""encoders/text.py: masked mean pooling on a tiny random BERT, and the real all-MiniLM-L6-v2."""
+"""encoders/uil/text.py: masked mean pooling on a tiny random BERT, and the real all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tinymodels import tiny_bert_dir  # noqa: F401  (session fixture)
 
-from encoders.text import TextEncoder
+from encoders.uil.text import TextEncoder
 from liber_features.errors import EncoderError, VectorShapeError
 
 TEXTS = ["the user liked science fiction", "jazz", "crime novels and detective stories " * 4]

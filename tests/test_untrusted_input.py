@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from liber_features.catalog import read_catalog
-from liber_features.events import LoadConfig, load_events
-from liber_features.fieldrules import RAW_CHARS, REASON_CHARS
-from liber_features.ingest import ingest
-from liber_features.ledger import Ledger, partitions, quarantine, user_cache
-from liber_features.ledger import events as events_t
-from liber_features.partition import PartitionRule
+from liber_features.ingest.catalog import read_catalog
+from liber_features.ingest.events import LoadConfig, load_events
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import PartitionRule
+from liber_features.ledger.fieldrules import RAW_CHARS, REASON_CHARS
+from liber_features.ledger.store import Ledger, partitions, quarantine, user_cache
+from liber_features.ledger.store import events as events_t
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 CONFIG = LoadConfig(now=NOW)

@@ -1,0 +1,1 @@
+"""The CTR ranker (torch): UIF fusion, DIN / DCNv2 backbones, training loop, evaluation grid, ONNX export."""

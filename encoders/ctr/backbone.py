@@ -1,0 +1,66 @@
+"""What every CTR backbone here shares: the sparse arch (user and item embeddings), the optional
+LIBER arch (UIF over the memory slots) and the model's tensor signature.
+
+``forward(user_idx, summary, shift, partition_count, hist_idx, item_idx) -> logits (N,)``, with
+the shapes of ``liber_features.model.inputs``. ``liber`` picks the variant:
+
+- ``none``: the backbone alone (the memory inputs are accepted and ignored);
+- ``both``: UIF over summary and shift vectors, jointly projected per slot;
+- ``summary``: UIF over the summary vectors only.
+
+A subclass builds its dense/over arch in ``__init__`` and implements :meth:`head`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from encoders.ctr.layers import ItemEmbedding
+from encoders.ctr.uif import UIF
+
+__all__ = ["Backbone", "LiberVariant"]
+
+LiberVariant = Literal["none", "both", "summary"]
+
+
+class Backbone(nn.Module):
+    """Base class: embeddings + UIF; subclasses define ``head``."""
+
+    name = "backbone"
+
+    def __init__(self, *, n_users: int, item_text: torch.Tensor, vector_dim: int, dim: int = 32,
+                 liber: LiberVariant = "both") -> None:
+        super().__init__()
+        if liber not in ("none", "both", "summary"):
+            raise ValueError(f"unknown LIBER variant {liber!r}")
+        self.liber, self.dim = liber, dim
+        self.items = ItemEmbedding(item_text, dim)
+        self.users = nn.Embedding(n_users, dim)
+        self.uif = UIF(vector_dim, dim, use_shift=liber == "both") if liber != "none" else None
+
+    @property
+    def n_parts(self) -> int:
+        """How many d-wide parts the head concatenates besides its own (the LIBER vector or not)."""
+        return 1 if self.uif is not None else 0
+
+    def forward(self, user_idx: torch.Tensor, summary: torch.Tensor, shift: torch.Tensor,
+                partition_count: torch.Tensor, hist_idx: torch.Tensor, item_idx: torch.Tensor
+                ) -> torch.Tensor:
+        """User side (U) computed once, candidates (N) broadcast against it → logits ``(N,)``."""
+        q = self.items(item_idx)  # (N, d)
+        user = self.users(user_idx)  # (U, d)
+        hist = self.items(hist_idx)  # (U, L, d)
+        hist_mask = (hist_idx > 0).to(q.dtype)  # (U, L)
+        parts = []
+        if self.uif is not None:
+            keys, values, slot_mask = self.uif.memory(summary, shift, partition_count)
+            parts.append(self.uif(q, keys, values, slot_mask))  # (N, d)
+        return self.head(q, user, hist, hist_mask, parts)
+
+    def head(self, q: torch.Tensor, user: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor,
+             extra: list[torch.Tensor]) -> torch.Tensor:
+        """q (N, d), user (U, d), hist (U, L, d), hist_mask (U, L), extra [(N, d)] → logits (N,)."""
+        raise NotImplementedError

@@ -1,0 +1,112 @@
+"""Checkpoints and ONNX export of a trained backbone, with its model card.
+
+The exported graph scores one user against N candidates: user-side inputs have batch 1, the
+candidate axis ``N`` is dynamic, the user side is computed once and broadcast inside the graph,
+and the output is N probabilities. Item text vectors are folded into one ``(V, d)`` item table,
+a constant of the graph, so nothing but ``model.onnx`` + ``model_card.json`` is needed to serve.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.ctr.backbone import Backbone
+from encoders.ctr.train import BACKBONES, TrainConfig
+from liber_features.errors import ConfigError
+from liber_features.model.card import MODEL_FILE, ModelCard, TensorSpec
+from liber_features.model.inputs import INPUT_NAMES
+
+__all__ = ["CHECKPOINT", "OPSET", "export_onnx", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT = "model.pt"
+OPSET = 17
+
+
+def save_checkpoint(model: Backbone, meta: dict[str, Any], model_dir: str | Path) -> Path:
+    """``meta``: config, vocabularies, shape, versions, metrics, time range (plain JSON types)."""
+    path = Path(model_dir) / CHECKPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": model.state_dict(), "item_text": model.items.text.cpu(), "meta": meta}, path)
+    return path
+
+
+def load_checkpoint(model_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
+    path = Path(model_dir) / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"no trained model at {path}: run `liber train --out {model_dir}` first")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    meta = ck["meta"]
+    cfg = TrainConfig(**meta["config"])
+    model = BACKBONES[cfg.backbone](
+        n_users=len(meta["user_vocab"]) + 1, item_text=ck["item_text"],
+        vector_dim=meta["vector_dim"], dim=cfg.dim,
+        liber="both" if cfg.liber == "nollm" else cfg.liber)
+    model.load_state_dict(ck["state"])
+    return model.eval(), meta
+
+
+class _Scoring(torch.nn.Module):
+    """The served function: probabilities, item table frozen."""
+
+    def __init__(self, model: Backbone) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        self.model.items.freeze()
+
+    def forward(self, user_idx, summary, shift, partition_count, hist_idx, item_idx):
+        return torch.sigmoid(self.model(user_idx, summary, shift, partition_count, hist_idx, item_idx))
+
+
+def example_inputs(M: int, D: int, L: int, n: int = 4) -> tuple[torch.Tensor, ...]:
+    return (torch.zeros(1, dtype=torch.long), torch.zeros(1, M, D), torch.zeros(1, M, D),
+            torch.zeros(1, dtype=torch.long), torch.zeros(1, L, dtype=torch.long),
+            torch.arange(2, 2 + n, dtype=torch.long))
+
+
+def export_onnx(model: Backbone, meta: dict[str, Any], model_dir: str | Path) -> ModelCard:
+    """Write ``model.onnx`` and ``model_card.json`` into ``model_dir``; return the card."""
+    import warnings
+
+    M, D, L = meta["memory_slots"], meta["vector_dim"], meta["history_length"]
+    out = Path(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo; it is the one that exports
+        # this graph without onnxscript at run time, and its output is checked by the parity test.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Scoring(model), example_inputs(M, D, L), str(out / MODEL_FILE),
+            input_names=list(INPUT_NAMES), output_names=["score"],
+            dynamic_axes={"item_idx": {0: "N"}, "score": {0: "N"}}, opset_version=OPSET,
+            dynamo=False)
+    shapes = {"user_idx": ("int64", [1]), "summary": ("float32", [1, M, D]),
+              "shift": ("float32", [1, M, D]), "partition_count": ("int64", [1]),
+              "hist_idx": ("int64", [1, L]), "item_idx": ("int64", ["N"])}
+    card = ModelCard(
+        backbone=meta["config"]["backbone"], liber=meta["config"]["liber"],
+        inputs=[TensorSpec(name=n, dtype=shapes[n][0], shape=shapes[n][1]) for n in INPUT_NAMES],
+        outputs=[TensorSpec(name="score", dtype="float32", shape=["N"])], opset=OPSET,
+        memory_slots=M, vector_dim=D, history_length=L, item_vocab=meta["item_vocab"],
+        user_vocab=meta["user_vocab"],
+        item_vectors="inside model.onnx: text vectors (title + genres, the interests' text encoder) "
+                     "folded with the id embeddings into one constant item table",
+        feature_service=meta["feature_service"], prompt_version=meta["prompt_version"],
+        llm_id=meta["llm_id"], text_encoder_id=meta["text_encoder_id"],
+        encoder_version=meta["encoder_version"], metrics=meta["metrics"],
+        train_time_range=meta["train_time_range"], train_config=meta["config"],
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    card.save(out)
+    return card
+
+
+def torch_scores(model: Backbone, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The offline model's probabilities for one user's inputs (the parity reference)."""
+    with torch.no_grad():
+        args = [torch.from_numpy(np.asarray(inputs[n])) for n in INPUT_NAMES]
+        return torch.sigmoid(model.eval()(*args)).numpy()

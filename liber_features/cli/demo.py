@@ -1,0 +1,196 @@
+"""``liber demo``: the main job end to end on the embedded defaults, on real data and models.
+
+events (ml-latest-small) → UBSP partitions in a SQLite ledger → SmolLM2 summaries and shifts for a
+few users → MiniLM vectors → long-term memory + short-term cache tables → ``feast apply`` →
+materialize + cache push into the SQLite online store → one fetch by ``user_id`` through the
+``liber_ranker_v1`` FeatureService, checked against the offline point-in-time join (no skew).
+Rerunning it does no LLM work twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["run_demo", "default_data_dir", "check_data", "MOVIELENS_URL"]
+
+MOVIELENS_URL = "https://grouplens.org/datasets/movielens/latest/"
+
+
+def default_data_dir() -> Path:
+    """../shared/data/ml-latest-small beside the checkout, else $LIBER_ML_LATEST_SMALL."""
+    import os
+
+    env = os.environ.get("LIBER_ML_LATEST_SMALL")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[2]
+    return here.parent / "shared" / "data" / "ml-latest-small"
+
+
+def check_data(data: Path) -> None:
+    """Fail before any work when the MovieLens data is not there, saying where to get it."""
+    from liber_features.errors import InputError
+    from liber_features.ingest.events import detect_layout
+
+    try:
+        detect_layout(data)
+    except InputError as exc:
+        raise InputError(
+            f"MovieLens data not found ({exc}). The demo needs ml-latest-small: download "
+            f"ml-latest-small.zip from {MOVIELENS_URL}, unzip it, and point the demo at the "
+            "folder holding ratings.csv and movies.csv with --data DIR or "
+            "LIBER_ML_LATEST_SMALL=DIR") from None
+
+
+def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
+             max_new_tokens: int, say: Callable[[str], None]) -> dict[str, Any]:
+    check_data(data)  # before any import or write: a missing download is the likeliest failure
+    import warnings
+
+    from liber_features.features.caches import append_cache_history, cache_frame, current_caches
+    from liber_features.features.memory import refresh_memory_table
+    from liber_features.features.online import push_short_term_cache
+    from liber_features.features.repo import (
+        LONG_TERM_VIEW,
+        RANKER_SERVICE,
+        SHORT_TERM_VIEW,
+        LiberFeatureConfig,
+        apply_repo,
+        data_file,
+        open_store,
+    )
+    from liber_features.features.sync import sync_view
+    from liber_features.ingest.events import load_events
+    from liber_features.ingest.job import ingest
+    from liber_features.ingest.partition import PartitionRule
+    from liber_features.ledger.store import Ledger
+    from liber_features.uil.interest import EncodeConfig, run_encode
+
+    # ibis (under Feast's DuckDB store) warns about its own use of duckdb; not ours to fix.
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated",
+                            category=DeprecationWarning)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    ledger = Ledger(f"sqlite:///{(workdir / 'ledger.db').resolve()}")
+    say(f"1/9 ingest {data} (K={k}) into {ledger.safe_url()}")
+    caches: list[pd.DataFrame] = []
+    s = ingest(load_events(data), ledger, PartitionRule(k=k), progress=False,
+               on_caches=lambda states: caches.append(cache_frame(states)))
+    out["ingest"] = {key: getattr(s, key) for key in (
+        "read", "accepted", "duplicates", "quarantined", "late", "partitions_sealed",
+        "cached_events", "events_per_s")}
+    say(f"    {s.accepted} new events, {s.partitions_sealed} partitions sealed, "
+        f"{s.cached_events} events in short-term caches")
+
+    say(f"2/9 encode users {','.join(users)}: SmolLM2-135M summaries + shifts, MiniLM vectors")
+    from encoders.uil.llm import DecodingConfig, load_llm
+    from encoders.uil.text import TextEncoder
+
+    llm = load_llm(None, decoding=DecodingConfig(max_new_tokens=max_new_tokens))
+    enc = TextEncoder()
+    e = run_encode(ledger, llm, enc, EncodeConfig(users=users), progress=False)
+    out["encode"] = {key: getattr(e, key) for key in (
+        "partitions_done", "llm_calls", "skipped_already_done", "failed", "seconds_llm",
+        "seconds_total", "tokens_per_s")}
+    say(f"    {e.partitions_done} partitions encoded with {e.llm_calls} LLM calls "
+        f"({e.skipped_already_done} already done), {e.failed} failed")
+
+    say("3/9 offline tables for Feast")
+    shape = LiberFeatureConfig.from_env()
+    table = refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
+                                 memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                                 history_length=shape.history_length)
+    history = Path(data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo))
+    current = current_caches(ledger)
+    if caches or not history.exists():
+        append_cache_history(current, history)
+    say(f"    {table.num_rows} long-term rows, {len(current)} short-term caches")
+
+    say(f"4/9 feast apply ({repo})")
+    store = open_store(repo)
+    out["applied"] = apply_repo(store, repo)
+
+    say("5/9 materialize long-term memory, push short-term caches online")
+    synced = sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
+    pushed = push_short_term_cache(store, current)
+    out["online"] = {"store": store.config.online_store.type, "caches_pushed": pushed,
+                     "users_written": synced.users_written}
+
+    user = users[0]
+    say(f"6/9 ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")
+    service = store.get_feature_service(RANKER_SERVICE)
+    online = store.get_online_features(features=service, entity_rows=[{"user_id": user}],
+                                       full_feature_names=True).to_dict()
+    when = pd.Timestamp.now(tz="UTC")
+    offline = store.get_historical_features(
+        entity_df=pd.DataFrame({"user_id": [user], "event_timestamp": [when]}),
+        features=service, full_feature_names=True).to_df()
+    col = f"{LONG_TERM_VIEW}__summary_vectors"
+    on_vec = np.asarray(online[col][0], dtype=np.float32)
+    off_vec = np.asarray(offline[col].iloc[0], dtype=np.float32)
+    count = online[f"{LONG_TERM_VIEW}__partition_count"][0]
+    out["fetch"] = {
+        "user_id": user,
+        "partition_count": count,
+        "summary_vectors_shape": [shape.memory_slots, shape.vector_dim],
+        "filled_slots": int(np.count_nonzero(np.abs(on_vec.reshape(shape.memory_slots, -1)).sum(1))),
+        "latest_summary": online[f"{LONG_TERM_VIEW}__latest_summary"][0],
+        "latest_shift": online[f"{LONG_TERM_VIEW}__latest_shift"][0],
+        "cache_length": online[f"{SHORT_TERM_VIEW}__cache_length"][0],
+        "online_equals_offline": bool(np.array_equal(on_vec, off_vec)),
+    }
+    f = out["fetch"]
+    say(f"    partitions: {count}, vectors {shape.memory_slots}x{shape.vector_dim} "
+        f"({f['filled_slots']} filled), short-term cache: {f['cache_length']} events")
+    say(f"    latest summary: {f['latest_summary']}")
+    say(f"    latest shift:   {f['latest_shift']}")
+    say(f"    online == offline point-in-time vectors: {f['online_equals_offline']}")
+    out["model"] = _model_steps(ledger, repo, workdir, user, enc, say)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable[[str], None]) -> dict[str, Any]:
+    """7-9: a small LIBER model on the leak-free training set → ONNX → scored online by user_id."""
+    from sqlalchemy import select
+
+    from encoders.ctr.export import export_onnx, save_checkpoint
+    from encoders.ctr.items import item_vectors
+    from encoders.ctr.train import TrainConfig, train
+    from liber_features.ledger.store import events
+    from liber_features.serving.scorer import LiberScorer
+    from liber_features.training.prepare import checkpoint_meta, prepare_training_set
+
+    say("7/9 train DIN + LIBER on the leak-free training set (a small demo model: 20k samples, 2 epochs)")
+    _, ts, versions = prepare_training_set(ledger.url, None, str(repo), say=lambda m: say("    " + m))
+    items = item_vectors(ts.item_vocab, ts.catalog, enc)  # once per catalog; cached on disk
+    r = train(ts, items, TrainConfig(backbone="din", liber="both", epochs=2, max_train_samples=20_000,
+                                     device="cpu"), log=lambda m: say("  " + m))
+    say(f"    test AUC {r.test['auc']:.4f}, GAUC {r.test['gauc']:.4f}, LogLoss {r.test['logloss']:.4f} "
+        f"({r.seconds:.0f} s; `liber evaluate` runs the full grid)")
+    model_dir = workdir / "model"
+    meta = checkpoint_meta(ts, r, versions, ledger)
+    save_checkpoint(r.model, meta, model_dir)
+    say(f"8/9 export {model_dir}/model.onnx + model_card.json")
+    card = export_onnx(r.model, meta, model_dir)
+
+    say(f"9/9 score user {user} online: one read of {card.feature_service}, one onnxruntime call")
+    scorer = LiberScorer.load(model_dir, repo)
+    with ledger.engine.connect() as conn:
+        seen = set(conn.execute(select(events.c.item_id).where(events.c.user_id == user)).scalars())
+    candidates = [i for i in card.item_vocab if i not in seen]
+    res, best = scorer.top(user, 5, candidates)
+    titles = dict(zip(ts.catalog.item_id, ts.catalog.title))
+    say(f"    {len(candidates)} unrated candidates scored in {res.score_ms:.1f} ms "
+        f"(features read in {res.fetch_ms:.1f} ms via {scorer.fetcher.name}; LIBER vectors "
+        f"{res.encoder_version or 'none'}), top 5:")
+    for item, p in best:
+        say(f"      {p:.3f}  {titles.get(item, item)}")
+    return {"test_auc": r.test["auc"], "model_dir": str(model_dir), "top": best,
+            "cold_start": res.cold_start, "encoder_version": res.encoder_version}

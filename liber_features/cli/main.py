@@ -1,0 +1,294 @@
+"""The ``liber`` command line (click).
+
+Every command ends with a human summary, or with ``--json`` one JSON object as the last line of
+stdout. A ``LiberError`` becomes ``error: <message>`` on stderr and a non-zero exit, never a
+traceback; row-level problems are quarantined and reported in the counts instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from liber_features.cli.common import emit, ledger_option, schema_option
+from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
+from liber_features.cli.repo import COMMANDS as _FEAST_COMMANDS
+from liber_features.cli.report import COMMANDS as _REPORT_COMMANDS
+from liber_features.errors import LiberError
+
+__all__ = ["cli", "main"]
+
+
+class _LiberGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LiberError as exc:
+            from liber_features.redact import redact_text
+
+            click.echo(f"error: {redact_text(str(exc))}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_LiberGroup)
+@click.version_option(package_name="liber-features")
+def cli() -> None:
+    """LIBER lifelong user-behaviour features for Feast-backed recommenders."""
+
+
+
+@cli.command()
+@click.option("--events", "events_path", required=True, type=click.Path(),
+              help="GroupLens directory (ml-latest[-small], ml-100k, ml-1m) or a CSV/Parquet event log")
+@click.option("--catalog", "catalog_path", type=click.Path(), default=None,
+              help="item catalog (item_id,title[,categories]); a GroupLens directory brings its own")
+@ledger_option
+@schema_option
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="seal a partition when a user's cache holds K events")
+@click.option("--max-span", "max_span_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="also seal when an event arrives this many seconds after the cache's oldest")
+@click.option("--rating-range", default=None, metavar="MIN,MAX",
+              help="valid rating range (default: the layout's, e.g. 0.5,5 for ml-latest)")
+@click.option("--push/--no-push", default=False,
+              help="push changed short-term caches to the Feast online store (--repo)")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
+              help="Feast feature repo used by --push")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
+           ledger_schema: str | None, k: int, max_span_s: float | None,
+           rating_range: str | None, push: bool, repo: str, as_json: bool) -> None:
+    """Validate events, partition them (UBSP) and record everything in the ledger."""
+    from liber_features.errors import ConfigError
+    from liber_features.ingest.events import LoadConfig, load_events
+    from liber_features.ingest.job import ingest as run_ingest
+    from liber_features.ingest.partition import PartitionRule
+    from liber_features.ledger.store import Ledger
+
+    cfg = {}
+    if rating_range:
+        try:
+            lo, hi = (float(x) for x in rating_range.split(","))
+        except ValueError:
+            raise ConfigError(f"--rating-range must be MIN,MAX, got {rating_range!r}") from None
+        cfg = {"rating_min": lo, "rating_max": hi}
+    loaded = load_events(events_path, catalog_path, LoadConfig(**cfg))
+    from liber_features.features.caches import append_cache_history, cache_frame
+    from liber_features.features.repo import SHORT_TERM_VIEW
+
+    history = _table_path(repo, f"{SHORT_TERM_VIEW}.parquet")
+    store = None
+    if push:
+        from liber_features.features.repo import open_store
+
+        store = open_store(repo)
+
+    def on_caches(states) -> None:
+        df = cache_frame(states)
+        # The ledger has committed by now: a failure here loses nothing, and
+        # `liber push-caches` re-sends every cache from the ledger.
+        append_cache_history(df, history)
+        if store is not None:
+            from liber_features.features.online import push_short_term_cache
+
+            push_short_term_cache(store, df)
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
+                         progress=False if as_json else None, on_caches=on_caches)
+    emit(summary.as_dict(), as_json, f"ingested {loaded.source} ({loaded.layout})")
+
+
+@cli.command("push-caches")
+@ledger_option
+@schema_option
+@click.option("--users", default=None, metavar="ID,ID,...", help="only these users (default: all)")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
+    """Push the ledger's current short-term caches online (repairs a failed `ingest --push`)."""
+    from liber_features.features.caches import current_caches
+    from liber_features.features.online import push_short_term_cache
+    from liber_features.features.repo import open_store
+    from liber_features.ledger.store import Ledger
+
+    df = current_caches(Ledger(ledger_url, schema=ledger_schema),
+                        [u.strip() for u in users.split(",")] if users else None)
+    pushed = push_short_term_cache(open_store(repo), df)
+    emit({"caches_pushed": pushed}, as_json, "pushed short-term caches")
+
+
+@cli.command()
+@ledger_option
+@schema_option
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def status(ledger_url, ledger_schema, as_json) -> None:
+    """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
+    from liber_features.ledger.runs import run_report
+    from liber_features.ledger.store import Ledger, encode_progress
+
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    report = run_report(ledger)
+    summary = {**ledger.counts(), **encode_progress(ledger), **report}
+    if as_json:
+        emit(summary, as_json, "")
+    else:
+        emit({k: v for k, v in summary.items() if k not in ("runs", "workers")}, as_json,
+             f"ledger {ledger.safe_url()}")
+        click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
+        click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
+                   f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")
+        for w in report["workers"]:
+            click.echo(f"  {w['run_id']:>6} {w['kind']:<7} {w['state']:<9} {str(w['worker'])[:28]:<28} "
+                       f"{w['heartbeat_age_s']:>8} {w['partitions_done']:>6} {w['llm_calls']:>6} "
+                       f"{w['llm_calls_uncommitted']:>11} {w['rejected_commits']:>8}")
+
+
+def _table_path(repo: str, name: str) -> Path:
+    """Where an offline table lives on disk: LIBER_DATA_DIR, else ``<repo>/data``."""
+    from liber_features.features.repo import data_file
+
+    return Path(data_file(name, repo_dir=repo))
+
+
+@cli.command()
+@ledger_option
+@schema_option
+@click.option("--users", default=None, metavar="ID,ID,...", help="only these users' partitions")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="stop after this many partitions (a rerun continues)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--llm", "llm_spec", default=None, envvar="LIBER_LLM",
+              help="'smollm2' (default, packaged), a checkpoint dir, a .gguf file, or "
+                   "openai:http://host:port#model [env LIBER_LLM]")
+@click.option("--text-encoder", "encoder_path", default=None, envvar="LIBER_TEXT_ENCODER",
+              help="transformers encoder folder (default: packaged all-MiniLM-L6-v2)")
+@click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=64, show_default=True)
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
+              help="Feast repo whose data dir receives the long-term memory table")
+@click.option("--table/--no-table", default=True, help="write the long-term memory Parquet table")
+@click.option("--lease", "lease_s", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="seconds a dead worker's claimed partitions wait before another worker takes them")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]", help="generate on Ray actors: alone, a local Ray instance; or "
+              "'auto', host:6379, ray://host:10001 (needs the 'scale' extra)")
+@click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="with --ray: actors, each loading one LLM and text encoder (1 GPU each if any)")
+@click.option("--actor-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0,
+              show_default=True, help="with --ray: CPUs per actor (its torch threads)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
+           max_new_tokens, repo, table, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
+    """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
+    import signal
+
+    from encoders.uil.backends import model_backends
+    from liber_features.features.memory import refresh_memory_table
+    from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
+    from liber_features.ledger.store import Ledger
+    from liber_features.uil.interest import EncodeConfig, run_encode
+    from liber_features.uil.rayjob import RayEncodeConfig, run_ray_encode
+
+    # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
+    # as failed instead of leaving it "running" forever. Committed batches are kept either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s,
+                       users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
+    progress = False if as_json else None
+    if ray_address is None:
+        summary = run_encode(ledger, *model_backends(llm_spec, encoder_path, device, max_new_tokens,
+                                                     batch_size), cfg, progress=progress).as_dict()
+    else:
+        # The models load in the actors, never here. An openai: backend is a client of vLLM
+        # servers that hold the GPUs, so its actors ask Ray for none.
+        remote = (llm_spec or "").startswith("openai:")
+        rc = RayEncodeConfig(address=ray_address, actors=actors, actor_cpus=actor_cpus,
+                             gpus_per_actor=0 if remote else None)
+        backends = functools.partial(model_backends, llm_spec, encoder_path, device, max_new_tokens,
+                                     batch_size)
+        summary = run_ray_encode(ledger, backends, cfg, rc, progress=progress).as_dict()
+    if table:
+        # Every user in their newest complete version (not only this run's): users not yet
+        # re-encoded under a new LLM/prompt/encoder keep their rows. Locked: workers may race.
+        shape = LiberFeatureConfig.from_env()
+        path = _table_path(repo, f"{LONG_TERM_VIEW}.parquet")
+        t = refresh_memory_table(ledger, path, memory_slots=shape.memory_slots,
+                                 vector_dim=shape.vector_dim,
+                                 history_length=shape.history_length)
+        summary["table"] = str(path)
+        summary["table_rows"] = t.num_rows
+    emit(summary, as_json, "encoded sealed partitions")
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--data", type=click.Path(), default=None,
+              help="GroupLens directory [default: ../shared/data/ml-latest-small or "
+                   "$LIBER_ML_LATEST_SMALL]")
+@click.option("--workdir", type=click.Path(), default=".liber/demo", show_default=True,
+              help="where the demo's SQLite ledger lives")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
+@click.option("--users", default="5,8,9", show_default=True, metavar="ID,ID,...",
+              help="users whose partitions the LLM encodes (the whole log is ingested)")
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
+    """Run the whole pipeline end to end on the embedded defaults (SQLite ledger + online store)."""
+    from liber_features.cli.demo import default_data_dir, run_demo
+
+    result = run_demo(data=Path(data) if data else default_data_dir(), workdir=Path(workdir),
+                      repo=Path(repo), users=[u.strip() for u in users.split(",") if u.strip()],
+                      k=k, max_new_tokens=max_new_tokens,
+                      say=(lambda _m: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(result, default=str, sort_keys=True))
+
+
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS):
+    cli.add_command(_command)
+
+
+_LIBRARY_DIRS = tuple({str(Path(sysconfig.get_paths()[k]).resolve()) for k in ("purelib", "platlib")})
+_OWN_DIRS = tuple(str(Path(__file__).resolve().parents[2] / pkg) for pkg in ("liber_features", "encoders"))
+_LIBRARY_NOISE = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def quiet_library_warnings() -> None:
+    """Stop showing deprecation notices that installed libraries raise about each other.
+
+    ibis warns about its own use of duckdb, Feast about its own internals, and so on: nothing a
+    user of ``liber`` can act on. A warning filter cannot hold them back, because importing
+    Feast (lazily, mid-command) runs ``warnings.simplefilter("once", DeprecationWarning)``, which
+    goes to the front of the filter list. So this drops them where they are displayed, by the
+    file they are attributed to; a deprecation attributed to our own code (a library API that
+    *we* call) still shows, and so does every other warning.
+    """
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        where = str(Path(filename).resolve())
+        if issubclass(category, _LIBRARY_NOISE) and where.startswith(_LIBRARY_DIRS) \
+                and not where.startswith(_OWN_DIRS):  # a non-editable install puts us there too
+            return
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+
+def main() -> None:
+    quiet_library_warnings()  # here, not at import: importing liber_features changes no global state
+    cli(prog_name="liber")
+
+
+if __name__ == "__main__":
+    main()

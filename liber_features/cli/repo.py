@@ -1,0 +1,114 @@
+"""``liber`` commands that drive the Feast repo (registered on the ``liber`` group by cli.py).
+
+``liber materialize`` writes online every row created since the last successful write, as the
+ledger records it (sync.py): no event-time watermark to fall behind (a partition sealed long ago
+but encoded now, a re-encode under a new ``encoder_version``), nothing lost to a failed run, and
+``--rebuild`` restores a wiped online store. Errors follow the ``liber`` convention (``error: <message>`` on stderr,
+non-zero exit) even when the command is used on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from liber_features.errors import ConfigError, FeatureStoreError, LiberError
+
+__all__ = ["materialize", "COMMANDS"]
+
+
+def _utc(value: str | None, option: str) -> datetime | None:
+    """ISO-8601 → aware UTC datetime; a naive value is taken as UTC (as Feast's CLI does)."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{option} must be an ISO-8601 time, got {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
+    """Split the repo's views into those whose local Parquet exists and those whose does not.
+
+    The short-term view is push-fed: a missing Parquet just skips it. Missing long-term data is an
+    error that says what to run, instead of the offline store's stack trace.
+    """
+    from feast import FileSource
+
+    from liber_features.features.repo import LONG_TERM_VIEW
+
+    ready, missing = [], []
+    for view in store.list_feature_views(allow_cache=False):
+        src, path = view.batch_source, None
+        if isinstance(src, FileSource) and "://" not in src.path:
+            path = Path(FileSource.get_uri_for_file_path(store.config.repo_path, src.path))
+        if path is None or path.exists():
+            ready.append(view.name)
+        elif view.name == LONG_TERM_VIEW:
+            raise FeatureStoreError(f"no long-term memory table at {path}: run `liber encode` first")
+        else:
+            missing.append(view.name)
+    if not ready and not missing:
+        raise FeatureStoreError(f"no feature views in project {store.project!r}: run `feast apply` first")
+    return ready, missing
+
+
+@click.command()
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
+              help="Feast feature repo (its yaml: FEAST_FS_YAML_FILE_PATH, else <repo>/feature_store.yaml)")
+@click.option("--ledger", "ledger_url", envvar="LIBER_LEDGER_URL", default=None,
+              help="ledger holding the online sync state [env LIBER_LEDGER_URL]")
+@click.option("--ledger-schema", envvar="LIBER_LEDGER_SCHEMA", default=None,
+              help="PostgreSQL schema of the ledger [env LIBER_LEDGER_SCHEMA]")
+@click.option("--rebuild", is_flag=True,
+              help="rewrite the whole online state (long-term rows from the offline table, short-term "
+                   "caches from the ledger): the recovery after the online store lost its data")
+@click.option("--late-since", "late_since", default=None, metavar="ISO-TIME",
+              help="also rewrite every user with rows created since then (never needed: the ledger "
+                   "records what is online)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, rebuild: bool,
+                late_since: str | None, as_json: bool) -> None:
+    """Bring the online store up to date with everything created since the last successful write."""
+    from liber_features.features.online import _store_errors as store_errors
+    from liber_features.features.repo import open_store
+    from liber_features.features.sync import sync_view
+    from liber_features.ledger.store import Ledger
+
+    try:
+        since = _utc(late_since, "--late-since")
+        store = open_store(repo)
+        with store_errors("reading the Feast registry"):
+            ready, skipped = _views_with_data(store)
+        ledger = Ledger(ledger_url, schema=ledger_schema)
+        reports = [sync_view(store, ledger, view, rebuild=rebuild, since=since) for view in ready]
+    except LiberError as exc:
+        from liber_features.redact import redact_text
+
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    summary: dict[str, Any] = {
+        "project": store.project,
+        "online_store": store.config.online_store.type,
+        "rebuild": rebuild,
+        "users_written": {r.view: r.users_written for r in reports},
+        "synced_to": {r.view: r.mark.isoformat() if r.mark else None for r in reports},
+        "previously_synced_to": {r.view: r.previous_mark.isoformat() if r.previous_mark else None
+                                 for r in reports},
+        "skipped_views_without_data": skipped,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, sort_keys=True))
+        return
+    click.echo("materialized LIBER features")
+    for key, value in summary.items():
+        click.echo(f"  {key:<28} {value}")
+
+
+COMMANDS = [materialize]

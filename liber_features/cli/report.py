@@ -1,0 +1,51 @@
+"""``liber report``: a static HTML page (+ PNGs) of what the ledger, Feast, the model and the benchmarks hold."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from liber_features.cli.common import emit, ledger_option, schema_option
+
+__all__ = ["COMMANDS"]
+
+
+@click.command("report")
+@ledger_option
+@schema_option
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
+              help="Feast repo whose online store is read (partition_count, encoder_version)")
+@click.option("--no-online", is_flag=True, help="do not read the online store")
+@click.option("--model", "model_dir", default="models/liber", show_default=True, type=click.Path(),
+              help="exported model (model_card.json)")
+@click.option("--evaluation", default="docs/evaluation.json", show_default=True, type=click.Path(),
+              help="the grid written by `liber evaluate`")
+@click.option("--bench", "bench_dir", default="bench/results", show_default=True, type=click.Path(),
+              help="benchmark outputs (bench_online.json)")
+@click.option("--users", default=None, metavar="ID,ID,...",
+              help="users whose interests over time are shown (default: the most active)")
+@click.option("--out", "out_dir", default="report", show_default=True, type=click.Path(),
+              help="folder receiving index.html and its PNGs")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation, bench_dir, users,
+               out_dir, as_json) -> None:
+    """Write OUT/index.html: data, LLM cost, interests over time, model, serving."""
+    from liber_features.errors import LedgerError
+    from liber_features.ledger.store import Ledger
+    from liber_features.report.gather import gather, write_report
+
+    t0 = time.perf_counter()
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    if not ledger.counts()["ledger_events"]:  # before reading Feast: a wrong URL fails fast
+        raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
+    rd = gather(ledger, repo=None if no_online else Path(repo), model_dir=Path(model_dir),
+                evaluation=Path(evaluation), bench_dir=Path(bench_dir),
+                users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
+    result = write_report(rd, Path(out_dir))
+    emit({**result, "missing": "; ".join(rd.notes.values()) or "nothing",
+          "seconds": round(time.perf_counter() - t0, 1)}, as_json, "report written")
+
+
+COMMANDS = [report_cmd]

@@ -1,0 +1,71 @@
+"""The short-term cache table: each user's unsealed events as Feast's short-term view holds them.
+
+Rows come from the ledger's cache states (what UBSP left in each user's cache); the online store
+gets the newest row per user, the offline history Parquet every row, for point-in-time joins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import select
+
+from liber_features.features.repo import SHORT_TERM_SCHEMA
+from liber_features.ingest.job import load_states
+from liber_features.ingest.partition import UserState
+from liber_features.ledger.store import Ledger, now_us
+from liber_features.ledger.store import user_cache as cache_t
+
+__all__ = ["cache_frame", "current_caches", "append_cache_history"]
+
+
+def cache_frame(states: list[UserState]) -> pd.DataFrame:
+    """Short-term cache rows for the online store and its offline history, one per user.
+
+    A cache just emptied by a seal is a row too (length 0, stamped at the seal): otherwise the
+    online store would keep serving events that now live in a long-term partition.
+    """
+    def ts(values: list[int | None]) -> pd.Series:
+        return pd.to_datetime(pd.Series(values, dtype="Int64"), unit="us", utc=True)
+
+    newest = [s.cache[-1].ts_us if s.cache else s.last_seal_us for s in states]
+    return pd.DataFrame({
+        "user_id": [s.user_id for s in states],
+        "event_timestamp": ts(newest),
+        "created_at": pd.Timestamp(now_us(), unit="us", tz="UTC"),
+        "cache_item_ids": [[e.item_id for e in s.cache] for s in states],
+        "cache_length": np.array([len(s.cache) for s in states], dtype="int64"),
+        "cache_oldest_at": ts([s.cache[0].ts_us if s.cache else None for s in states]),
+        "cache_newest_at": ts([s.cache[-1].ts_us if s.cache else None for s in states]),
+    })
+
+
+def current_caches(ledger: Ledger, users: list[str] | None = None) -> pd.DataFrame:
+    """Every user's short-term cache as the ledger holds it now (``cache_frame`` rows)."""
+    with ledger.engine.connect() as conn:
+        q = select(cache_t.c.user_id)
+        if users:
+            q = q.where(cache_t.c.user_id.in_(users))
+        ids = conn.execute(q).scalars().all()
+        return cache_frame(list(load_states(conn, list(ids)).values()))
+
+
+def append_cache_history(df: pd.DataFrame, path: str | Path) -> Path:
+    """Append cache states to the short-term view's offline table (atomic rewrite).
+
+    Training joins read it point-in-time; its granularity is one row per user per ingest run.
+    """
+    path = Path(path)
+    new = pa.Table.from_pandas(df[SHORT_TERM_SCHEMA.names], schema=SHORT_TERM_SCHEMA,
+                               preserve_index=False)
+    table = pa.concat_tables([pq.read_table(path, schema=SHORT_TERM_SCHEMA), new]) \
+        if path.exists() else new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,212 @@
+"""The long-term memory table: ledger → one row per (user_id, sealed_at) for Feast.
+
+Row for partition ``j`` of a user holds the vectors of partitions ``j, j-1, …, j-M+1`` (slot 0
+= newest, zero-padded when the user has fewer), flattened to ``M×D`` float32, the partition
+count ``j+1``, the newest summary/shift texts, and ``recent_item_ids``: the last L item ids of
+partitions ``0..j`` in stream order. The short-term cache holds only what came after partition
+``j``, so a ranker's behaviour history (``liber_features.model.inputs.history_items``) is
+``recent_item_ids + cache_item_ids`` — one online read, no second lookup. Its event time is partition ``j``'s seal time,
+so a point-in-time join at time ``t`` only ever sees partitions sealed at or before ``t``.
+
+``encoder_version`` fingerprints (prompt version, LLM id, text encoder id): it changes whenever
+any of them does, which is what lets a re-encode be told apart and pushed online. Each user's
+rows come from one version: the newest that is complete for that user (see ``_chosen_vectors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import select
+
+from liber_features.errors import LedgerError, VectorShapeError
+from liber_features.ledger.store import Ledger
+from liber_features.ledger.store import interests as int_t
+from liber_features.ledger.store import partitions as parts_t
+from liber_features.ledger.store import runs as runs_t
+from liber_features.ledger.store import vectors as vec_t
+
+__all__ = ["encoder_version", "latest_versions", "memory_table", "refresh_memory_table",
+           "write_memory_table"]
+
+
+def encoder_version(prompt_version: str, llm_id: str, encoder_id: str) -> str:
+    return hashlib.sha256(f"{prompt_version}\x1f{llm_id}\x1f{encoder_id}".encode()).hexdigest()[:12]
+
+
+def latest_versions(ledger: Ledger) -> tuple[str, str, str]:
+    """(prompt_version, llm_id, encoder_id) of the newest successful encode run."""
+    with ledger.engine.connect() as conn:
+        row = conn.execute(select(runs_t.c.params).where(
+            runs_t.c.kind == "encode", runs_t.c.status == "ok").order_by(runs_t.c.id.desc())
+            .limit(1)).first()
+    if row is None:
+        raise LedgerError("no successful encode run in this ledger: run `liber encode` first")
+    p = json.loads(row.params)
+    return p["prompt_version"], p["llm_id"], p["encoder_id"]
+
+
+def _version_order(ledger: Ledger) -> dict[tuple[str, str, str], int]:
+    """(prompt version, LLM id, encoder id) → when it was introduced (its first encode run id).
+
+    By first run, not last: an old worker still running the previous version during a migration
+    must not make that version "newer" again.
+    """
+    order: dict[tuple[str, str, str], int] = {}
+    with ledger.engine.connect() as conn:
+        for run_id, params in conn.execute(select(runs_t.c.id, runs_t.c.params).where(
+                runs_t.c.kind == "encode").order_by(runs_t.c.id)):
+            p = json.loads(params or "{}")
+            key = (p.get("prompt_version"), p.get("llm_id"), p.get("encoder_id"))
+            order.setdefault(key, run_id)
+    return order
+
+
+def _chosen_vectors(ledger: Ledger, versions: tuple[str, str, str] | None,
+                    users: list[str] | None) -> list[int]:
+    """Vector ids of each user's newest complete version: the longest encoded prefix of the
+    user's partitions, ties to the newest version. While the fleet moves to a new LLM, prompt or
+    text encoder, a user keeps the old version until the new one covers as much, never vanishes.
+    """
+    q = (select(parts_t.c.user_id, parts_t.c.seq, int_t.c.prompt_version, int_t.c.llm_id,
+                vec_t.c.encoder_id, vec_t.c.id)
+         .select_from(parts_t.join(int_t, int_t.c.partition_id == parts_t.c.id)
+                      .join(vec_t, vec_t.c.interest_id == int_t.c.id))
+         .where(int_t.c.status == "done"))
+    if versions:
+        q = q.where(int_t.c.prompt_version == versions[0], int_t.c.llm_id == versions[1],
+                    vec_t.c.encoder_id == versions[2])
+    if users:
+        q = q.where(parts_t.c.user_id.in_(users))
+    by_user: dict[str, dict[tuple[str, str, str], dict[int, int]]] = {}
+    with ledger.engine.connect() as conn:
+        for r in conn.execute(q):
+            by_user.setdefault(r.user_id, {}).setdefault(
+                (r.prompt_version, r.llm_id, r.encoder_id), {})[r.seq] = r.id
+    order = _version_order(ledger)
+    chosen: list[int] = []
+    for per_version in by_user.values():
+        def prefix(seqs: dict[int, int]) -> int:
+            n = 0
+            while n in seqs:
+                n += 1
+            return n
+
+        best = max(per_version, key=lambda v: (prefix(per_version[v]), order.get(v, -1), v))
+        seqs = per_version[best]
+        chosen += [seqs[j] for j in range(prefix(seqs))]
+    return chosen
+
+
+def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int, history_length: int = 50,
+                 versions: tuple[str, str, str] | None = None,
+                 users: list[str] | None = None) -> pa.Table:
+    """Build the long-term memory table (schema in the module docstring): every user once, each
+    in their newest complete version (``versions`` restricts it to one version)."""
+    ids = _chosen_vectors(ledger, versions, users)
+    q = (select(parts_t.c.user_id, parts_t.c.seq, parts_t.c.sealed_at_us, int_t.c.summary,
+                int_t.c.shift, parts_t.c.events_json, vec_t.c.dim, vec_t.c.summary_vec, vec_t.c.shift_vec,
+                vec_t.c.created_us, int_t.c.prompt_version, int_t.c.llm_id, vec_t.c.encoder_id)
+         .select_from(parts_t.join(int_t, int_t.c.partition_id == parts_t.c.id)
+                      .join(vec_t, vec_t.c.interest_id == int_t.c.id)))
+    rows = []
+    with ledger.engine.connect() as conn:
+        for lo in range(0, len(ids), 5000):  # bounded IN lists (SQLite's variable limit)
+            rows += conn.execute(q.where(vec_t.c.id.in_(ids[lo:lo + 5000]))).all()
+    rows.sort(key=lambda r: (r.user_id, r.seq))
+    M, D = memory_slots, vector_dim
+    n = len(rows)
+    summ = np.zeros((n, M, D), dtype=np.float32)
+    shift = np.zeros((n, M, D), dtype=np.float32)
+    count = np.zeros(n, dtype=np.int64)
+    recent: list[list[str]] = []
+    created = np.zeros(n, dtype=np.int64)
+    start = 0  # index of the current user's first row
+    for i, r in enumerate(rows):
+        if r.dim != D:
+            raise VectorShapeError(f"user {r.user_id} partition {r.seq}: vectors have D={r.dim}, "
+                                   f"the feature views expect D={D} (LIBER_VECTOR_DIM)")
+        if i == 0 or rows[i - 1].user_id != r.user_id:
+            start = i
+        if r.seq != i - start:  # encodes are a prefix of each user's partitions, in order
+            raise LedgerError(f"user {r.user_id}: partition {r.seq} encoded but an earlier one is not")
+        # Slot 0 = this partition, slots 1.. = the previous row's slots shifted by one.
+        summ[i, 0] = np.frombuffer(r.summary_vec, dtype=np.float32)
+        shift[i, 0] = np.frombuffer(r.shift_vec, dtype=np.float32)
+        if i > start and M > 1:
+            summ[i, 1:] = summ[i - 1, :-1]
+            shift[i, 1:] = shift[i - 1, :-1]
+        count[i] = r.seq + 1
+        # events_json rows are [event_id, item_id, ts_us, rating] in the partition's stream order.
+        items = [e[1] for e in json.loads(r.events_json)]
+        recent.append(((recent[i - 1] if i > start else []) + items)[-history_length:])
+        # A row changes when any of its slots does (a new text encoder fills vectors in any
+        # order): its created_at is the newest of them, so the online sync sees the change.
+        created[i] = max(r.created_us, created[i - 1]) if i > start else r.created_us
+
+    def vec_column(a: np.ndarray) -> pa.Array:
+        offsets = np.arange(0, (n + 1) * M * D, M * D, dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(a.reshape(-1)))
+
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.table({
+        "user_id": pa.array([r.user_id for r in rows], pa.string()),
+        "sealed_at": pa.array([r.sealed_at_us for r in rows], pa.int64()).cast(ts),
+        "created_at": pa.array(created, pa.int64()).cast(ts),
+        "partition_count": pa.array(count),
+        "summary_vectors": vec_column(summ),
+        "shift_vectors": vec_column(shift),
+        "recent_item_ids": pa.array(recent, pa.list_(pa.string())),
+        "latest_summary": pa.array([r.summary for r in rows], pa.string()),
+        "latest_shift": pa.array([r.shift for r in rows], pa.string()),
+        "encoder_version": pa.array([encoder_version(r.prompt_version, r.llm_id, r.encoder_id)
+                                     for r in rows], pa.string()),
+    })
+
+
+def write_memory_table(table: pa.Table, path: str | Path) -> Path:
+    """Write atomically (temp file + rename): Feast never reads a half-written file. The temp
+    name is the writer's own, so two writers never write into (or rename away) each other's."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def refresh_memory_table(ledger: Ledger, path: str | Path, *, memory_slots: int,
+                         vector_dim: int, history_length: int = 50) -> pa.Table:
+    """Rebuild the table from the ledger and write it, under the ledger's ``memory_table`` lock.
+
+    Built *inside* the lock: the last writer then always saw every commit made before it, so a
+    worker finishing earlier can never rename a staler table over a newer one.
+    """
+    import socket
+
+    with ledger.lock("memory_table", f"{socket.gethostname()}:{os.getpid()}"):
+        table = memory_table(ledger, memory_slots=memory_slots, vector_dim=vector_dim,
+                             history_length=history_length)
+        write_memory_table(table, path)
+    return table
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Pandas view with float32 vector arrays (pyarrow's default would give float64 lists)."""
+    df = table.drop_columns(["summary_vectors", "shift_vectors"]).to_pandas()
+    for col in ("summary_vectors", "shift_vectors"):
+        flat = table[col].combine_chunks()
+        width = len(flat[0]) if len(flat) else 0
+        df[col] = list(flat.values.to_numpy().reshape(-1, width)) if width else []
+    return df

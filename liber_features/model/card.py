@@ -1,0 +1,74 @@
+"""``model_card.json``: everything a scorer needs to use ``model.onnx`` correctly, and to refuse it.
+
+Written by ``liber export`` next to the graph; read by ``liber_features.serving.scorer`` (torch-free). The
+card pins the feature contract the model was trained on — FeatureService, M, D, L, and the
+``encoder_version`` of the LIBER vectors (prompt version × LLM × text encoder) — so a scorer can
+check it against what the online store holds before serving a single request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from liber_features.errors import ConfigError
+
+__all__ = ["CARD_FILE", "MODEL_FILE", "ModelCard", "TensorSpec"]
+
+CARD_FILE = "model_card.json"
+MODEL_FILE = "model.onnx"
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+class ModelCard(BaseModel):
+    """The exported model's contract (see module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    backbone: str
+    liber: str = Field(description="none | both | summary: which LIBER vectors the model reads")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    opset: int
+    memory_slots: int
+    vector_dim: int
+    history_length: int
+    item_vocab: dict[str, int]
+    pad_index: int = 0
+    oov_item_index: int = 1
+    user_vocab: dict[str, int]
+    unknown_user_index: int = 0
+    item_vectors: str = Field(description="where the item text vectors live")
+    feature_service: str
+    prompt_version: str
+    llm_id: str
+    text_encoder_id: str
+    encoder_version: str
+    metrics: dict[str, Any]
+    train_time_range: list[str]
+    train_config: dict[str, Any]
+    created_at: str
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / CARD_FILE
+        path.write_text(self.model_dump_json(indent=1))
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> ModelCard:
+        path = Path(model_dir) / CARD_FILE
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except (OSError, ValueError, ValidationError) as exc:
+            raise ConfigError(f"cannot read the model card {path}: {exc}") from exc

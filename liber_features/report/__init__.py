@@ -1,0 +1,1 @@
+"""``liber report``: gather what the pipeline holds, render one static HTML page and its figures."""

@@ -1,0 +1,235 @@
+"""Reading one or many users' ``liber_ranker_v1`` features online: Feast's path and a Redis fast path.
+
+Both return, per user, a dict of the raw values the model inputs are built from
+(``liber_features.model.inputs.user_inputs``), or ``None`` for a user the store has never seen:
+
+- :class:`FeastFetcher` calls ``get_online_features`` with the FeatureService looked up **once**
+  (a per-request ``get_feature_service`` is a registry query: ~1.5 ms of a ~3.7 ms request on the
+  SQL registry). Works with any Feast online store.
+- :class:`RedisFetcher` follows Feast's Redis layout exactly — one hash per entity key
+  (``_redis_key``), fields ``mmh3("<view>:<feature>")`` plus ``_ts:<view>``, ``ValueProto`` values
+  — and reads every field of both views with **one** ``HMGET`` per user (one pipeline for many
+  users). Float vectors are decoded with ``np.frombuffer`` on the packed bytes (no per-value
+  protobuf or pandas round trip); the handful of scalar/string fields go through ``ValueProto``.
+  Its client has a socket timeout, so a slow or dead Redis costs at most ``timeout_ms``.
+  On ``redis_type: redis_cluster`` the client is redis-py's ``RedisCluster``: a user's hash lives
+  on the node owning its key's slot, so one user is still one ``HMGET`` (routed by the client) and
+  many users are one ``ClusterPipeline``, which groups the commands per node. Sentinel is refused.
+
+  On a single Redis the request path is lean on purpose (it is half the latency budget of a ranker's call): each
+  thread keeps one redis-py ``Connection`` of its own (no pool checkout/release per request), the
+  ``HMGET`` is packed once per user from precomputed bytes, and the entity key is Feast's
+  ``_redis_key`` laid out from a template that is checked against Feast's helper at start-up.
+  Measured with interleaved requests: ~2x less time than ``client.hmget`` for the same reply.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from liber_features.errors import OnlineStoreError
+from liber_features.features.repo import LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+__all__ = ["FEATURES", "FeastFetcher", "RedisFetcher", "make_fetcher"]
+
+# (view, feature) pairs the scorer reads; the service may hold more, these are what it needs.
+FEATURES: tuple[tuple[str, str], ...] = (
+    (LONG_TERM_VIEW, "summary_vectors"), (LONG_TERM_VIEW, "shift_vectors"),
+    (LONG_TERM_VIEW, "partition_count"), (LONG_TERM_VIEW, "recent_item_ids"),
+    (LONG_TERM_VIEW, "encoder_version"), (SHORT_TERM_VIEW, "cache_item_ids"),
+)  # fmt: skip
+_VECTORS = {"summary_vectors", "shift_vectors"}
+
+
+class FeastFetcher:
+    """``get_online_features`` through ``liber_ranker_v1``, the service looked up once."""
+
+    name = "feast"
+
+    def __init__(self, store: FeatureStore, service: str = RANKER_SERVICE) -> None:
+        self.store = store
+        self.service = store.get_feature_service(service)
+        self.where = f"Feast online store ({store.config.online_store.type})"
+
+    def fetch(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        try:
+            rows = self.store.get_online_features(
+                features=self.service, entity_rows=[{"user_id": u} for u in user_ids],
+                full_feature_names=True).to_dict()
+        except Exception as exc:  # Feast surfaces store failures as many unrelated types
+            raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+        out: list[dict[str, Any] | None] = []
+        for i in range(len(user_ids)):
+            values = {f: rows[f"{v}__{f}"][i] for v, f in FEATURES}
+            out.append(None if all(x is None for x in values.values()) else values)
+        return out
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+class RedisFetcher:
+    """One ``HMGET`` per user in Feast's own Redis layout (module docstring)."""
+
+    name = "redis"
+
+    def __init__(self, store: FeatureStore, timeout_ms: float = 50.0) -> None:
+        import redis
+        from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from feast.protos.feast.types.Value_pb2 import FloatList, Value
+
+        cfg, self.store = store.config, store
+        if cfg.online_store.type != "redis":
+            raise OnlineStoreError(f"the Redis fast path needs a Redis online store, not {cfg.online_store.type!r}")
+        redis_type = cfg.online_store.redis_type.value
+        if redis_type not in ("redis", "redis_cluster"):
+            raise OnlineStoreError(f"the Redis fast path reads a single Redis or a Redis Cluster, not {redis_type!r}")
+        self.project, self.version = cfg.project, cfg.entity_key_serialization_version
+        versioning = cfg.registry.enable_online_feature_view_versioning
+        names = {v: compute_versioned_name(store.get_feature_view(v), versioning)
+                 for v in (LONG_TERM_VIEW, SHORT_TERM_VIEW)}
+        self.fields = [_mmh3(f"{names[v]}:{f}") for v, f in FEATURES]
+        self.fields += [f"_ts:{names[LONG_TERM_VIEW]}", f"_ts:{names[SHORT_TERM_VIEW]}"]
+        nodes, kwargs = RedisOnlineStore._parse_connection_string(cfg.online_store.connection_string)
+        timeouts = {"socket_timeout": timeout_ms / 1000, "socket_connect_timeout": timeout_ms / 1000}
+        self.cluster = redis_type == "redis_cluster"
+        if self.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            self.where = f"Redis Cluster via {nodes[0]['host']}:{nodes[0]['port']}"  # never the password
+            # Constructing it reads the slot map from the first reachable startup node (once, here).
+            try:
+                self.client = RedisCluster(startup_nodes=[ClusterNode(n["host"], int(n["port"])) for n in nodes],
+                                           **kwargs, **timeouts)
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+                raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+        else:
+            self.where = f"Redis at {nodes[0]['host']}:{nodes[0]['port']}"  # never the password
+            self.client = redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **kwargs, **timeouts)
+        self._Value = Value
+        # RedisClusterException (no slot map, all nodes down) is not a RedisError.
+        self._errors = (redis.RedisError, redis.exceptions.RedisClusterException)
+        # Wire tags of Value.float_list_val and FloatList.val (packed): checked, never assumed.
+        self._outer = (Value.DESCRIPTOR.fields_by_name["float_list_val"].number << 3) | 2
+        self._inner = (FloatList.DESCRIPTOR.fields_by_name["val"].number << 3) | 2
+        # RESP for "HMGET <key> <fields...>" around the key, built once.
+        fields = [f if isinstance(f, bytes) else f.encode() for f in self.fields]
+        self._head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
+        self._tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+        self._local = threading.local()
+        # Feast's key for user_id u is <entity-key prefix><len(u) as <I><u utf-8><project>. The
+        # prefix is cut from Feast's own key for "" and the layout is checked on probe ids, so a
+        # Feast that serialises differently falls back to its helper instead of reading nothing.
+        empty = self._feast_key("")
+        self._prefix, self._suffix = empty[: -len(self.project.encode()) - 4], self.project.encode()
+        if any(self._templated(p) != self._feast_key(p) for p in ("u-1", "用户-42", "x" * 300)):
+            self._prefix = None
+
+    def _feast_key(self, user_id: str) -> bytes:
+        from feast.infra.online_stores.helpers import _redis_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        ek = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=str(user_id))])
+        return _redis_key(self.project, ek, self.version)
+
+    def _templated(self, user_id: str) -> bytes:
+        raw = str(user_id).encode()
+        return self._prefix + struct.pack("<I", len(raw)) + raw + self._suffix
+
+    def key(self, user_id: str) -> bytes:
+        """The user's Redis hash key, exactly as Feast's ``_redis_key`` builds it."""
+        return self._templated(user_id) if self._prefix is not None else self._feast_key(user_id)
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:  # this thread's own connection, kept: no pool checkout per request
+            conn = self._local.conn = self.client.connection_pool.get_connection()
+        return conn
+
+    def _hmget(self, user_ids: Sequence[str]) -> list[list[bytes | None]]:
+        """One write of N packed HMGETs, N replies read in order (a pipeline without the wrapper)."""
+        conn = self._connection()
+        try:
+            cmds = []
+            for u in user_ids:
+                k = self.key(u)
+                cmds.append(self._head + b"$%d\r\n%s\r\n" % (len(k), k) + self._tail)
+            conn.send_packed_command(cmds, check_health=False)
+            return [conn.read_response() for _ in cmds]
+        except BaseException:
+            # A timeout or error mid-reply leaves unread bytes on the socket: never reuse it.
+            conn.disconnect()
+            self._local.conn = None
+            self.client.connection_pool.release(conn)
+            raise
+
+    def floats(self, raw: bytes) -> np.ndarray:
+        """A ``Value{float_list_val}`` → float32 array, zero-copy from the packed bytes."""
+        tag, pos = _varint(raw, 0)
+        if tag == self._outer:
+            _, pos = _varint(raw, pos)
+            if pos == len(raw):  # an empty list
+                return np.zeros(0, np.float32)
+            tag2, pos2 = _varint(raw, pos)
+            if tag2 == self._inner:
+                n, pos2 = _varint(raw, pos2)
+                return np.frombuffer(raw, dtype="<f4", count=n // 4, offset=pos2)
+        return np.asarray(self._Value.FromString(raw).float_list_val.val, np.float32)
+
+    def _decode(self, values: list[bytes | None]) -> dict[str, Any] | None:
+        if all(v is None for v in values):
+            return None
+        out: dict[str, Any] = {}
+        for (_, f), raw in zip(FEATURES, values):
+            if raw is None:
+                out[f] = None
+            elif f in _VECTORS:
+                out[f] = self.floats(raw)
+            else:
+                v = self._Value.FromString(raw)
+                kind = v.WhichOneof("val")
+                val = getattr(v, kind) if kind else None
+                out[f] = list(val.val) if hasattr(val, "val") else val
+        return out
+
+    def fetch(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        try:
+            if not self.cluster:
+                replies = self._hmget(user_ids)
+            elif len(user_ids) == 1:  # routed to the node that owns the key's slot
+                replies = [self.client.hmget(self.key(user_ids[0]), self.fields)]
+            else:
+                with self.client.pipeline(transaction=False) as pipe:  # grouped per node
+                    for u in user_ids:
+                        pipe.hmget(self.key(u), self.fields)
+                    replies = pipe.execute()
+        except self._errors as exc:
+            raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+        return [self._decode(r[: len(FEATURES)]) for r in replies]
+
+
+def make_fetcher(store: FeatureStore, path: str = "auto", timeout_ms: float = 50.0):
+    """``auto``: the Redis fast path on a Redis online store, Feast's path on any other."""
+    if path not in ("auto", "redis", "feast"):
+        raise OnlineStoreError(f"unknown fetch path {path!r}: auto, redis or feast")
+    if path == "redis" or (path == "auto" and store.config.online_store.type == "redis"):
+        return RedisFetcher(store, timeout_ms)
+    return FeastFetcher(store)
