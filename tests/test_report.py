@@ -1,5 +1,6 @@
 """``liber report`` on a tiny ledger: every section and image, exact counts, escaped LLM text,
-missing parts stated on the page, and online figures read through a real (SQLite) Feast store."""
+missing parts and missing times stated on the page, and online figures read through a real
+(SQLite) Feast store."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -16,7 +18,9 @@ from liber_features.ingest.events import LoadedEvents
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
 from liber_features.model.card import ModelCard
+from liber_features.report.data import ReportData, Timeline
 from liber_features.report.gather import gather, write_report
+from liber_features.report.html import render, when
 from liber_features.testing import HashEncoder, ScriptedLLM
 from liber_features.uil.interest import EncodeConfig, run_encode
 
@@ -116,15 +120,24 @@ def test_report_has_every_section_image_and_escapes_llm_text(tiny, tmp_path):
     srcs = set(re.findall(r'<img src="([^"]+)"', page))
     assert srcs == ALL_IMAGES and all((out / s).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
     assert "<script" not in page.lower()  # the LLM's markup is shown, never executed
-    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; summary &amp; more") == 4
-    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; shift &amp; more") == 2
+    # Jinja's autoescape (markupsafe) writes ' as &#39;: the exact text, so a lost escape fails here.
+    assert page.count("<td class=text>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; summary &amp; more</td>") == 4
+    assert page.count("<td class=text>&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; shift &amp; more</td>") == 2
     assert "First period: there are no earlier interests to compare with." in page
     assert "0123456789ab" in page  # the card's encoder_version
     assert "<tr><td>b  liber fast fetch</td><td class=num>0.250</td><td class=num>0.600</td></tr>" in page
+    assert "<tr><th>LIBER vs naive</th><td class=num>1.7× fewer</td></tr>" in page
+    assert "<tr><th>partitions sealed / encoded / online</th><td class=num>4 / 4 / n/a</td></tr>" in page
+    assert "<h3>user a — all 3 partitions</h3>" in page
+    assert "<tr><td class=num>0</td><td>2017-07-15 02:40</td><td class=num>2</td>" in page
+    # evaluation.json's header has no created_at: the page says so instead of a blank or "None".
+    assert '<p class="meta">tiny; split 80/10/10; created —</p>' in page
+    assert '<p class="meta">bench_online.json: 2026-11-26, ? requests per variant, model ?</p>' in page
+    assert "<tr><th>created</th><td class=num>2026-11-26T00:00:00+00:00</td></tr>" in page
 
 
 def test_missing_parts_are_stated_not_crashes(tiny, tmp_path):
-    rd = gather(tiny, repo=None, model_dir=tmp_path / "none", evaluation=tmp_path / "none.json",
+    rd = gather(tiny, repo=None, model_dir=None, evaluation=tmp_path / "none.json",
                 bench_dir=None, users=["b", "zz"])
     assert sorted(rd.notes) == ["bench", "evaluation", "model", "online"]
     assert [(t.user_id, t.partitions) for t in rd.timelines] == [("b", 1), ("zz", 0)]
@@ -135,16 +148,49 @@ def test_missing_parts_are_stated_not_crashes(tiny, tmp_path):
         assert f"<h2>{title}</h2>" in page
     assert set(re.findall(r'<img src="([^"]+)"', page)) == ALL_IMAGES - {
         "evaluation_auc.png", "auc_by_partitions.png", "serving_latency.png"}
-    for text in ("no Feast repo given (--repo)", "no evaluation (liber evaluate) at",
-                 "no online benchmark (bench/bench_online.py) at None",
-                 f"no model card at {tmp_path / 'none'}"):
-        assert esc_in(text, page)
+    assert rd.notes["bench"] == "no online benchmark (bench/bench_online.py): no file given"
+    assert rd.notes["model"] == "no model card: no model folder given (liber train + liber export)"
+    for text in ("no Feast repo given (--repo): online figures not shown",
+                 f"no evaluation (liber evaluate) at {tmp_path / 'none.json'}",
+                 rd.notes["bench"], rd.notes["model"]):
+        assert f'<p class="note">{escape(text)}</p>' in page
+    assert "<h3>user zz — all 0 partitions</h3>" in page
+    assert "None" not in page  # neither "at None" nor a None time
 
 
-def esc_in(text: str, page: str) -> bool:
-    import html
+def escape(text: str) -> str:
+    from markupsafe import escape
 
-    return html.escape(text, quote=True) in page
+    return str(escape(text))
+
+
+def test_missing_times_read_as_a_dash_not_none():
+    """The page once read "created None" / "at None": a time not recorded is shown as "—"."""
+    assert when(None) == when("") == "—"
+    assert when(1_500_000_000_000_000) == "2017-07-14 02:40" and when("2026-11-26") == "2026-11-26"
+    rd = ReportData(
+        generated_us=1_500_000_000_000_000, ledger_url="sqlite:///x.db", top_reasons=[],
+        data=dict.fromkeys(("events_accepted", "duplicates", "quarantined", "users", "partitions_sealed",
+                            "events_in_caches", "ingest_runs"), 0),
+        partitions_per_user=np.zeros(0, np.int64), seal_times_us=np.zeros(0, np.int64),
+        cost={"summaries": 0, "shifts": 0, "llm_calls": 0, "failed_tries": 0, "retried": 0, "still_failed": 0,
+              "naive_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds_llm": 0.0,
+              "seconds_per_partition": None, "encode_runs": 0, "encode_runs_failed": 0},
+        coverage={"sealed": 0, "encoded": 0, "online": None, "users_online": None},
+        encoded_age_s=np.zeros(0), online_age_s=None,
+        timelines=[Timeline("u<1>", 2, [{"seq": 1, "sealed_at_us": None, "n_events": 3, "status": None,
+                                         "summary": None, "shift": None}])],
+        evaluation={"header": {"dataset": "d", "split": "s", "created_at": None}, "summary": []},
+        bench_online={"rows": []})
+    page = render(rd, {})
+    assert '<p class=meta>ledger sqlite:///x.db · generated 2017-07-14 02:40 UTC</p>' in page
+    assert '<p class="meta">d; split s; created —</p>' in page
+    assert '<p class="meta">bench_online.json: —, ? requests per variant, model ?</p>' in page
+    assert "<h3>user u&lt;1&gt; — newest 1 of 2 partitions</h3>" in page
+    assert ("<tr><td class=num>1</td><td>—</td><td class=num>3</td>\n<td class=text>not encoded yet</td>\n"
+            "<td class=text></td></tr>") in page
+    assert "<tr><th>LIBER vs naive</th><td class=num>n/a</td></tr>" in page
+    assert "None" not in page
 
 
 def test_cli_report_and_empty_ledger_error(tmp_path):

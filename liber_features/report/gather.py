@@ -6,8 +6,9 @@ that ``liber evaluate`` and ``bench/`` write. Nothing is recomputed from raw dat
 reaches the network. A part that is missing (no model, no benchmark, no applied Feast repo) is
 carried as a *note* and stated on the page; it never stops the report.
 
-:func:`gather` collects a :class:`ReportData`; ``report_html`` turns it into ``index.html`` and
-``report_plots`` draws the PNGs beside it.
+:func:`gather` collects a :class:`~liber_features.report.data.ReportData`; :mod:`.html` turns it
+into ``index.html`` and :mod:`.plots` draws the PNGs beside it (:func:`write_report` calls both).
+Neither imports this module: the shared type lives in :mod:`.data`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,39 +30,12 @@ from liber_features.ledger.store import quarantine as q_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 from liber_features.ledger.store import vectors as vec_t
+from liber_features.report.data import ReportData, Timeline
 
-__all__ = ["ONLINE_BATCH", "ReportData", "Timeline", "gather", "write_report"]
+__all__ = ["ONLINE_BATCH", "gather", "write_report"]
 
 ONLINE_BATCH = 2000  # users per get_online_features call: bounded memory and request size
 TIMELINE_PARTITIONS = 8  # newest partitions shown per user: a page, not a dump
-
-
-@dataclass
-class Timeline:
-    user_id: str
-    partitions: int  # sealed, in the ledger
-    rows: list[dict[str, Any]]  # newest last: seq, sealed_at_us, n_events, summary, shift
-
-
-@dataclass
-class ReportData:
-    generated_us: int
-    ledger_url: str
-    data: dict[str, int]
-    top_reasons: list[tuple[str, str, int]]
-    partitions_per_user: np.ndarray  # one entry per user, zeros included
-    seal_times_us: np.ndarray
-    cost: dict[str, Any]
-    coverage: dict[str, int | None]
-    encoded_age_s: np.ndarray  # per user with an encoded partition: now - newest vector's creation
-    online_age_s: np.ndarray | None
-    online_versions: dict[str, int] = field(default_factory=dict)
-    timelines: list[Timeline] = field(default_factory=list)
-    evaluation: dict[str, Any] | None = None
-    bench_online: dict[str, Any] | None = None
-    card: Any = None  # ModelCard
-    notes: dict[str, str] = field(default_factory=dict)  # section -> why something is missing
-    versions: tuple[str, str, str] | None = None  # (prompt_version, llm_id, encoder_id) reported on
 
 
 def _runs(conn, kind: str) -> list[dict[str, Any]]:
@@ -202,7 +175,10 @@ def _online(repo: Path, users: list[str], versions_by_user: dict[str, list[int]]
 
 
 def _json(path: Path | None, label: str, rd: ReportData, section: str) -> dict[str, Any] | None:
-    if path is None or not path.exists():
+    if path is None:  # said in words: the page once read "... at None"
+        rd.notes[section] = f"no {label}: no file given"
+        return None
+    if not path.exists():
         rd.notes[section] = f"no {label} at {path}"
         return None
     try:
@@ -243,7 +219,9 @@ def gather(ledger: Ledger, *, repo: Path | None, model_dir: Path | None, evaluat
     rd.evaluation = _json(evaluation, "evaluation (liber evaluate)", rd, "evaluation")
     rd.bench_online = _json(bench_dir / "bench_online.json" if bench_dir else None,
                             "online benchmark (bench/bench_online.py)", rd, "bench")
-    if model_dir is None or not (Path(model_dir) / "model_card.json").exists():
+    if model_dir is None:
+        rd.notes["model"] = "no model card: no model folder given (liber train + liber export)"
+    elif not (Path(model_dir) / "model_card.json").exists():
         rd.notes["model"] = f"no model card at {model_dir} (liber train + liber export)"
     else:
         from liber_features.errors import ConfigError

@@ -9,14 +9,11 @@ shows the section's note instead of an image).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from liber_features.errors import MissingDependency
-
-if TYPE_CHECKING:
-    from liber_features.report.gather import ReportData
+from liber_features.report.data import ReportData
 
 __all__ = ["draw_all", "age_unit"]
 
