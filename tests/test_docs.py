@@ -12,6 +12,8 @@ as text and checks one kind of claim against the repository itself:
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from pathlib import Path
 
@@ -150,13 +152,14 @@ def test_link_check_catches_a_missing_page_and_anchor():
         "missing.md: no such file", "architecture.md#no-such-part: no heading #no-such-part"]
 
 
+@functools.cache
 def _repo_files() -> tuple[set[str], set[str]]:
+    """Every file path in the checkout and every file name, hidden folders (.venv, .git) pruned."""
     paths: set[str] = set()
-    for path in ROOT.rglob("*"):
-        rel = path.relative_to(ROOT)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
-            continue
-        paths.add(rel.as_posix())
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        rel = Path(folder).relative_to(ROOT)
+        paths.update((rel / name).as_posix() for name in files)
     return paths, {p.rsplit("/", 1)[-1] for p in paths}
 
 
