@@ -1,7 +1,7 @@
 """Draw docs/architecture.png, the README's picture of the data flow (matplotlib only).
 
 Run from the repository root: ``python docs/architecture.py``. The boxes and arrows follow
-DESIGN.md's data flow; edit the lists below, not the picture.
+the data flow of docs/architecture.md; edit the lists below, not the picture.
 """
 
 from __future__ import annotations

