@@ -9,7 +9,7 @@ from test_concurrency import assert_exactly_once, events
 from liber_features.errors import EncoderError
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
-from liber_features.ledger.store import claims, interests, run_heartbeats, vectors
+from liber_features.ledger.store import claims, interests, runs, vectors
 from liber_features.testing import CountingLLM, HashEncoder
 from liber_features.uil.interest import EncodeConfig, run_encode
 
@@ -35,7 +35,7 @@ def test_commit_after_takeover_is_rejected_and_counted(ledger):
     assert_exactly_once(ledger)
     with ledger.engine.connect() as conn:
         assert conn.execute(select(func.sum(claims.c.takeovers))).scalar() == 3
-        hb = dict(conn.execute(select(run_heartbeats.c.run_id, run_heartbeats.c.rejected_commits)).all())
+        hb = dict(conn.execute(select(runs.c.id, runs.c.rejected_commits)).all())
     assert sorted(hb.values()) == [0, 0, 3]  # the ingest run, the taker, the stalled worker
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from liber_features.ingest.events import LoadedEvents
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
-from liber_features.ledger.store import claims, interests, partitions, run_heartbeats, vectors
+from liber_features.ledger.store import claims, interests, partitions, runs, vectors
 from liber_features.testing import event_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,6 @@ def test_killed_worker_lease_is_taken_over(ledger, tmp_path):
     assert_exactly_once(ledger)
     with ledger.engine.connect() as conn:
         assert conn.execute(select(func.sum(claims.c.takeovers))).scalar() == 3
-        hb = conn.execute(select(run_heartbeats).where(
-            run_heartbeats.c.worker.endswith(f":{victim.pid}"))).one()
+        hb = conn.execute(select(runs).where(runs.c.worker.endswith(f":{victim.pid}"))).one()
     # The ledger knows the calls were made (counted before generating) and never committed.
     assert (hb.llm_calls, hb.llm_calls_committed, hb.partitions_done) == (3, 0, 0)

@@ -4,10 +4,12 @@ first use — a crashed first ingest fixes it too."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import delete, update
+from sqlalchemy import select, update
 from test_concurrency import events
 
 from liber_features.cli.main import cli
@@ -15,7 +17,7 @@ from liber_features.errors import ConfigError
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
 from liber_features.ledger.runs import run_report
-from liber_features.ledger.store import run_heartbeats, runs, settings
+from liber_features.ledger.store import runs
 
 
 def test_crashed_first_ingest_still_fixes_k(ledger):
@@ -29,16 +31,15 @@ def test_crashed_first_ingest_still_fixes_k(ledger):
     assert ingest(events(users=3), ledger, PartitionRule(k=2), progress=False).accepted == 7
 
 
-def test_old_ledger_without_setting_takes_its_first_ingest_rule(ledger):
-    run_id = ledger.start_run("ingest", {"rule": PartitionRule(k=5).model_dump()})  # then SIGKILL
-    with ledger.begin() as conn:
-        conn.execute(delete(settings))
-        conn.execute(delete(run_heartbeats))  # as a ledger from before heartbeats
-    with pytest.raises(ConfigError, match=r"'k': 5"):
-        ingest(events(users=1), ledger, PartitionRule(k=2), progress=False)
-    assert run_report(ledger)["runs"] == {"live": 1, "finished": 0, "failed": 0, "stale": 0}
-    with ledger.begin() as conn:  # started long ago, never finished, no heartbeat: stale
-        conn.execute(update(runs).where(runs.c.id == run_id).values(started_us=0))
+def test_run_starts_with_its_heartbeat_lease_and_zero_counters(ledger):
+    run_id = ledger.start_run("encode", {"token": "secret"}, lease_s=42)
+    with ledger.engine.connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).one()
+    assert (row.status, row.lease_us, row.heartbeat_us) == ("running", 42_000_000, row.started_us)
+    assert row.worker == f"{socket.gethostname()}:{os.getpid()}"
+    assert (row.partitions_done, row.llm_calls, row.llm_calls_committed, row.rejected_commits) == (0, 0, 0, 0)
+    with ledger.begin() as conn:  # its lease ran out long ago: stale
+        conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_us=row.started_us - 43_000_000))
     assert run_report(ledger)["runs"] == {"live": 0, "finished": 0, "failed": 0, "stale": 1}
 
 
@@ -49,7 +50,7 @@ def test_status_shows_live_finished_failed_and_stale_runs(ledger):
     live = ledger.start_run("encode", {}, lease_s=60)
     dead = ledger.start_run("encode", {}, lease_s=1)
     with ledger.begin() as conn:
-        conn.execute(update(run_heartbeats).where(run_heartbeats.c.run_id == dead)
+        conn.execute(update(runs).where(runs.c.id == dead)
                      .values(heartbeat_us=1, llm_calls=6, llm_calls_committed=2))
     args = ["status", "--ledger", ledger.url] + (["--ledger-schema", ledger.schema] if ledger.schema else [])
     r = CliRunner().invoke(cli, args + ["--json"])

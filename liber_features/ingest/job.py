@@ -32,7 +32,6 @@ from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import items as items_t
 from liber_features.ledger.store import partitions as parts_t
 from liber_features.ledger.store import quarantine as quarantine_t
-from liber_features.ledger.store import run_heartbeats as hb_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 
@@ -65,12 +64,8 @@ def _check_rule(ledger: Ledger, rule: PartitionRule) -> None:
     # Changing K halfway through a user's history would make replay disagree with streaming.
     # The rule is stored once, on first use, and every later run is checked against it — also
     # after a first run that crashed (its partitions exist all the same). A ledger from before
-    # the settings table takes the rule of its first ingest run, whatever became of that run.
-    with ledger.engine.connect() as conn:
-        first = conn.execute(select(runs_t.c.params).where(runs_t.c.kind == "ingest")
-                             .order_by(runs_t.c.id).limit(1)).first()
-    fallback = json.loads(first.params).get("rule") if first is not None else None
-    stored = fix_setting(ledger, "partition_rule", rule.model_dump(), fallback=fallback)
+    # the settings table got the rule of its first ingest run from migration 0002.
+    stored = fix_setting(ledger, "partition_rule", rule.model_dump())
     if stored != rule.model_dump():
         raise ConfigError(
             f"this ledger was partitioned with {stored}; got {rule.model_dump()}. "
@@ -174,7 +169,7 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
                     new_states.append(out.state)
                 ledger.insert_ignore(conn, events_t, new_events, ["event_id"])
                 # The run's heartbeat: a killed ingest shows as stale in `liber status`.
-                conn.execute(hb_t.update().where(hb_t.c.run_id == run_id).values(heartbeat_us=now_us()))
+                conn.execute(runs_t.update().where(runs_t.c.id == run_id).values(heartbeat_us=now_us()))
                 if new_parts:
                     conn.execute(parts_t.insert(), new_parts)
                 ledger.upsert(conn, cache_t, [{

@@ -7,6 +7,7 @@ crashed job leaves either all or nothing of a chunk and a rerun continues from t
 
 Times are stored as integer microseconds since the epoch (UTC): exact, and identical on both
 backends. A ``schema`` maps every table into a PostgreSQL schema (tests use one per run).
+Opening a ledger creates or upgrades its schema (``migrate``: Alembic, under a lock).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 
 from sqlalchemy import Table, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from liber_features.errors import ConfigError, LedgerError
+from liber_features.ledger import migrate
 
 # The tables live in ``tables.py``; they are re-exported here because every reader and writer
 # of the ledger names them next to ``Ledger`` (``from liber_features.ledger.store import Ledger, partitions``).
@@ -37,7 +39,6 @@ from liber_features.ledger.tables import (
     partitions,
     prompt_audit,
     quarantine,
-    run_heartbeats,
     runs,
     settings,
     user_cache,
@@ -48,7 +49,7 @@ from liber_features.redact import redact_obj, redact_url
 __all__ = [
     "Ledger", "claims", "default_ledger_url", "encode_progress", "events", "interests", "items",
     "locks", "metadata", "now_us", "online_sync", "partitions", "prompt_audit", "quarantine",
-    "run_heartbeats", "runs", "settings", "user_cache", "vectors",
+    "runs", "settings", "user_cache", "vectors",
 ]
 
 
@@ -67,7 +68,7 @@ def default_ledger_url() -> str:
 
 
 class Ledger:
-    """Connection to the ledger; creates the tables on first use."""
+    """Connection to the ledger; creates the tables on first use, upgrades an older ledger's."""
 
     def __init__(self, url: str | None = None, *, schema: str | None = None) -> None:
         self.url = url or default_ledger_url()
@@ -82,18 +83,7 @@ class Ledger:
                               ) from None
         try:
             self.engine = self._make_engine(self.url, schema)
-            for attempt in range(3):
-                try:
-                    with self.engine.begin() as conn:
-                        if schema and conn.dialect.name == "postgresql":
-                            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-                        metadata.create_all(conn)
-                    break
-                except (OperationalError, ProgrammingError, IntegrityError):
-                    # Workers starting together race to create the same (new) tables: the
-                    # loser's CREATE fails with "already exists"; the next pass sees them.
-                    if attempt == 2:
-                        raise
+            migrate.upgrade(self.engine, schema, self.url)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {self.safe_url()}: {exc.__class__.__name__}: "
                               f"{redact_url(str(exc).splitlines()[0])}") from exc
@@ -109,9 +99,10 @@ class Ledger:
             def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI hook
                 # WAL lets a reader (the encoder) run while ingest writes; NORMAL is durable in WAL.
                 cur = dbapi_conn.cursor()
+                # busy_timeout first: switching a new file to WAL takes a lock another opener may hold.
+                cur.execute("PRAGMA busy_timeout=30000")
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
-                cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
         if schema:
             engine = engine.execution_options(schema_translate_map={None: schema})
@@ -199,13 +190,11 @@ class Ledger:
             stamp = now_us()
             result = conn.execute(runs.insert().values(
                 kind=kind, status="running", started_us=stamp,
-                params=json.dumps(redact_obj(params), default=str)))
-            run_id = int(result.inserted_primary_key[0])
-            conn.execute(run_heartbeats.insert().values(
-                run_id=run_id, worker=f"{socket.gethostname()}:{os.getpid()}",
-                lease_us=int(lease_s * 1e6), heartbeat_us=stamp, partitions_done=0, llm_calls=0,
-                llm_calls_committed=0, rejected_commits=0))
-            return run_id
+                params=json.dumps(redact_obj(params), default=str),
+                worker=f"{socket.gethostname()}:{os.getpid()}", lease_us=int(lease_s * 1e6),
+                heartbeat_us=stamp, partitions_done=0, llm_calls=0, llm_calls_committed=0,
+                rejected_commits=0))
+            return int(result.inserted_primary_key[0])
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self.begin() as conn:

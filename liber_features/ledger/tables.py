@@ -1,8 +1,10 @@
 """The ledger's tables (SQLAlchemy Core): what each row means and which keys make writes idempotent.
 
-:class:`liber_features.ledger.store.Ledger` creates them on first use (``metadata.create_all``) and maps
-them into a PostgreSQL schema when it is given one. Times are integer microseconds since the epoch
-(UTC), identical on SQLite and PostgreSQL.
+This is the schema at the newest migration: ``ledger/migrations/versions`` reaches it from an
+empty database or from release 0.1.0's ledger, and a test (``test_migrations``) proves the two
+agree. A schema change is a new revision there *and* an edit here — columns may be added to old
+tables, with a data migration that fills them for the rows already there. Times are integer
+microseconds since the epoch (UTC), identical on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from sqlalchemy import (
 
 __all__ = [
     "claims", "events", "interests", "items", "locks", "metadata", "online_sync", "partitions",
-    "prompt_audit", "quarantine", "run_heartbeats", "runs", "settings", "user_cache", "vectors",
+    "prompt_audit", "quarantine", "runs", "settings", "user_cache", "vectors",
 ]
 
 metadata = MetaData()
@@ -37,6 +39,16 @@ runs = Table(
     Column("finished_us", BigInteger),
     Column("params", Text),
     Column("summary", Text),
+    # The heartbeat (stamped every lease/3 while the run works) and the worker's counters. Runs
+    # from before heartbeats got started_us and the default lease, and their summary's counts.
+    Column("worker", String(256)),  # host:pid
+    Column("lease_us", BigInteger),
+    Column("heartbeat_us", BigInteger),
+    Column("partitions_done", Integer, nullable=False, default=0, server_default="0"),
+    # counted *before* each generation; committed ones once their batch is in the ledger
+    Column("llm_calls", Integer, nullable=False, default=0, server_default="0"),
+    Column("llm_calls_committed", Integer, nullable=False, default=0, server_default="0"),
+    Column("rejected_commits", Integer, nullable=False, default=0, server_default="0"),
 )
 events = Table(
     "events", metadata,
@@ -120,8 +132,6 @@ vectors = Table(
     Column("created_us", BigInteger, nullable=False),
     UniqueConstraint("interest_id", "encoder_id", name="uq_vector_encoder"),
 )
-# The tables below are new tables, never new columns on old ones: create_all adds missing tables
-# to an existing ledger (a pre-built SQLite file keeps working), it never adds columns.
 claims = Table(
     "claims", metadata,
     # One row per unit of encoder work, keyed like ``interests``. ``held`` rows belong to run_id
@@ -133,18 +143,6 @@ claims = Table(
     Column("status", String(8), nullable=False),  # held | done
     Column("lease_until_us", BigInteger, nullable=False, index=True),
     Column("takeovers", Integer, nullable=False, default=0),
-)
-run_heartbeats = Table(
-    "run_heartbeats", metadata,
-    # The heartbeat of a run (a row of its own: old ledgers' ``runs`` has no such column).
-    Column("run_id", Integer, primary_key=True),
-    Column("worker", String(256), nullable=False),  # host:pid
-    Column("lease_us", BigInteger, nullable=False),
-    Column("heartbeat_us", BigInteger, nullable=False),
-    Column("partitions_done", Integer, nullable=False, default=0),
-    Column("llm_calls", Integer, nullable=False, default=0),  # counted *before* each generation
-    Column("llm_calls_committed", Integer, nullable=False, default=0),
-    Column("rejected_commits", Integer, nullable=False, default=0),
 )
 settings = Table(
     "settings", metadata,
@@ -174,8 +172,7 @@ locks = Table(
 
 prompt_audit = Table(
     "prompt_audit", metadata,
-    # What the model saw for each output: its own table, so existing ledgers gain it through
-    # create_all (which adds missing tables, never missing columns).
+    # What the model saw for each output (one row per output and kind).
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("partition_id", Integer, nullable=False),
     Column("prompt_version", String(32), nullable=False),

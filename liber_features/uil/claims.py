@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from liber_features.errors import LiberError
 from liber_features.ledger.store import Ledger, claims, now_us
 from liber_features.ledger.store import partitions as parts_t
-from liber_features.ledger.store import run_heartbeats as hb_t
+from liber_features.ledger.store import runs as hb_t
 
 __all__ = ["Lease", "poll_interval"]
 
@@ -109,7 +109,7 @@ class Lease:
 
     def count(self, conn: Connection, **increments: int) -> None:
         """Add to this run's counters (llm_calls, llm_calls_committed, partitions_done, ...)."""
-        conn.execute(update(hb_t).where(hb_t.c.run_id == self.run_id).values(
+        conn.execute(update(hb_t).where(hb_t.c.id == self.run_id).values(
             heartbeat_us=now_us(), **{k: getattr(hb_t.c, k) + v for k, v in increments.items()}))
 
     def count_calls(self, n: int) -> None:
@@ -137,7 +137,7 @@ class Lease:
         """Stamp the run and renew every lease it holds."""
         stamp = now_us()
         with self._tx() as conn:
-            conn.execute(update(hb_t).where(hb_t.c.run_id == self.run_id).values(heartbeat_us=stamp))
+            conn.execute(update(hb_t).where(hb_t.c.id == self.run_id).values(heartbeat_us=stamp))
             conn.execute(update(claims).where(claims.c.run_id == self.run_id,
                                               claims.c.status == "held")
                          .values(lease_until_us=stamp + self.lease_us))
