@@ -1,5 +1,7 @@
 """Online writes that never lose data, against SQLite and the real Redis (+ PostgreSQL registry).
 
+Rows reach the online store the way ``liber materialize`` sends them: through the ledger's sync
+state (``features/sync.py``), which writes every row created since the last successful write.
 Each test builds a throwaway copy of feature_repo/ with its own Feast project name, so runs never
 collide; Redis keys (suffixed by the project) and the project's registry rows are removed after.
 Redis or PostgreSQL being unreachable fails the test: it is never skipped.
@@ -15,7 +17,8 @@ import pytest
 from feastrepo import Repo, cleanup, redis_client
 
 from liber_features.errors import FeatureStoreError, VectorShapeError
-from liber_features.features.online import materialize, materialize_late, push_short_term_cache, write_online
+from liber_features.features import sync
+from liber_features.features.online import push_short_term_cache, write_online
 from liber_features.features.repo import (
     LONG_TERM_VIEW,
     RANKER_SERVICE,
@@ -23,6 +26,7 @@ from liber_features.features.repo import (
     sample_long_term,
     sample_short_term,
 )
+from liber_features.ledger.store import Ledger
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 USERS = [f"user-{i}" for i in range(6)]
@@ -65,6 +69,20 @@ def online(store, users=USERS, service=True) -> dict[str, list]:
     return store.get_online_features(features=features, entity_rows=rows, full_feature_names=True).to_dict()
 
 
+@pytest.fixture
+def ledger(tmp_path):
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+
+def us(t) -> int:
+    return pd.Timestamp(t).value // 1000
+
+
+def materialize(store, ledger) -> dict[str, sync.SyncReport]:
+    """What ``liber materialize`` does: every view caught up through the ledger's sync state."""
+    return {v: sync.sync_view(store, ledger, v) for v in (LONG_TERM_VIEW, SHORT_TERM_VIEW)}
+
+
 def f32(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
@@ -75,10 +93,11 @@ def assert_vectors(actual, expected) -> None:
     assert a.shape == e.shape and np.array_equal(a.view(np.uint32), e.view(np.uint32))
 
 
-def test_ranker_service_apply_materialize_push_fetch(repo):
+def test_ranker_service_apply_materialize_push_fetch(repo, ledger):
     store = repo.apply()
-    report = materialize(store)
-    assert report.late_since is None  # a first run covers everything from now - ttl
+    reports = materialize(store, ledger)
+    assert {v: (r.previous_mark, r.users_written) for v, r in reports.items()} == {
+        LONG_TERM_VIEW: (None, len(USERS)), SHORT_TERM_VIEW: (None, len(USERS))}  # a first run writes all
     push = sample_short_term(USERS[:2], NOW, items=5)
     assert push_short_term_cache(store, push) == 2
 
@@ -96,13 +115,13 @@ def test_ranker_service_apply_materialize_push_fetch(repo):
         assert got[f"{SHORT_TERM_VIEW}__cache_newest_at"][i] == cache["cache_newest_at"][i]
 
 
-def test_online_equals_point_in_time_historical(repo):
+def test_online_equals_point_in_time_historical(repo, ledger):
     """No train/serve skew: the same user and time give the same float32 vectors both ways."""
     old, new = NOW - timedelta(days=30), NOW - timedelta(days=2)
     frames = [sample_long_term(USERS, old), sample_long_term(USERS, new, partition_count=4, seed=1)]
     repo.write(pd.concat(frames, ignore_index=True))
     store = repo.apply()
-    materialize(store)
+    materialize(store, ledger)
     entity_df = pd.DataFrame({
         "user_id": USERS * 2,
         "event_timestamp": [NOW] * len(USERS) + [new - timedelta(seconds=1)] * len(USERS),
@@ -122,9 +141,14 @@ def test_online_equals_point_in_time_historical(repo):
         assert now_row[f"{LONG_TERM_VIEW}__partition_count"] == got[f"{LONG_TERM_VIEW}__partition_count"][i] == 4
 
 
-def test_late_partition_reaches_online(repo):
+def test_late_partition_reaches_online(repo, ledger, monkeypatch):
+    """Sealed before Feast's watermark, encoded after it: Feast's incremental run skips it, the sync does not."""
+    monkeypatch.setattr(sync, "SYNC_OVERLAP", timedelta(0))  # count exactly what was pending
     store = repo.apply()
-    materialize(store)
+    materialize(store, ledger)
+    first_mark = sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW)
+    assert first_mark == us(NOW - timedelta(days=30))
+    store.materialize_incremental(end_date=datetime.now(UTC))  # Feast's watermark: now
     watermark = store.get_feature_view(LONG_TERM_VIEW, allow_registry_cache=False).most_recent_end_time
     # Sealed a day before the watermark, encoded (created) after it: the LLM lagged the seal.
     late = sample_long_term(USERS[:1], NOW - timedelta(days=1), created_at=watermark + timedelta(seconds=1),
@@ -135,23 +159,50 @@ def test_late_partition_reaches_online(repo):
     stale = online(store, USERS[:1], service=False)
     assert not np.array_equal(f32(stale[f"{LONG_TERM_VIEW}__summary_vectors"][0]), late.summary_vectors[0])
 
-    report = materialize(store)  # incremental again + the late pass from the previous watermark
-    assert report.late_rows == 1
+    assert sync.sync_view(store, ledger, LONG_TERM_VIEW).users_written == 1  # that user only
+    assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == us(late.created_at[0])
     got = online(store, USERS[:1], service=False)
     assert_vectors(got[f"{LONG_TERM_VIEW}__summary_vectors"][0], late.summary_vectors[0])
 
 
-def test_encoder_version_change_reaches_online(repo):
+def test_encoder_version_change_reaches_online(repo, ledger):
+    """A re-encode keeps ``sealed_at`` (the event time) and only its ``created_at`` moves."""
     store = repo.apply()
-    materialize(store)
+    materialize(store, ledger)
     sealed = NOW - timedelta(days=30)
     reencoded = sample_long_term(USERS, sealed, created_at=NOW, encoder_version="v2", seed=3)
     repo.write(pd.concat([sample_long_term(USERS, sealed), reencoded], ignore_index=True))
-    assert materialize_late(store, NOW - timedelta(minutes=1)) == len(USERS)
+    assert sync.sync_view(store, ledger, LONG_TERM_VIEW).users_written == len(USERS)
     got = online(store, service=False)
     assert got[f"{LONG_TERM_VIEW}__encoder_version"] == ["v2"] * len(USERS)
     for i in range(len(USERS)):
         assert_vectors(got[f"{LONG_TERM_VIEW}__summary_vectors"][i], reencoded.summary_vectors[i])
+
+
+def test_failed_write_leaves_the_mark_and_the_next_sync_writes_it(repo, ledger, monkeypatch):
+    """A sync whose write fails writes nothing and keeps its mark: the next run writes the same rows."""
+    monkeypatch.setattr(sync, "SYNC_OVERLAP", timedelta(0))  # count exactly what was pending
+    store = repo.apply()
+    materialize(store, ledger)
+    first_mark = sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW)
+    newer = sample_long_term(USERS[:2], NOW - timedelta(days=1), created_at=NOW, partition_count=5,
+                             encoder_version="v2", seed=9)
+    broken = newer.copy()
+    broken.at[1, "summary_vectors"] = broken.at[1, "summary_vectors"][:7]
+    base = sample_long_term(USERS, NOW - timedelta(days=30))
+    repo.write(pd.concat([base, broken], ignore_index=True))
+    with pytest.raises(VectorShapeError, match=r"user_id='user-1'.*summary_vectors.*7 floats"):
+        sync.sync_view(store, ledger, LONG_TERM_VIEW)
+    assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == first_mark == us(NOW - timedelta(days=30))
+    assert online(store, USERS[:2], service=False)[f"{LONG_TERM_VIEW}__encoder_version"] == ["v1", "v1"]
+
+    repo.write(pd.concat([base, newer], ignore_index=True))  # the encoder wrote the table again
+    assert sync.sync_view(store, ledger, LONG_TERM_VIEW).users_written == 2
+    assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == us(NOW)
+    got = online(store, USERS[:2], service=False)
+    assert got[f"{LONG_TERM_VIEW}__encoder_version"] == ["v2", "v2"]
+    for i in range(2):
+        assert_vectors(got[f"{LONG_TERM_VIEW}__summary_vectors"][i], newer.summary_vectors[i])
 
 
 def test_wrong_vector_length_is_refused_before_any_write(repo):

@@ -10,13 +10,14 @@ import pytest
 from modelkit import encoded_repo, movielens_users, online_caches
 from sqlalchemy import select
 
-from liber_features.features.online import materialize, push_short_term_cache
+from liber_features.features.online import push_short_term_cache
 from liber_features.features.repo import (
     LONG_TERM_VIEW,
     RANKER_SERVICE,
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
 )
+from liber_features.features.sync import sync_view
 from liber_features.ledger.store import partitions
 from liber_features.model.inputs import PAD, history_items, pad_history, user_inputs
 from liber_features.training.samples import SampleConfig, build_training_set
@@ -89,7 +90,7 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
     # The streaming side: only the events before the moment have happened.
     ledger, _, store = encoded_repo(tmp_path / "live", events[events.timestamp < t], catalog, k=7,
                                     shape=SHAPE)
-    materialize(store)
+    sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
     push_short_term_cache(store, online_caches(ledger))
     row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
                                     entity_rows=[{"user_id": u}], full_feature_names=True).to_dict()

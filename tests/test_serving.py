@@ -193,7 +193,7 @@ def test_keys_are_feasts_keys(world, user_id):
     store = world["store"]
     fetch = RedisFetcher(store)
     ek = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
-    assert fetch._prefix is not None  # the template matched Feast's helper at start-up
+    assert fetch.keys.templated  # the template matched Feast's helper at start-up
     assert fetch.key(user_id) == _redis_key(store.config.project, ek, store.config.entity_key_serialization_version)
 
 

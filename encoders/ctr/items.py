@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from liber_features.features.files import atomic_write
+
 __all__ = ["item_text", "item_vectors", "partition_item_vectors"]
 
 
@@ -39,10 +41,8 @@ def item_vectors(vocab: Mapping[str, int], catalog: pd.DataFrame, encoder, *, ca
     out = np.zeros((len(vocab) + 2, encoder.dim), np.float32)
     out[[vocab[i] for i in ids]] = encoder.encode(texts)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
+        with atomic_write(path) as f:  # a concurrent trainer never loads a half-written cache
+            np.save(f, out)
     return out
 
 

@@ -76,7 +76,7 @@ def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
 def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, rebuild: bool,
                 late_since: str | None, as_json: bool) -> None:
     """Bring the online store up to date with everything created since the last successful write."""
-    from liber_features.features.online import _store_errors as store_errors
+    from liber_features.features.online import store_errors
     from liber_features.features.repo import open_store
     from liber_features.features.sync import sync_view
     from liber_features.ledger.store import Ledger

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
+from liber_features.features.files import atomic_write, locked
 from liber_features.features.repo import SHORT_TERM_SCHEMA
 from liber_features.ingest.job import load_states
 from liber_features.ingest.partition import UserState
@@ -55,17 +56,18 @@ def current_caches(ledger: Ledger, users: list[str] | None = None) -> pd.DataFra
 
 
 def append_cache_history(df: pd.DataFrame, path: str | Path) -> Path:
-    """Append cache states to the short-term view's offline table (atomic rewrite).
+    """Append cache states to the short-term view's offline table.
 
-    Training joins read it point-in-time; its granularity is one row per user per ingest run.
+    Training joins read it point-in-time; its granularity is one row per user per ingest run. The
+    file is rewritten whole (Parquet has no append), so the read, concat and write happen under the
+    file's lock: two ingests appending at once keep both their rows (``features/files.py``).
     """
     path = Path(path)
     new = pa.Table.from_pandas(df[SHORT_TERM_SCHEMA.names], schema=SHORT_TERM_SCHEMA,
                                preserve_index=False)
-    table = pa.concat_tables([pq.read_table(path, schema=SHORT_TERM_SCHEMA), new]) \
-        if path.exists() else new
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with locked(path):
+        table = pa.concat_tables([pq.read_table(path, schema=SHORT_TERM_SCHEMA), new]) \
+            if path.exists() else new
+        with atomic_write(path) as f:
+            pq.write_table(table, f)
     return path

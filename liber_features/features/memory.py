@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from liber_features.errors import LedgerError, VectorShapeError
+from liber_features.features.files import atomic_write
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import interests as int_t
 from liber_features.ledger.store import partitions as parts_t
@@ -173,16 +173,11 @@ def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int, history_
 
 
 def write_memory_table(table: pa.Table, path: str | Path) -> Path:
-    """Write atomically (temp file + rename): Feast never reads a half-written file. The temp
-    name is the writer's own, so two writers never write into (or rename away) each other's."""
+    """Write atomically (``features/files.py``): Feast never reads a half-written file, and two
+    writers never write into (or rename away) each other's temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
     return path
 
 

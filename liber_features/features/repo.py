@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from liber_features.errors import ConfigError, FeatureStoreError
+from liber_features.features.files import atomic_write
 from liber_features.redact import redact_text, redact_url
 
 if TYPE_CHECKING:  # feast is heavy to import (it pulls torch when installed): only when used
@@ -280,9 +281,10 @@ def sample_short_term(users: Sequence[str], event_timestamp: datetime, *, items:
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None:
-    """Write ``df`` with the contract's Arrow schema (microsecond UTC timestamps, float32 lists)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), path)
+    """Write ``df`` with the contract's Arrow schema (microsecond UTC timestamps, float32 lists),
+    atomically (``features/files.py``): Feast may be reading the file while it is replaced."""
+    with atomic_write(path) as f:
+        pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), f)
 
 
 def apply_repo(store: FeatureStore, repo_path: str | Path = DEFAULT_REPO) -> list[str]:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from liber_features.errors import FeatureStoreError
-from liber_features.features.online import _store_errors, write_online
+from liber_features.features.online import store_errors, write_online
 from liber_features.features.repo import SHORT_TERM_VIEW
 from liber_features.ledger.store import Ledger, now_us, online_sync
 
@@ -81,7 +81,7 @@ def sync_view(store: FeatureStore, ledger: Ledger, view_name: str, *, rebuild: b
               since: datetime | None = None) -> SyncReport:
     """Write online every entity with source rows created after the ledger's mark (all with
     ``rebuild``; also those created since ``since``), then advance the mark."""
-    with _store_errors(f"reading {view_name}"):
+    with store_errors(f"reading {view_name}"):
         view = store.get_feature_view(view_name, allow_registry_cache=False)
         path = source_path(store, view_name)
     key, created = view.join_keys[0], view.batch_source.created_timestamp_column

@@ -123,14 +123,14 @@ def _split(df: pd.DataFrame, cfg: SampleConfig) -> np.ndarray:
 
 def _visible_counts(store: FeatureStore, df: pd.DataFrame) -> np.ndarray:
     """Feast point-in-time ``partition_count`` at ``t - 1 µs`` (strictly before t), 0 when none."""
-    from liber_features.features.online import _store_errors
+    from liber_features.features.online import store_errors
 
     entity = pd.DataFrame({
         "user_id": df.user_id.to_numpy(),
         "event_timestamp": pd.to_datetime(df.ts_us.to_numpy() - 1, unit="us", utc=True),
         "row": np.arange(len(df)),
     })  # fmt: skip
-    with _store_errors("point-in-time join of partition_count"):
+    with store_errors("point-in-time join of partition_count"):
         out = store.get_historical_features(
             entity_df=entity, features=[f"{LONG_TERM_VIEW}:partition_count"]).to_df()
     out = out.sort_values("row")
