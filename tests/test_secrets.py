@@ -152,3 +152,22 @@ def test_llm_endpoint_password_kept_out_of_a_successful_run(sealed_ledger,
     # The id names host and model, never credentials; the server still got them (basic auth).
     assert server.auth and all(a.startswith("Basic ") for a in server.auth)
     assert ids == {f"openai:{server.url}/tiny"} and set(audited) == ids and len(audited) == 4
+
+
+@pytest.mark.parametrize("liber_key, openai_key, sent", [
+    (f"sk-{SECRET}", "sk-other", f"Bearer sk-{SECRET}"),  # LIBER_LLM_API_KEY wins
+    ("  ", "sk-other", "Bearer sk-other"),  # blank = unset: OPENAI_API_KEY
+    (None, None, ""),  # no key, no header
+])  # fmt: skip
+def test_llm_api_key_comes_from_the_settings(monkeypatch, liber_key, openai_key, sent) -> None:
+    from encoders.uil.llm import load_llm
+
+    for name, value in (("LIBER_LLM_API_KEY", liber_key), ("OPENAI_API_KEY", openai_key)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with FakeOpenAIServer(reply=lambda user: ("Likes comedy.", 3)) as server:
+        llm = load_llm(f"openai:{server.url}#tiny")
+        assert [g.text for g in llm.generate([[{"role": "user", "content": "x"}]])] == ["Likes comedy."]
+    assert server.auth == [sent]

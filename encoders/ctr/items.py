@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from liber_features.features.files import atomic_write
+from liber_features.settings import get_settings
 
 __all__ = ["item_text", "item_vectors", "partition_item_vectors"]
 
@@ -34,8 +34,7 @@ def item_vectors(vocab: Mapping[str, int], catalog: pd.DataFrame, encoder, *, ca
     texts = [item_text(meta.at[i, "title"], meta.at[i, "categories"]) if i in meta.index else str(i)
              for i in ids]
     key = hashlib.sha256("\x1e".join([encoder.encoder_id, *ids, *texts]).encode()).hexdigest()[:16]
-    root = Path(os.environ.get("LIBER_CACHE_DIR") or Path.home() / ".cache/liber-features")
-    path = root / f"item-vectors-{key}.npy"
+    path = get_settings().cache_dir / f"item-vectors-{key}.npy"
     if cache and path.exists():
         return np.load(path)
     out = np.zeros((len(vocab) + 2, encoder.dim), np.float32)

@@ -65,7 +65,9 @@ class ModelPackageMissing(MissingDependency):
 
 def cache_dir() -> Path:
     """``$LIBER_CACHE_DIR`` or ``~/.cache/liber-features`` (read at call time, so tests can move it)."""
-    return Path(os.environ.get("LIBER_CACHE_DIR") or Path.home() / ".cache" / "liber-features")
+    from liber_features.settings import get_settings
+
+    return get_settings().cache_dir
 
 
 def _package_dir(module: str, package: str, pip_command: str) -> Path:

@@ -322,7 +322,10 @@ def load_llm(
         base_url, sep, model = spec[len("openai:") :].partition("#")
         if not sep or not model or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"LLM spec {redact_url(spec)!r}: expected openai:http(s)://host:port#model")
-        api_key = os.environ.get("LIBER_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        from liber_features.settings import get_settings
+
+        key = get_settings().llm_api_key
+        api_key = key.get_secret_value() if key is not None else os.environ.get("OPENAI_API_KEY")
         return OpenAICompatLLM(base_url, model, api_key=api_key, decoding=decoding)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":

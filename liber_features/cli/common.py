@@ -1,17 +1,32 @@
-"""What every ``liber`` command module shares: the summary printer and the ledger options.
+"""What every ``liber`` command module shares: the summary printer, the ledger options, the
+parameter types of options that carry structure, and how an error reaches the user.
 
-Its own module (not ``cli.py``) so that the command modules ``cli.py`` registers can import it
-without importing ``cli.py`` back — which breaks ``python -m liber_features.cli.main``.
+Its own module (not ``main.py``) so that the command modules ``main.py`` registers can import it
+without importing ``main.py`` back — which breaks ``python -m liber_features.cli.main``.
+
+Errors: a ``LiberError`` is one ``error: <message>`` line and its exit code (2); anything else is
+a bug or an environment we did not foresee, and is one ``error: <Type>: <message>`` line and exit
+1 — the traceback only with ``liber --debug`` or ``LIBER_DEBUG=1``. A bad option value is click's
+usage error (exit 2), raised by the option's type before the command runs.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 import click
+from pydantic import SecretStr
 
-__all__ = ["emit", "ledger_option", "schema_option"]
+from liber_features.errors import ConfigError, LiberError
+
+__all__ = ["emit", "ledger_option", "schema_option", "setting_default", "IdList", "RatingRange",
+           "SinceTime", "fail", "LiberGroup"]
 
 
 def emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
@@ -25,9 +40,118 @@ def emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
             click.echo(f"  {key:<22} {value}")
 
 
+def setting_default(field: str) -> Callable[[], str | None]:
+    """An option default read from the settings when the command runs (``LIBER_<FIELD>``)."""
+
+    def default() -> str | None:
+        from liber_features.settings import get_settings
+
+        value = getattr(get_settings(), field)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return None if value is None else str(value)
+
+    return default
+
+
 ledger_option = click.option(
-    "--ledger", "ledger_url", envvar="LIBER_LEDGER_URL", default=None,
+    "--ledger", "ledger_url", default=setting_default("ledger_url"),
     help="SQLAlchemy URL of the ledger [env LIBER_LEDGER_URL; default sqlite:///.liber/ledger.db]")
 schema_option = click.option(
-    "--ledger-schema", envvar="LIBER_LEDGER_SCHEMA", default=None,
+    "--ledger-schema", default=setting_default("ledger_schema"),
     help="PostgreSQL schema holding the ledger tables [env LIBER_LEDGER_SCHEMA]")
+
+
+class IdList(click.ParamType):
+    """``ID,ID,...`` → ``["ID", "ID", ...]``: blanks around ids and empty items dropped; none at all
+    is a usage error (an empty ``--users`` used to mean "everyone", silently)."""
+
+    name = "ID,ID,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        ids = [part.strip() for part in str(value).split(",") if part.strip()]
+        if not ids:
+            self.fail(f"expected comma-separated ids, got {value!r}", param, ctx)
+        return ids
+
+
+class RatingRange(click.ParamType):
+    """``MIN,MAX`` → ``(min, max)`` floats with ``MIN < MAX``."""
+
+    name = "MIN,MAX"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, float]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            lo, hi = (float(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail(f"expected MIN,MAX (two numbers), got {value!r}", param, ctx)
+        if not lo < hi:  # also rejects nan
+            self.fail(f"MIN must be below MAX, got {value!r}", param, ctx)
+        return lo, hi
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class SinceTime(click.ParamType):
+    """An ISO-8601 time (naive = UTC, as Feast's CLI reads it) or a duration back from now
+    (``90s``, ``15m``, ``6h``, ``2d``) → an aware UTC datetime."""
+
+    name = "ISO-TIME|DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        if m := _DURATION.fullmatch(text):
+            return datetime.now(UTC) - timedelta(seconds=float(m[1]) * _UNIT_S[m[2]])
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"expected an ISO-8601 time (2026-01-31T12:00:00Z) or a duration (15m, 6h, 2d), "
+                      f"got {value!r}", param, ctx)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def fail(exc: BaseException, debug: bool) -> NoReturn:
+    """End the command for ``exc``: one ``error:`` line on stderr, never a traceback unless ``debug``."""
+    from liber_features.redact import redact_text
+
+    if isinstance(exc, LiberError):
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
+        sys.exit(exc.exit_code)
+    if debug:
+        click.echo(redact_text("".join(traceback.format_exception(exc))).rstrip("\n"), err=True)
+    message = redact_text(str(exc))
+    click.echo(f"error: {type(exc).__name__}" + (f": {message}" if message else ""), err=True)
+    sys.exit(1)
+
+
+def _debug_requested(ctx: click.Context) -> bool:
+    """``--debug`` on the group, else ``LIBER_DEBUG``; a broken setting is not worth a second error."""
+    if ctx.find_root().params.get("debug"):
+        return True
+    from liber_features.settings import get_settings
+
+    try:
+        return get_settings().debug
+    except ConfigError:
+        return False
+
+
+class LiberGroup(click.Group):
+    """The ``liber`` group: every exception a command raises ends as one ``error:`` line (see :func:`fail`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors, --help, Ctrl-C (Exit and Abort are RuntimeErrors)
+        except Exception as exc:
+            fail(exc, not isinstance(exc, LiberError) and _debug_requested(ctx))
+

@@ -24,11 +24,11 @@ MOVIELENS_URL = "https://grouplens.org/datasets/movielens/latest/"
 
 def default_data_dir() -> Path:
     """../shared/data/ml-latest-small beside the checkout, else $LIBER_ML_LATEST_SMALL."""
-    import os
+    from liber_features.settings import get_settings
 
-    env = os.environ.get("LIBER_ML_LATEST_SMALL")
-    if env:
-        return Path(env)
+    env = get_settings().ml_latest_small
+    if env is not None:
+        return env
     here = Path(__file__).resolve().parents[2]
     return here.parent / "shared" / "data" / "ml-latest-small"
 

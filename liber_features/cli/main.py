@@ -1,8 +1,9 @@
 """The ``liber`` command line (click).
 
 Every command ends with a human summary, or with ``--json`` one JSON object as the last line of
-stdout. A ``LiberError`` becomes ``error: <message>`` on stderr and a non-zero exit, never a
-traceback; row-level problems are quarantined and reported in the counts instead.
+stdout. A ``LiberError`` becomes ``error: <message>`` on stderr and a non-zero exit, any other
+exception ``error: <Type>: <message>`` and exit 1, never a traceback unless ``--debug`` (see
+cli/common.py); row-level problems are quarantined and reported in the counts instead.
 """
 
 from __future__ import annotations
@@ -13,35 +14,31 @@ import sys
 import sysconfig
 import warnings
 from pathlib import Path
-from typing import Any
 
 import click
 
-from liber_features.cli.common import emit, ledger_option, schema_option
+from liber_features.cli.common import (
+    IdList,
+    LiberGroup,
+    RatingRange,
+    emit,
+    ledger_option,
+    schema_option,
+    setting_default,
+)
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
 from liber_features.cli.repo import COMMANDS as _FEAST_COMMANDS
 from liber_features.cli.report import COMMANDS as _REPORT_COMMANDS
-from liber_features.errors import LiberError
 
 __all__ = ["cli", "main"]
 
 
-class _LiberGroup(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except LiberError as exc:
-            from liber_features.redact import redact_text
-
-            click.echo(f"error: {redact_text(str(exc))}", err=True)
-            sys.exit(exc.exit_code)
-
-
-@click.group(cls=_LiberGroup)
+@click.group(cls=LiberGroup)
 @click.version_option(package_name="liber-features")
-def cli() -> None:
+@click.option("--debug", is_flag=True,
+              help="print the traceback of an unexpected error instead of one line [env LIBER_DEBUG=1]")
+def cli(debug: bool) -> None:
     """LIBER lifelong user-behaviour features for Feast-backed recommenders."""
-
 
 
 @cli.command()
@@ -55,7 +52,7 @@ def cli() -> None:
               help="seal a partition when a user's cache holds K events")
 @click.option("--max-span", "max_span_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="also seal when an event arrives this many seconds after the cache's oldest")
-@click.option("--rating-range", default=None, metavar="MIN,MAX",
+@click.option("--rating-range", type=RatingRange(), default=None,
               help="valid rating range (default: the layout's, e.g. 0.5,5 for ml-latest)")
 @click.option("--push/--no-push", default=False,
               help="push changed short-term caches to the Feast online store (--repo)")
@@ -64,21 +61,14 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
            ledger_schema: str | None, k: int, max_span_s: float | None,
-           rating_range: str | None, push: bool, repo: str, as_json: bool) -> None:
+           rating_range: tuple[float, float] | None, push: bool, repo: str, as_json: bool) -> None:
     """Validate events, partition them (UBSP) and record everything in the ledger."""
-    from liber_features.errors import ConfigError
     from liber_features.ingest.events import LoadConfig, load_events
     from liber_features.ingest.job import ingest as run_ingest
     from liber_features.ingest.partition import PartitionRule
     from liber_features.ledger.store import Ledger
 
-    cfg = {}
-    if rating_range:
-        try:
-            lo, hi = (float(x) for x in rating_range.split(","))
-        except ValueError:
-            raise ConfigError(f"--rating-range must be MIN,MAX, got {rating_range!r}") from None
-        cfg = {"rating_min": lo, "rating_max": hi}
+    cfg = {"rating_min": rating_range[0], "rating_max": rating_range[1]} if rating_range else {}
     loaded = load_events(events_path, catalog_path, LoadConfig(**cfg))
     from liber_features.features.caches import append_cache_history, cache_frame
     from liber_features.features.repo import SHORT_TERM_VIEW
@@ -108,7 +98,7 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
 @cli.command("push-caches")
 @ledger_option
 @schema_option
-@click.option("--users", default=None, metavar="ID,ID,...", help="only these users (default: all)")
+@click.option("--users", type=IdList(), default=None, help="only these users (default: all)")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
@@ -118,8 +108,7 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
     from liber_features.features.repo import open_store
     from liber_features.ledger.store import Ledger
 
-    df = current_caches(Ledger(ledger_url, schema=ledger_schema),
-                        [u.strip() for u in users.split(",")] if users else None)
+    df = current_caches(Ledger(ledger_url, schema=ledger_schema), users)
     pushed = push_short_term_cache(open_store(repo), df)
     emit({"caches_pushed": pushed}, as_json, "pushed short-term caches")
 
@@ -160,15 +149,15 @@ def _table_path(repo: str, name: str) -> Path:
 @cli.command()
 @ledger_option
 @schema_option
-@click.option("--users", default=None, metavar="ID,ID,...", help="only these users' partitions")
+@click.option("--users", type=IdList(), default=None, help="only these users' partitions")
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="stop after this many partitions (a rerun continues)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--llm", "llm_spec", default=None, envvar="LIBER_LLM",
+@click.option("--llm", "llm_spec", default=setting_default("llm"),
               help="'smollm2' (default, packaged), a checkpoint dir, a .gguf file, or "
                    "openai:http://host:port#model [env LIBER_LLM]")
-@click.option("--text-encoder", "encoder_path", default=None, envvar="LIBER_TEXT_ENCODER",
-              help="transformers encoder folder (default: packaged all-MiniLM-L6-v2)")
+@click.option("--text-encoder", "encoder_path", default=setting_default("text_encoder"),
+              help="transformers encoder folder (default: packaged all-MiniLM-L6-v2) [env LIBER_TEXT_ENCODER]")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=64, show_default=True)
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
@@ -200,8 +189,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     # as failed instead of leaving it "running" forever. Committed batches are kept either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ledger = Ledger(ledger_url, schema=ledger_schema)
-    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s,
-                       users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
+    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users)
     progress = False if as_json else None
     if ray_address is None:
         summary = run_encode(ledger, *model_backends(llm_spec, encoder_path, device, max_new_tokens,
@@ -237,7 +225,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
 @click.option("--workdir", type=click.Path(), default=".liber/demo", show_default=True,
               help="where the demo's SQLite ledger lives")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
-@click.option("--users", default="5,8,9", show_default=True, metavar="ID,ID,...",
+@click.option("--users", type=IdList(), default="5,8,9", show_default=True,
               help="users whose partitions the LLM encodes (the whole log is ingested)")
 @click.option("--k", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
@@ -247,7 +235,7 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
     from liber_features.cli.demo import default_data_dir, run_demo
 
     result = run_demo(data=Path(data) if data else default_data_dir(), workdir=Path(workdir),
-                      repo=Path(repo), users=[u.strip() for u in users.split(",") if u.strip()],
+                      repo=Path(repo), users=users,
                       k=k, max_new_tokens=max_new_tokens,
                       say=(lambda _m: None) if as_json else click.echo)
     if as_json:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import emit, ledger_option, schema_option
+from liber_features.cli.common import IdList, emit, ledger_option, schema_option
 from liber_features.training.prepare import checkpoint_meta, prepare_training_set
 
 __all__ = ["COMMANDS"]
@@ -143,13 +143,13 @@ def _with_scorer_options(f):
 @click.command("score")
 @_with_scorer_options
 @click.option("--user", "user_id", required=True)
-@click.option("--items", default=None, metavar="ID,ID,...", help="candidates (default: every item)")
+@click.option("--items", type=IdList(), default=None, help="candidates (default: every item)")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, user_id, items, top, as_json) -> None:
     """Score one user's candidates online and print the top ones."""
     scorer = _scorer(model_dir, repo, fetch, timeout_ms, on_store_error)
-    res, best = scorer.top(user_id, top, items.split(",") if items else None)
+    res, best = scorer.top(user_id, top, items)
     emit({"user_id": user_id, "top": best, "cold_start": res.cold_start, "degraded": res.degraded,
           "encoder_version": res.encoder_version, "fetch_ms": round(res.fetch_ms, 3),
           "score_ms": round(res.score_ms, 3)}, as_json, f"scores for user {user_id}")

@@ -10,27 +10,16 @@ non-zero exit) even when the command is used on its own.
 from __future__ import annotations
 
 import json
-import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from liber_features.errors import ConfigError, FeatureStoreError, LiberError
+from liber_features.cli.common import SinceTime, fail, setting_default
+from liber_features.errors import FeatureStoreError, LiberError
 
 __all__ = ["materialize", "COMMANDS"]
-
-
-def _utc(value: str | None, option: str) -> datetime | None:
-    """ISO-8601 → aware UTC datetime; a naive value is taken as UTC (as Feast's CLI does)."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{option} must be an ISO-8601 time, got {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
@@ -62,19 +51,19 @@ def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
 @click.command()
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast feature repo (its yaml: FEAST_FS_YAML_FILE_PATH, else <repo>/feature_store.yaml)")
-@click.option("--ledger", "ledger_url", envvar="LIBER_LEDGER_URL", default=None,
+@click.option("--ledger", "ledger_url", default=setting_default("ledger_url"),
               help="ledger holding the online sync state [env LIBER_LEDGER_URL]")
-@click.option("--ledger-schema", envvar="LIBER_LEDGER_SCHEMA", default=None,
+@click.option("--ledger-schema", default=setting_default("ledger_schema"),
               help="PostgreSQL schema of the ledger [env LIBER_LEDGER_SCHEMA]")
 @click.option("--rebuild", is_flag=True,
               help="rewrite the whole online state (long-term rows from the offline table, short-term "
                    "caches from the ledger): the recovery after the online store lost its data")
-@click.option("--late-since", "late_since", default=None, metavar="ISO-TIME",
-              help="also rewrite every user with rows created since then (never needed: the ledger "
-                   "records what is online)")
+@click.option("--late-since", "late_since", type=SinceTime(), default=None,
+              help="also rewrite every user with rows created since then, an ISO-8601 time or a "
+                   "duration back from now like 6h (never needed: the ledger records what is online)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, rebuild: bool,
-                late_since: str | None, as_json: bool) -> None:
+                late_since: datetime | None, as_json: bool) -> None:
     """Bring the online store up to date with everything created since the last successful write."""
     from liber_features.features.online import store_errors
     from liber_features.features.repo import open_store
@@ -82,17 +71,13 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
     from liber_features.ledger.store import Ledger
 
     try:
-        since = _utc(late_since, "--late-since")
         store = open_store(repo)
         with store_errors("reading the Feast registry"):
             ready, skipped = _views_with_data(store)
         ledger = Ledger(ledger_url, schema=ledger_schema)
-        reports = [sync_view(store, ledger, view, rebuild=rebuild, since=since) for view in ready]
+        reports = [sync_view(store, ledger, view, rebuild=rebuild, since=late_since) for view in ready]
     except LiberError as exc:
-        from liber_features.redact import redact_text
-
-        click.echo(f"error: {redact_text(str(exc))}", err=True)
-        sys.exit(exc.exit_code)
+        fail(exc, debug=False)
     summary: dict[str, Any] = {
         "project": store.project,
         "online_store": store.config.online_store.type,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import emit, ledger_option, schema_option
+from liber_features.cli.common import IdList, emit, ledger_option, schema_option
 
 __all__ = ["COMMANDS"]
 
@@ -24,7 +24,7 @@ __all__ = ["COMMANDS"]
               help="the grid written by `liber evaluate`")
 @click.option("--bench", "bench_dir", default="bench/results", show_default=True, type=click.Path(),
               help="benchmark outputs (bench_online.json)")
-@click.option("--users", default=None, metavar="ID,ID,...",
+@click.option("--users", type=IdList(), default=None,
               help="users whose interests over time are shown (default: the most active)")
 @click.option("--out", "out_dir", default="report", show_default=True, type=click.Path(),
               help="folder receiving index.html and its PNGs")
@@ -42,7 +42,7 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
         raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
     rd = gather(ledger, repo=None if no_online else Path(repo), model_dir=Path(model_dir),
                 evaluation=Path(evaluation), bench_dir=Path(bench_dir),
-                users=[u.strip() for u in users.split(",") if u.strip()] if users else None)
+                users=users)
     result = write_report(rd, Path(out_dir))
     emit({**result, "missing": "; ".join(rd.notes.values()) or "nothing",
           "seconds": round(time.perf_counter() - t0, 1)}, as_json, "report written")

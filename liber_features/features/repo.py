@@ -26,11 +26,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from liber_features.errors import ConfigError, FeatureStoreError
 from liber_features.features.files import atomic_write
 from liber_features.redact import redact_text, redact_url
+from liber_features.settings import get_settings
 
 if TYPE_CHECKING:  # feast is heavy to import (it pulls torch when installed): only when used
     from feast import FeatureStore
@@ -100,18 +101,10 @@ class LiberFeatureConfig(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LiberFeatureConfig:
-        """Read LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM (unset → defaults); bad values → ConfigError."""
-        env = os.environ if environ is None else environ
-        raw = {
-            field: env[var]
-            for field, var in (("memory_slots", "LIBER_MEMORY_SLOTS"), ("vector_dim", "LIBER_VECTOR_DIM"),
-                               ("history_length", "LIBER_HISTORY_LENGTH"))
-            if env.get(var, "").strip()
-        }
-        try:
-            return cls.model_validate({k: int(v) for k, v in raw.items()})
-        except (ValueError, ValidationError) as exc:
-            raise ConfigError(f"bad LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM / LIBER_HISTORY_LENGTH {raw}: {exc}") from exc
+        """Read LIBER_MEMORY_SLOTS / LIBER_VECTOR_DIM / LIBER_HISTORY_LENGTH (unset → defaults) from
+        the settings; a bad value → ConfigError naming the variable."""
+        s = get_settings(environ)
+        return cls(memory_slots=s.memory_slots, vector_dim=s.vector_dim, history_length=s.history_length)
 
 
 def data_file(name: str, repo_dir: str | Path | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -122,8 +115,7 @@ def data_file(name: str, repo_dir: str | Path | None = None, environ: Mapping[st
     store reads a relative path against the process's working directory, not the repo, so
     ``get_historical_features`` run from elsewhere would look in the wrong place.
     """
-    env = os.environ if environ is None else environ
-    path = Path(env.get("LIBER_DATA_DIR", "").strip() or "data") / name
+    path = get_settings(environ).data_dir / name
     if repo_dir is not None and not path.is_absolute():
         path = Path(repo_dir).absolute() / path
     return str(path)
@@ -198,8 +190,9 @@ def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] 
     from feast import FeatureStore, RepoConfig
 
     env = dict(os.environ if environ is None else environ)
-    if env.get("LIBER_REDIS_URL") and not env.get("LIBER_REDIS_CONNECTION"):
-        env["LIBER_REDIS_CONNECTION"] = feast_redis_connection(env["LIBER_REDIS_URL"])
+    settings = get_settings(env)
+    if settings.redis_url is not None and settings.redis_connection is None:
+        env["LIBER_REDIS_CONNECTION"] = feast_redis_connection(settings.redis_url.get_secret_value())
     repo = Path(repo_path).absolute()
     yaml_path = Path(env.get("FEAST_FS_YAML_FILE_PATH") or repo / "feature_store.yaml").absolute()
     try:
@@ -219,8 +212,8 @@ def open_store(repo_path: str | Path = DEFAULT_REPO, environ: Mapping[str, str] 
         raw = yaml.safe_load(text)
         # A project name other than the yaml's without editing it (several teams, one registry):
         # liber commands honour LIBER_FEAST_PROJECT; plain `feast` needs FEAST_FS_YAML_FILE_PATH.
-        if env.get("LIBER_FEAST_PROJECT", "").strip():
-            raw["project"] = env["LIBER_FEAST_PROJECT"].strip()
+        if settings.feast_project:
+            raw["project"] = settings.feast_project
         config = RepoConfig(**raw)
         config.repo_path = repo  # as feast.repo_config.load_repo_config does
         return FeatureStore(repo_path=str(repo), config=config)

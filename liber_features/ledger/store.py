@@ -61,9 +61,11 @@ def now_us() -> int:
 
 def default_ledger_url() -> str:
     """``$LIBER_LEDGER_URL``, else a SQLite file under ``./.liber/``."""
-    url = os.environ.get("LIBER_LEDGER_URL")
-    if url:
-        return url
+    from liber_features.settings import get_settings
+
+    url = get_settings().ledger_url
+    if url is not None:
+        return url.get_secret_value()
     return f"sqlite:///{Path('.liber/ledger.db').resolve()}"
 
 
