@@ -1,6 +1,6 @@
 """onnxruntime alone, exported graphs side by side: p50 / p99 per call, interleaved round by round.
 
-Each graph gets the scorer's own session settings (``liber_features.serving.scorer._session``: 1 intra-op
+Each graph gets the scorer's own session settings (``liber_features.serving.scorer.onnx_session``: 1 intra-op
 thread, workers that sleep) and the same inputs: one user with 5 of M slots filled and a full
 history, against 100 and 1,000 random candidates. Used to compare two exports of one checkpoint
 (e.g. before and after a change to the graph), which the online bench cannot: it times one model.
@@ -28,15 +28,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from liber_features.model.card import ModelCard
-    from liber_features.serving.scorer import _session
+    from liber_features.serving.scorer import onnx_session
 
     card = ModelCard.load(args.models[0].parent)
-    M, D, L, V = card.memory_slots, card.vector_dim, card.history_length, len(card.item_vocab) + 2
+    M, D, L, V = card.memory_slots, card.vector_dim, card.history_length, card.item_vocabulary().size
     rng = np.random.default_rng(0)
     user = {"user_idx": np.array([1]), "summary": rng.standard_normal((1, M, D)).astype(np.float32),
             "shift": rng.standard_normal((1, M, D)).astype(np.float32), "partition_count": np.array([5]),
             "hist_idx": rng.integers(2, V, (1, L))}
-    sessions = {str(p): _session(p, 1) for p in args.models}
+    sessions = {str(p): onnx_session(p, 1) for p in args.models}
     rows = []
     for n in (int(x) for x in args.candidates.split(",")):
         feeds = {**user, "item_idx": rng.integers(2, V, n)}

@@ -82,7 +82,7 @@ def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber:
     from encoders.ctr.train import TrainConfig, train
     from liber_features.training.prepare import checkpoint_meta
 
-    text = np.random.default_rng(0).standard_normal((len(ts.item_vocab) + 2, 8)).astype(np.float32)
+    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
     text[:2] = 0
     r = train(ts, text, TrainConfig(backbone=backbone, liber=liber, epochs=epochs, batch_size=64,
                                     device="cpu"), log=lambda _m: None)

@@ -24,6 +24,7 @@ def tiny(tmp_path, monkeypatch):
 
 
 @pytest.mark.models
+@pytest.mark.slow  # trains eight models
 def test_evaluate_grid_writes_the_report_and_replays_from_a_saved_set(tiny):
     ledger, repo, tmp = tiny
     args = ["evaluate", "--ledger", ledger.url, "--repo", str(repo.root), "--backbones", "din,dcnv2",
@@ -51,6 +52,7 @@ def test_evaluate_grid_writes_the_report_and_replays_from_a_saved_set(tiny):
 
 
 @pytest.mark.models
+@pytest.mark.slow  # trains a model through the CLI
 def test_train_then_export_writes_model_and_card(tiny):
     ledger, repo, tmp = tiny
     out = tmp / "model"

@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    text = np.random.default_rng(0).standard_normal((len(ts.item_vocab) + 2, 8)).astype(np.float32)
+    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
     text[:2] = 0
     out = {}
     for backbone in ("din", "dcnv2"):
@@ -51,6 +51,7 @@ def one_user(ts, i, items):
             "item_idx": items}
 
 
+@pytest.mark.slow  # the module's fixture trains DIN and DCNv2
 @pytest.mark.parametrize("backbone", ["din", "dcnv2"])
 def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_path):
     import onnxruntime as ort
@@ -69,7 +70,7 @@ def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_pat
     rng = np.random.default_rng(1)
     for i in (zero, full):
         for n in (1, 100, 1000):
-            items = rng.integers(1, len(ts.item_vocab) + 2, n).astype(np.int64)
+            items = rng.integers(1, ts.item_vocab.size, n).astype(np.int64)
             feeds = one_user(ts, i, items)
             got = sess.run(None, feeds)[0]
             want = torch_scores(r.model, feeds)
@@ -87,3 +88,38 @@ def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_pat
 class _Ledger:
     def safe_url(self):
         return "sqlite:///test"
+
+
+@pytest.mark.slow  # the module's fixture trains DIN and DCNv2
+def test_checkpoint_round_trips_under_weights_only_and_refuses_pickled_objects(trained, tmp_path):
+    import torch
+
+    from encoders.ctr.export import CHECKPOINT, load_checkpoint, save_checkpoint, torch_scores
+    from liber_features.errors import ConfigError
+    from liber_features.training.prepare import checkpoint_meta
+
+    ts, results, _ = trained
+    r = results["din"]
+    meta = checkpoint_meta(ts, r, ("pv1", "fake:hash@1", "fake-hash-enc@1"), _Ledger())
+    feeds = one_user(ts, int(np.flatnonzero(ts.partition_count >= 2)[0]), np.arange(2, 40, dtype=np.int64))
+    save_checkpoint(r.model, meta, tmp_path / "new")
+    model, back = load_checkpoint(tmp_path / "new")
+    assert back == meta and np.array_equal(torch_scores(model, feeds), torch_scores(r.model, feeds))
+    # A checkpoint written before weights_only (same layout, torch.save of the raw meta) still loads.
+    torch.save({"state": r.model.state_dict(), "item_text": r.model.items.text.cpu(), "meta": meta},
+               (tmp_path / "old").mkdir() or tmp_path / "old" / CHECKPOINT)
+    old, _ = load_checkpoint(tmp_path / "old")
+    assert np.array_equal(torch_scores(old, feeds), torch_scores(r.model, feeds))
+    # Metadata that would need pickle (a numpy array) is refused when saving, and when loading.
+    with pytest.raises(ConfigError, match="plain JSON types.*ndarray"):
+        save_checkpoint(r.model, {**meta, "extra": np.zeros(2)}, tmp_path / "bad")
+    torch.save({"state": r.model.state_dict(), "item_text": r.model.items.text.cpu(),
+                "meta": {**meta, "extra": np.zeros(2)}}, (tmp_path / "bad").mkdir() or tmp_path / "bad" / CHECKPOINT)
+    with pytest.raises(ConfigError, match="holds more than tensors and plain JSON metadata"):
+        load_checkpoint(tmp_path / "bad")
+    # The item table must have the rows the item vocabulary needs (PAD, OOV, then the items).
+    torch.save({"state": r.model.state_dict(), "item_text": r.model.items.text[:-1].cpu(), "meta": meta},
+               (tmp_path / "short").mkdir() or tmp_path / "short" / CHECKPOINT)
+    with pytest.raises(ConfigError, match=f"item table has {ts.item_vocab.size - 1} rows, its item vocabulary "
+                                          f"needs {ts.item_vocab.size}"):
+        load_checkpoint(tmp_path / "short")

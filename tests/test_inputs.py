@@ -1,30 +1,51 @@
-"""The model-input builders the training set and the scorer share (``liber_features.model.inputs``)."""
+"""The model-input builders the training set and the scorer share (``liber_features.model.inputs``),
+and the vocabularies that own the reserved rows (``liber_features.model.vocab``)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
-from liber_features.errors import VectorShapeError
-from liber_features.model.inputs import (
-    OOV,
-    PAD,
-    history_items,
-    index_items,
-    pad_history,
-    user_inputs,
-)
+from liber_features.errors import ConfigError, VectorShapeError
+from liber_features.model.inputs import history_items, pad_history, user_inputs
+from liber_features.model.vocab import OOV, PAD, UNKNOWN_USER, ItemVocab, UserVocab
 
-VOCAB = {"10": 2, "20": 3, "30": 4}
+ITEMS = ItemVocab.build(["30", 10, "20", "10"])  # → {"10": 2, "20": 3, "30": 4}
+USERS = UserVocab.build(["b", "a", "b"])  # → {"a": 1, "b": 2}
 
 
-def test_index_items_maps_ids_as_strings_and_counts_unknown_as_oov():
-    idx, unknown = index_items(["20", 10, "99", 30, "", "10"], VOCAB)
-    assert idx.dtype == np.int64
-    assert idx.tolist() == [3, 2, OOV, 4, OOV, 2]
-    assert unknown == 2
-    empty, none = index_items([], VOCAB)
-    assert empty.shape == (0,) and none == 0
+def test_vocabularies_reserve_pad_oov_and_the_unknown_user():
+    assert (PAD, OOV, UNKNOWN_USER) == (0, 1, 0)
+    assert ITEMS.to_json() == {"10": 2, "20": 3, "30": 4} and ITEMS.size == 5
+    assert USERS.to_json() == {"a": 1, "b": 2} and USERS.size == 3
+    assert ItemVocab.build([]).size == 2 and UserVocab.build([]).size == 1
+    # A Mapping in row order, equal to the plain dict it is stored as.
+    assert list(ITEMS) == ["10", "20", "30"] and len(ITEMS) == 3 and "20" in ITEMS and 20 not in ITEMS
+    assert ITEMS == {"10": 2, "20": 3, "30": 4} and {"10": 2, "20": 3, "30": 4} == ITEMS
+    assert ITEMS["30"] == 4 and ITEMS.get("99") is None
+
+
+def test_index_maps_ids_as_strings_and_unknown_to_the_fallback_row():
+    idx = ITEMS.index(["20", 10, "99", 30, "", "10"])
+    assert idx.dtype == np.int64 and idx.tolist() == [3, 2, OOV, 4, OOV, 2]
+    assert ITEMS.index(x for x in ("30",)).tolist() == [4]  # any iterable
+    assert ITEMS.index(np.array(["10", "30"], dtype=object)).tolist() == [2, 4]
+    assert ITEMS.index([]).shape == (0,)
+    assert USERS.index(["b", "nobody", "a"]).tolist() == [2, UNKNOWN_USER, 1]
+    assert USERS.row("a") == 1 and USERS.row("zz") == UNKNOWN_USER and ITEMS.row(30) == 4
+
+
+def test_json_form_round_trips_and_a_broken_one_is_refused():
+    back = ItemVocab.from_json(json.loads(json.dumps(ITEMS.to_json())))
+    assert back == ITEMS and back.size == 5 and back.index(["30"]).tolist() == [4]
+    with pytest.raises(ConfigError, match=r"item vocabulary of 2 ids must use rows 2\.\.3.*\[1, 3\]"):
+        ItemVocab.from_json({"a": 1, "b": 2})  # row 1 is OOV
+    with pytest.raises(ConfigError, match=r"user vocabulary of 2 ids must use rows 1\.\.2.*\[2\]"):
+        UserVocab.from_json({"a": 1, "b": 1})  # two ids on one row
+    with pytest.raises(ConfigError, match=r"rows 2\.\.3.*\[3, 9\]"):
+        ItemVocab.from_json({"a": 2, "b": 9})  # a gap: the table would have unused rows
 
 
 def test_history_is_recent_items_then_cache_last_l_left_padded():
@@ -35,15 +56,39 @@ def test_history_is_recent_items_then_cache_last_l_left_padded():
 
 
 def test_user_inputs_shapes_and_wrong_shaped_vectors():
-    feeds = user_inputs(user_id="u", user_vocab={"u": 5}, item_vocab=VOCAB, memory_slots=2, vector_dim=3,
+    feeds = user_inputs(user_id="b", user_vocab=USERS, item_vocab=ITEMS, memory_slots=2, vector_dim=3,
                         history_length=3, summary_vectors=np.arange(6, dtype=np.float32), shift_vectors=None,
                         partition_count=1, recent_item_ids=["10"], cache_item_ids=["30", "77"])
-    assert feeds["user_idx"].tolist() == [5]
+    assert feeds["user_idx"].tolist() == [2]
     assert feeds["summary"].tolist() == [[[0, 1, 2], [3, 4, 5]]]
     assert feeds["shift"].tolist() == [[[0, 0, 0], [0, 0, 0]]]
     assert feeds["partition_count"].tolist() == [1]
     assert feeds["hist_idx"].tolist() == [[2, 4, OOV]]
+    stranger = user_inputs(user_id="c", user_vocab=USERS, item_vocab=ITEMS, memory_slots=2, vector_dim=3,
+                           history_length=3, summary_vectors=None, shift_vectors=None, partition_count=None,
+                           recent_item_ids=None, cache_item_ids=["20"])
+    assert stranger["user_idx"].tolist() == [UNKNOWN_USER] and stranger["hist_idx"].tolist() == [[PAD, PAD, 3]]
     with pytest.raises(VectorShapeError, match="5 floats, expected"):
-        user_inputs(user_id="u", user_vocab={}, item_vocab=VOCAB, memory_slots=2, vector_dim=3,
+        user_inputs(user_id="u", user_vocab=USERS, item_vocab=ITEMS, memory_slots=2, vector_dim=3,
                     history_length=3, summary_vectors=[0.0] * 5, shift_vectors=None, partition_count=1,
                     recent_item_ids=None, cache_item_ids=None)
+
+
+def test_model_card_refuses_other_reserved_rows_and_broken_vocabularies(tmp_path):
+    from liber_features.model.card import CARD_FILE, ModelCard
+
+    card = ModelCard(backbone="din", liber="both", inputs=[], outputs=[], opset=17, memory_slots=2, vector_dim=3,
+                     history_length=3, item_vocab=ITEMS.to_json(), user_vocab=USERS.to_json(), item_vectors="-",
+                     feature_service="liber_ranker_v1", prompt_version="p1", llm_id="l", text_encoder_id="t",
+                     encoder_version="0123456789ab", metrics={}, train_time_range=[], train_config={},
+                     created_at="2026-12-04T00:00:00+00:00")
+    card.save(tmp_path)
+    back = ModelCard.load(tmp_path)
+    assert back.item_vocabulary() == ITEMS and back.item_vocabulary().size == 5
+    assert back.user_vocabulary().index(["b", "x"]).tolist() == [2, UNKNOWN_USER]
+    raw = json.loads((tmp_path / CARD_FILE).read_text())
+    for change, error in (({"oov_item_index": 3}, r"reserved rows \{'oov_item_index': 3\}"),
+                          ({"item_vocab": {"10": 1}}, r"item vocabulary of 1 ids must use rows 2\.\.2")):
+        (tmp_path / CARD_FILE).write_text(json.dumps({**raw, **change}))
+        with pytest.raises(ConfigError, match=error):
+            ModelCard.load(tmp_path)

@@ -61,6 +61,9 @@ def test_same_second_events_never_see_their_own_partition(tmp_path):
             assert ts.item_ids[i] not in [e[1] for e in members[seq]]
     # Histories: only events strictly before t (the other t=100 ratings are not visible to c).
     vocab = ts.item_vocab
+    assert vocab.to_json() == {x: n + 2 for n, x in enumerate("abcdef")} and vocab.size == 8
+    assert ts.user_vocab.to_json() == {"u": 1} and ts.user_vocab.size == 2  # u has training samples
+    assert ts.item_idx[order].tolist() == [2, 3, 4, 5, 6, 7] and ts.user_idx.tolist() == [1] * 6
     hist = {ts.item_ids[i]: [x for x in ts.hist_idx[i] if x != PAD] for i in range(6)}
     # (same-second events are ordered by event id, so compare those as sets)
     assert hist["a"] == hist["b"] == hist["c"] == [] and sorted(hist["d"]) == [vocab[x] for x in "abc"]

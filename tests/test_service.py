@@ -1,12 +1,18 @@
-"""``liber serve``'s HTTP API: answers, validation (422), no 5xx under schemathesis, metrics."""
+"""``liber serve``'s HTTP API: answers, validation (422), no 5xx under schemathesis, metrics, and
+503 naming the store when the online store is down."""
 
 from __future__ import annotations
+
+import os
+import socket
 
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from prometheus_client.parser import text_string_to_metric_families
 
+from liber_features.serving.fetch import FeastFetcher
 from liber_features.serving.scorer import LiberScorer, ScorerConfig
 from liber_features.serving.service import create_app
 
@@ -21,6 +27,43 @@ def app(world):
 @pytest.fixture(scope="module")
 def client(app):
     return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def dead_client(world):
+    """The same model in front of a Redis online store nothing listens on (degrade policy)."""
+    from liber_features.features.repo import open_store
+
+    with socket.socket() as s:  # a port that was free a moment ago: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, **world["repo"].env, "LIBER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+           "LIBER_REDIS_CONNECTION": f"127.0.0.1:{port},db=0"}
+    store = open_store(world["repo"].root, environ=env)
+    good = LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"])
+    scorer = LiberScorer(good.card, good.session, FeastFetcher(store), ScorerConfig(on_store_error="degrade"))
+    return TestClient(create_app(scorer, world["ledger"]), raise_server_exceptions=False)
+
+
+def metric(client, name: str, **labels: str) -> float:
+    """One sample of ``/metrics`` (0 when the labelled series does not exist yet)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return 0.0
+
+
+def counts(client) -> dict[str, float]:
+    return {"score_200": metric(client, "liber_requests_total", endpoint="/score", status="200"),
+            "interests_200": metric(client, "liber_requests_total", endpoint="/users/interests", status="200"),
+            "interests_503": metric(client, "liber_requests_total", endpoint="/users/interests", status="503"),
+            "latency_count": metric(client, "liber_score_latency_seconds_count"),
+            "degraded": metric(client, "liber_degraded_total")}
+
+
+def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in before}
 
 
 def test_score_answers_in_candidate_order_with_provenance(client, world):
@@ -58,13 +101,32 @@ def test_interests_show_partitions_with_their_texts(client):
     assert body["latest_summary"] == body["partitions"][-1]["summary"]
 
 
-def test_healthz_and_metrics(client):
+def test_healthz_and_metrics_move_by_what_was_served(client):
     h = client.get("/healthz")
     assert h.status_code == 200 and h.json()["store_reachable"] is True
-    client.post("/score", json={"user_id": "1", "item_ids": ["1"]})
-    text = client.get("/metrics").text
-    assert 'liber_requests_total{endpoint="/score",status="200"}' in text
-    assert "liber_score_latency_seconds_bucket" in text and "liber_degraded_total" in text
+    # The series exist from registration on: only their movement proves the requests were counted.
+    before = counts(client)
+    for user in ("1", "5", "someone-new"):
+        assert client.post("/score", json={"user_id": user, "item_ids": ["1", "3"]}).status_code == 200
+    assert client.get("/users/8/interests").status_code == 200
+    assert moved(before, counts(client)) == {"score_200": 3, "interests_200": 1, "interests_503": 0,
+                                             "latency_count": 3, "degraded": 0}
+
+
+def test_store_down_interests_answer_503_naming_the_store(dead_client):
+    before = counts(dead_client)
+    r = dead_client.get("/users/1/interests")
+    assert r.status_code == 503 and "Traceback" not in r.text
+    assert r.json()["error"].startswith("Feast online store (redis): ConnectionError: ")
+    # /score answers as configured (degrade): scored without LIBER features, and said so.
+    for _ in range(2):
+        s = dead_client.post("/score", json={"user_id": "1", "item_ids": ["1", "3"]})
+        assert s.status_code == 200 and s.json()["degraded"] is True and s.json()["encoder_version"] is None
+    h = dead_client.get("/healthz")
+    assert h.status_code == 503 and h.json()["store_reachable"] is False
+    # Counted once each, with the status they were answered with (the failed read is no 200).
+    assert moved(before, counts(dead_client)) == {"score_200": 2, "interests_200": 0, "interests_503": 1,
+                                                  "latency_count": 2, "degraded": 2}
 
 
 def test_no_5xx_for_any_request_the_schema_allows(app):

@@ -16,7 +16,7 @@ import pytest
 from servekit import ENV, SHAPE, USERS
 
 from liber_features.errors import ConfigError, OnlineStoreError
-from liber_features.features.repo import LONG_TERM_VIEW
+from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
 from liber_features.model.card import ModelCard
 from liber_features.serving.fetch import FEATURES, FeastFetcher, RedisFetcher
 from liber_features.serving.scorer import LiberScorer, ScorerConfig
@@ -56,8 +56,14 @@ def test_fast_path_reads_what_feast_itself_wrote(world):
         assert row["cache_item_ids"] is None
 
 
-def test_scores_equal_the_offline_model_at_the_same_moment(world):
-    """Online (Redis fast path, onnxruntime) vs offline (training builder inputs, torch)."""
+def test_onnx_scores_equal_torch_on_the_scorers_and_the_builders_feeds(world):
+    """The exported graph (onnxruntime) computes what the trained model (torch) computes, on the
+    feeds the scorer builds from the Redis fast path and on the training builder's feeds.
+
+    This is graph parity, not train/serve input parity: that the scorer's inputs equal the training
+    builder's for the same user and moment is proven by
+    ``test_samples.py::test_training_inputs_equal_online_inputs_at_the_same_moment``.
+    """
     from encoders.ctr.export import torch_scores
 
     ts, model = world["ts"], world["model"].model
@@ -69,7 +75,7 @@ def test_scores_equal_the_offline_model_at_the_same_moment(world):
         res = scorer.score(u, items)
         row = RedisFetcher(world["store"]).fetch([u])[0]
         feeds = scorer.user_side(u, row)
-        feeds["item_idx"] = np.array([ts.item_vocab.get(i, 1) for i in items], np.int64)
+        feeds["item_idx"] = ts.item_vocab.index(items)
         want = torch_scores(model, feeds)
         assert np.abs(res.scores - want).max() <= 1e-5
         assert res.unknown_items == [150] and not res.cold_start and not res.degraded
@@ -97,9 +103,19 @@ def test_card_mismatch_is_refused_naming_both_sides(world, tmp_path):
     card = ModelCard.load(bad)
     card.memory_slots = 8
     card.save(bad)
-    with pytest.raises(ConfigError, match=r"model card has \{'M': 8, 'D': 4\}.*has \{'M': 3, 'D': 4\}"):
+    with pytest.raises(ConfigError, match=r"model card has \{'M': 8, 'D': 4, 'L': 6\}, the applied repo's "
+                                          r"user_long_term_memory has \{'M': 3, 'D': 4, 'L': 6\}"):
         LiberScorer.load(bad, world["repo"].root, store=world["store"])
-    card.memory_slots, card.encoder_version = 3, "0123456789ab"
+    # L: the card's history length against the repo's (LIBER_HISTORY_LENGTH = 6 here, or `shape`).
+    card.memory_slots, card.history_length = 3, 9
+    card.save(bad)
+    with pytest.raises(ConfigError, match=r"model card has \{'M': 3, 'D': 4, 'L': 9\}, the applied repo's "
+                                          r"user_long_term_memory has \{'M': 3, 'D': 4, 'L': 6\}"):
+        LiberScorer.load(bad, world["repo"].root, store=world["store"])
+    with pytest.raises(ConfigError, match=r"model card has \{'M': 3, 'D': 4, 'L': 6\}.*'L': 12\}"):
+        LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"],
+                         shape=LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=12))
+    card.history_length, card.encoder_version = 6, "0123456789ab"
     card.save(bad)
     with pytest.raises(ConfigError, match="encoder_version '0123456789ab'"):
         LiberScorer.load(bad, world["repo"].root, store=world["store"])

@@ -20,6 +20,7 @@ from torch import nn
 
 from encoders.ctr.layers import ItemEmbedding
 from encoders.ctr.uif import UIF
+from liber_features.model.vocab import PAD
 
 __all__ = ["Backbone", "LiberVariant"]
 
@@ -53,7 +54,7 @@ class Backbone(nn.Module):
         q = self.items(item_idx)  # (N, d)
         user = self.users(user_idx)  # (U, d)
         hist = self.items(hist_idx)  # (U, L, d)
-        hist_mask = (hist_idx > 0).to(q.dtype)  # (U, L)
+        hist_mask = (hist_idx != PAD).to(q.dtype)  # (U, L)
         parts = []
         if self.uif is not None:
             keys, values, slot_mask = self.uif.memory(summary, shift, partition_count)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 
 from encoders.ctr.items import partition_item_vectors
-from encoders.ctr.train import TrainConfig, _Batches, predict, train
+from encoders.ctr.train import Batches, TrainConfig, predict, train
 from liber_features.training.samples import TrainingSet
 
 __all__ = ["PARTITION_BUCKETS", "GridConfig", "run_grid", "write_reports"]
@@ -60,8 +60,8 @@ def run_grid(ts: TrainingSet, item_text: np.ndarray, grid: GridConfig, log=print
                 log(f"{backbone} / {variant} / seed {seed}")
                 tables = nollm if variant == "nollm" else None
                 r = train(ts, item_text, cfg, tables=tables, log=log)
-                p = predict(r.model, _Batches(ts, tables or (ts.summary_table, ts.shift_table),
-                                              next(r.model.parameters()).device), test)
+                p = predict(r.model, Batches(ts, tables or (ts.summary_table, ts.shift_table),
+                                             next(r.model.parameters()).device), test)
                 by_parts = {}
                 for name, m in _bucket(ts.partition_count[test]):
                     y = ts.label[test][m]

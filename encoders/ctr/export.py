@@ -4,11 +4,18 @@ The exported graph scores one user against N candidates: user-side inputs have b
 candidate axis ``N`` is dynamic, the user side is computed once and broadcast inside the graph,
 and the output is N probabilities. Item text vectors are folded into one ``(V, d)`` item table,
 a constant of the graph, so nothing but ``model.onnx`` + ``model_card.json`` is needed to serve.
+
+A checkpoint (``model.pt``) holds tensors (the state dict, the item text table) and metadata in
+plain JSON types only, so it loads with ``torch.load(weights_only=True)``: reading a model file
+never runs code from it. Checkpoints written before this rule hold the same layout (their metadata
+was already plain JSON), so they load unchanged; one that holds anything else is refused.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +28,7 @@ from encoders.ctr.train import BACKBONES, TrainConfig
 from liber_features.errors import ConfigError
 from liber_features.model.card import MODEL_FILE, ModelCard, TensorSpec
 from liber_features.model.inputs import INPUT_NAMES
+from liber_features.model.vocab import ItemVocab, UserVocab
 
 __all__ = ["CHECKPOINT", "OPSET", "export_onnx", "load_checkpoint", "save_checkpoint"]
 
@@ -30,9 +38,13 @@ OPSET = 17
 
 def save_checkpoint(model: Backbone, meta: dict[str, Any], model_dir: str | Path) -> Path:
     """``meta``: config, vocabularies, shape, versions, metrics, time range (plain JSON types)."""
+    try:  # what weights_only can read back: a numpy scalar or array here would not load
+        meta = json.loads(json.dumps(meta, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"checkpoint metadata must be plain JSON types: {exc}") from exc
     path = Path(model_dir) / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": model.state_dict(), "item_text": model.items.text.cpu(), "meta": meta}, path)
+    torch.save({"state": model.state_dict(), "item_text": model.items.text.detach().cpu(), "meta": meta}, path)
     return path
 
 
@@ -40,11 +52,19 @@ def load_checkpoint(model_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
     path = Path(model_dir) / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"no trained model at {path}: run `liber train --out {model_dir}` first")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a type: not a checkpoint of ours
+        raise ConfigError(f"{path} holds more than tensors and plain JSON metadata; refusing to load it "
+                          f"(retrain with `liber train --out {model_dir}`): {exc}") from exc
     meta = ck["meta"]
     cfg = TrainConfig(**meta["config"])
+    rows = ItemVocab.from_json(meta["item_vocab"]).size
+    if ck["item_text"].shape[0] != rows:
+        raise ConfigError(f"{path}: the item table has {ck['item_text'].shape[0]} rows, its item "
+                          f"vocabulary needs {rows}")
     model = BACKBONES[cfg.backbone](
-        n_users=len(meta["user_vocab"]) + 1, item_text=ck["item_text"],
+        n_users=UserVocab.from_json(meta["user_vocab"]).size, item_text=ck["item_text"],
         vector_dim=meta["vector_dim"], dim=cfg.dim,
         liber="both" if cfg.liber == "nollm" else cfg.liber)
     model.load_state_dict(ck["state"])
@@ -66,7 +86,7 @@ class _Scoring(torch.nn.Module):
 def example_inputs(M: int, D: int, L: int, n: int = 4) -> tuple[torch.Tensor, ...]:
     return (torch.zeros(1, dtype=torch.long), torch.zeros(1, M, D), torch.zeros(1, M, D),
             torch.zeros(1, dtype=torch.long), torch.zeros(1, L, dtype=torch.long),
-            torch.arange(2, 2 + n, dtype=torch.long))
+            torch.arange(ItemVocab.RESERVED, ItemVocab.RESERVED + n, dtype=torch.long))
 
 
 def export_onnx(model: Backbone, meta: dict[str, Any], model_dir: str | Path) -> ModelCard:

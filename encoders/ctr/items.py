@@ -1,19 +1,19 @@
 """Item text vectors: title + genres through the same text encoder as the interests.
 
 Computed once per (catalog, encoder) and cached on disk (``LIBER_CACHE_DIR``), then stored with
-the model (a constant inside the exported graph). Row 0 (PAD) and row 1 (OOV) are zeros.
+the model (a constant inside the exported graph). The table has the item vocabulary's rows
+(``ItemVocab.size``); the reserved rows (PAD, OOV) are zeros.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from liber_features.features.files import atomic_write
+from liber_features.model.vocab import OOV, ItemVocab
 from liber_features.settings import get_settings
 
 __all__ = ["item_text", "item_vectors", "partition_item_vectors"]
@@ -24,8 +24,8 @@ def item_text(title: str, categories: str) -> str:
     return f"{title}. Genres: {cats}" if cats else str(title)
 
 
-def item_vectors(vocab: Mapping[str, int], catalog: pd.DataFrame, encoder, *, cache: bool = True) -> np.ndarray:
-    """``(len(vocab) + 2, D)`` float32, row ``vocab[item]`` = that item's unit text vector.
+def item_vectors(vocab: ItemVocab, catalog: pd.DataFrame, encoder, *, cache: bool = True) -> np.ndarray:
+    """``(vocab.size, D)`` float32, row ``vocab[item]`` = that item's unit text vector.
 
     Items missing from the catalog are encoded from their id alone (nothing else is known).
     """
@@ -37,15 +37,15 @@ def item_vectors(vocab: Mapping[str, int], catalog: pd.DataFrame, encoder, *, ca
     path = get_settings().cache_dir / f"item-vectors-{key}.npy"
     if cache and path.exists():
         return np.load(path)
-    out = np.zeros((len(vocab) + 2, encoder.dim), np.float32)
-    out[[vocab[i] for i in ids]] = encoder.encode(texts)
+    out = np.zeros((vocab.size, encoder.dim), np.float32)
+    out[vocab.index(ids)] = encoder.encode(texts)
     if cache:
         with atomic_write(path) as f:  # a concurrent trainer never loads a half-written cache
             np.save(f, out)
     return out
 
 
-def partition_item_vectors(part_items: list[list[str]], vocab: Mapping[str, int],
+def partition_item_vectors(part_items: list[list[str]], vocab: ItemVocab,
                            item_vecs: np.ndarray, owners: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The no-LLM memory: per partition row, the unit mean of its items' text vectors ("summary"),
     and the unit change from the same user's previous partition ("shift"; zeros for partition 0).
@@ -62,8 +62,9 @@ def partition_item_vectors(part_items: list[list[str]], vocab: Mapping[str, int]
         return v / n if n > 0 else v
 
     for r in range(1, len(part_items)):
-        idx = [vocab[i] for i in part_items[r] if i in vocab]
-        if idx:
+        idx = vocab.index(part_items[r])
+        idx = idx[idx != OOV]  # an item the vocabulary lacks has no text vector
+        if idx.size:
             summ[r] = unit(item_vecs[idx].mean(0))
         if r > 1 and owners[r] == owners[r - 1]:
             shift[r] = unit(summ[r] - summ[r - 1])

@@ -12,6 +12,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from liber_features.model.vocab import PAD
+
 __all__ = ["MLP", "ItemEmbedding", "expand_users", "user_matmul"]
 
 
@@ -27,7 +29,7 @@ class ItemEmbedding(nn.Module):
     def __init__(self, text_vectors: torch.Tensor, dim: int) -> None:
         super().__init__()
         self.register_buffer("text", text_vectors.float(), persistent=True)
-        self.ids = nn.Embedding(text_vectors.shape[0], dim, padding_idx=0)
+        self.ids = nn.Embedding(text_vectors.shape[0], dim, padding_idx=PAD)
         self.proj = nn.Linear(text_vectors.shape[1], dim, bias=False)
         self.table: torch.Tensor | None = None
 

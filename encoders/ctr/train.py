@@ -23,7 +23,7 @@ from encoders.ctr.dcnv2 import DCNv2
 from encoders.ctr.din import DIN
 from liber_features.training.samples import SPLITS, TrainingSet
 
-__all__ = ["BACKBONES", "TrainConfig", "TrainResult", "build_model", "metrics", "predict", "train"]
+__all__ = ["BACKBONES", "Batches", "TrainConfig", "TrainResult", "build_model", "metrics", "predict", "train"]
 
 BACKBONES: dict[str, type[Backbone]] = {"din": DIN, "dcnv2": DCNv2}
 Variant = Literal["none", "both", "summary", "nollm"]
@@ -74,13 +74,16 @@ def build_model(cfg: TrainConfig, ts: TrainingSet, item_text: np.ndarray, vector
     """``vector_dim``: width of the memory vectors (the no-LLM tables have the item text width)."""
     torch.manual_seed(cfg.seed)
     return BACKBONES[cfg.backbone](
-        n_users=len(ts.user_vocab) + 1, item_text=torch.from_numpy(item_text),
+        n_users=ts.user_vocab.size, item_text=torch.from_numpy(item_text),
         vector_dim=vector_dim or ts.shape.vector_dim, dim=cfg.dim,
         liber="both" if cfg.liber == "nollm" else cfg.liber)
 
 
-class _Batches:
-    """The training set as device tensors; gathers the memory vectors per batch (bounded memory)."""
+class Batches:
+    """The training set as device tensors; gathers the memory vectors per batch (bounded memory).
+
+    Public because the evaluation grid scores the test split through the same gather.
+    """
 
     def __init__(self, ts: TrainingSet, tables: tuple[np.ndarray, np.ndarray], device: torch.device):
         def t(a: np.ndarray) -> torch.Tensor:
@@ -97,7 +100,7 @@ class _Batches:
 
 
 @torch.no_grad()
-def predict(model: Backbone, data: _Batches, idx: np.ndarray, batch: int = 4096) -> np.ndarray:
+def predict(model: Backbone, data: Batches, idx: np.ndarray, batch: int = 4096) -> np.ndarray:
     model.eval()
     out = []
     for lo in range(0, len(idx), batch):
@@ -134,7 +137,7 @@ def train(ts: TrainingSet, item_text: np.ndarray, cfg: TrainConfig,
     rng = np.random.default_rng(cfg.seed)
     tables = tables or (ts.summary_table, ts.shift_table)
     model = build_model(cfg, ts, item_text, tables[0].shape[1]).to(device)
-    data = _Batches(ts, tables, device)
+    data = Batches(ts, tables, device)
     train_idx = np.flatnonzero(ts.mask("train"))
     if cfg.max_train_samples:
         train_idx = np.sort(rng.permutation(train_idx)[: cfg.max_train_samples])

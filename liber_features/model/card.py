@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from liber_features.errors import ConfigError
+from liber_features.model.vocab import OOV, PAD, UNKNOWN_USER, ItemVocab, UserVocab
 
 __all__ = ["CARD_FILE", "MODEL_FILE", "ModelCard", "TensorSpec"]
 
@@ -59,6 +60,28 @@ class ModelCard(BaseModel):
     train_time_range: list[str]
     train_config: dict[str, Any]
     created_at: str
+
+    @model_validator(mode="after")
+    def _vocabularies(self) -> ModelCard:
+        # The reserved rows are fixed by the vocabulary types; a card claiming others, or whose
+        # vocabularies have gaps, would make the scorer read the wrong embedding rows.
+        reserved = {"pad_index": (self.pad_index, PAD), "oov_item_index": (self.oov_item_index, OOV),
+                    "unknown_user_index": (self.unknown_user_index, UNKNOWN_USER)}
+        wrong = {k: got for k, (got, want) in reserved.items() if got != want}
+        if wrong:
+            raise ValueError(f"reserved rows {wrong} differ from PAD={PAD}, OOV={OOV}, "
+                             f"UNKNOWN_USER={UNKNOWN_USER}")
+        try:
+            self.item_vocabulary(), self.user_vocabulary()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def item_vocabulary(self) -> ItemVocab:
+        return ItemVocab.from_json(self.item_vocab)
+
+    def user_vocabulary(self) -> UserVocab:
+        return UserVocab.from_json(self.user_vocab)
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / CARD_FILE

@@ -14,32 +14,23 @@ Redis fast path — into the exact arrays the model takes, so training and servi
                                          left-padded with PAD (0)
     item_idx        (N,)        int64    candidate item indices (OOV = 1)
 
+Indices come from the vocabularies (``liber_features.model.vocab``), which own the reserved rows.
+
 U is 1 online (one user, N candidates broadcast inside the graph) and B in training (one
 candidate per sample, U = N = B).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from itertools import repeat
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = [
-    "INPUT_NAMES",
-    "OOV",
-    "PAD",
-    "UNKNOWN_USER",
-    "history_items",
-    "index_items",
-    "index_user",
-    "pad_history",
-    "user_inputs",
-]
+from liber_features.errors import VectorShapeError
+from liber_features.model.vocab import PAD, ItemVocab, UserVocab
 
-PAD = 0  # history padding: item index 0 is never a real item
-OOV = 1  # an item the model has not seen: its own learned embedding, no text vector
-UNKNOWN_USER = 0
+__all__ = ["INPUT_NAMES", "history_items", "pad_history", "user_inputs"]
+
 INPUT_NAMES = ("user_idx", "summary", "shift", "partition_count", "hist_idx", "item_idx")
 
 
@@ -55,17 +46,6 @@ def history_items(recent_item_ids: Sequence[str] | None, cache_item_ids: Sequenc
     return items[-length:] if length else []
 
 
-def index_items(item_ids: Sequence[str], vocab: Mapping[str, int]) -> tuple[np.ndarray, int]:
-    """Item ids → int64 indices (unknown → OOV), and how many were unknown."""
-    # map() keeps the per-item loop in C: this runs for every candidate of every online request.
-    idx = np.fromiter(map(vocab.get, map(str, item_ids), repeat(OOV)), dtype=np.int64, count=len(item_ids))
-    return idx, int(np.count_nonzero(idx == OOV))
-
-
-def index_user(user_id: str, vocab: Mapping[str, int]) -> int:
-    return int(vocab.get(str(user_id), UNKNOWN_USER))
-
-
 def pad_history(idx: np.ndarray, length: int) -> np.ndarray:
     """Left-pad (or keep the last ``length`` of) a 1-D index array: newest behaviour last."""
     out = np.full(length, PAD, dtype=np.int64)
@@ -75,7 +55,7 @@ def pad_history(idx: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def user_inputs(*, user_id: str, user_vocab: Mapping[str, int], item_vocab: Mapping[str, int],
+def user_inputs(*, user_id: str, user_vocab: UserVocab, item_vocab: ItemVocab,
                 memory_slots: int, vector_dim: int, history_length: int,
                 summary_vectors: Sequence[float] | np.ndarray | None,
                 shift_vectors: Sequence[float] | np.ndarray | None,
@@ -94,15 +74,13 @@ def user_inputs(*, user_id: str, user_vocab: Mapping[str, int], item_vocab: Mapp
             return np.zeros((1, M, D), dtype=np.float32)
         a = np.asarray(flat, dtype=np.float32)
         if a.size != M * D:
-            from liber_features.errors import VectorShapeError
-
             raise VectorShapeError(f"user {user_id!r}: a memory vector has {a.size} floats, expected "
                                    f"M×D = {M}×{D} = {M * D}")
         return a.reshape(1, M, D)
 
-    hist, _ = index_items(history_items(recent_item_ids, cache_item_ids, history_length), item_vocab)
+    hist = item_vocab.index(history_items(recent_item_ids, cache_item_ids, history_length))
     return {
-        "user_idx": np.array([index_user(user_id, user_vocab)], dtype=np.int64),
+        "user_idx": np.array([user_vocab.row(user_id)], dtype=np.int64),
         "summary": block(summary_vectors),
         "shift": block(shift_vectors),
         "partition_count": np.array([int(partition_count or 0)], dtype=np.int64),

@@ -2,11 +2,12 @@
 
 Torch-free (a test imports this module with torch blocked). ``LiberScorer.load`` opens the exported
 ``model.onnx`` + ``model_card.json`` and refuses a model whose card disagrees with the applied
-feature repo (FeatureService, M, D, L, and the ``encoder_version`` of the long-term table that
-feeds the online store): the error names both sides. ``score`` reads the user's features once
-(Redis fast path or Feast's ``get_online_features``, see ``liber_features.serving.fetch``), builds the
-inputs with the training builder's own code (``liber_features.model.inputs``), and scores every
-candidate in one call — the graph computes the user side once and broadcasts it.
+feature repo (FeatureService, M and D from the view's tags, L from the repo's shape settings, and
+the ``encoder_version`` of the long-term table that feeds the online store): the error names both
+sides. ``score`` reads the user's features once (Redis fast path or Feast's ``get_online_features``,
+see ``liber_features.serving.fetch``), builds the inputs with the training builder's own code
+(``liber_features.model.inputs``), and scores every candidate in one call — the graph computes
+the user side once and broadcasts it.
 
 Failure policy (``on_store_error``): ``raise`` a typed :class:`OnlineStoreError` naming the store,
 or ``degrade`` — score with no LIBER memory and no history (the masked model) and say so.
@@ -24,14 +25,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from liber_features.errors import ConfigError, OnlineStoreError, VectorShapeError
-from liber_features.features.repo import LONG_TERM_VIEW, TAG_MEMORY_SLOTS, TAG_VECTOR_DIM
+from liber_features.features.repo import LONG_TERM_VIEW, TAG_MEMORY_SLOTS, TAG_VECTOR_DIM, LiberFeatureConfig
 from liber_features.model.card import MODEL_FILE, ModelCard
-from liber_features.model.inputs import OOV, index_items, user_inputs
+from liber_features.model.inputs import user_inputs
+from liber_features.model.vocab import OOV
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["LiberScorer", "ScoreResult", "ScorerConfig"]
+__all__ = ["LiberScorer", "ScoreResult", "ScorerConfig", "check_card", "onnx_session"]
 
 
 class ScorerConfig(BaseModel):
@@ -60,7 +62,8 @@ class ScoreResult:
     score_ms: float = 0.0
 
 
-def _session(path: Path, threads: int):
+def onnx_session(path: Path, threads: int):
+    """An onnxruntime session with the scorer's settings (the benchmarks time exactly these)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -79,8 +82,14 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
-def check_card(card: ModelCard, store: FeatureStore) -> None:
-    """Refuse a model trained on another feature contract than the applied repo's."""
+def check_card(card: ModelCard, store: FeatureStore, shape: LiberFeatureConfig | None = None) -> None:
+    """Refuse a model trained on another feature contract than the applied repo's.
+
+    M and D are stamped into the long-term view's tags by the definitions. L is not a property of
+    any Feast object (``recent_item_ids`` is a plain list): it is the repo's shape setting
+    (``LIBER_HISTORY_LENGTH``, ``shape``), the one the long-term table's writer trims to, so a model
+    trained on another L would read a history of a length it never saw.
+    """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -90,10 +99,13 @@ def check_card(card: ModelCard, store: FeatureStore) -> None:
     except Exception as exc:  # Feast raises its own not-found types
         raise ConfigError(f"model card wants FeatureService {card.feature_service!r}; the repo at "
                           f"{store.repo_path} has none: {exc}") from exc
-    repo_shape = {"M": int(view.tags.get(TAG_MEMORY_SLOTS, -1)), "D": int(view.tags.get(TAG_VECTOR_DIM, -1))}
-    card_shape = {"M": card.memory_slots, "D": card.vector_dim}
+    shape = shape or LiberFeatureConfig.from_env()
+    repo_shape = {"M": int(view.tags.get(TAG_MEMORY_SLOTS, -1)), "D": int(view.tags.get(TAG_VECTOR_DIM, -1)),
+                  "L": shape.history_length}
+    card_shape = {"M": card.memory_slots, "D": card.vector_dim, "L": card.history_length}
     if repo_shape != card_shape:
-        raise ConfigError(f"model card has {card_shape}, the applied repo's {LONG_TERM_VIEW} has {repo_shape}")
+        raise ConfigError(f"model card has {card_shape}, the applied repo's {LONG_TERM_VIEW} has {repo_shape} "
+                          "(M, D: the view's tags; L: LIBER_HISTORY_LENGTH)")
     path = Path(getattr(view.batch_source, "path", "") or "")
     if path.is_file():
         versions = pc.unique(pq.read_table(path, columns=["encoder_version"])["encoder_version"]).to_pylist()
@@ -109,11 +121,13 @@ class LiberScorer:
     def __init__(self, card: ModelCard, session, fetcher, config: ScorerConfig) -> None:
         self.card, self.session, self.fetcher, self.config = card, session, fetcher, config
         self.providers = session.get_providers()
-        self._vocab, self._users = card.item_vocab, card.user_vocab
+        self.items, self.users = card.item_vocabulary(), card.user_vocabulary()
 
     @classmethod
     def load(cls, model_dir: str | Path, repo: str | Path = "feature_repo", *,
-             config: ScorerConfig | None = None, store: FeatureStore | None = None) -> LiberScorer:
+             config: ScorerConfig | None = None, store: FeatureStore | None = None,
+             shape: LiberFeatureConfig | None = None) -> LiberScorer:
+        """``shape``: the repo's M × D, L (default: from the environment, as the definitions read it)."""
         from liber_features.features.repo import open_store
         from liber_features.serving.fetch import make_fetcher
 
@@ -123,16 +137,16 @@ class LiberScorer:
         if not (model_dir / MODEL_FILE).is_file():
             raise ConfigError(f"no {MODEL_FILE} in {model_dir}: run `liber export {model_dir}`")
         store = store or open_store(repo)
-        check_card(card, store)
+        check_card(card, store, shape)
         fetcher = make_fetcher(store, config.fetch, config.timeout_ms)
-        return cls(card, _session(model_dir / MODEL_FILE, config.threads), fetcher, config)
+        return cls(card, onnx_session(model_dir / MODEL_FILE, config.threads), fetcher, config)
 
     # -- inputs ----------------------------------------------------------------------------
     def user_side(self, user_id: str, row: dict[str, Any] | None) -> dict[str, np.ndarray]:
         c = self.card
         row = row or {}
         return user_inputs(
-            user_id=user_id, user_vocab=self._users, item_vocab=self._vocab, memory_slots=c.memory_slots,
+            user_id=user_id, user_vocab=self.users, item_vocab=self.items, memory_slots=c.memory_slots,
             vector_dim=c.vector_dim, history_length=c.history_length,
             summary_vectors=row.get("summary_vectors"), shift_vectors=row.get("shift_vectors"),
             partition_count=row.get("partition_count"), recent_item_ids=row.get("recent_item_ids"),
@@ -155,7 +169,7 @@ class LiberScorer:
             if self.config.on_store_error == "raise":
                 raise OnlineStoreError(f"{self.fetcher.where}: wrong-shaped value: {exc}") from exc
             feeds, degraded, reason = self.user_side(user_id, None), True, f"wrong-shaped value: {exc}"
-        items, _ = index_items(item_ids, self._vocab)
+        items = self.items.index(item_ids)
         feeds["item_idx"] = items
         scores = self.session.run(None, feeds)[0]
         return ScoreResult(
@@ -190,7 +204,7 @@ class LiberScorer:
     def top(self, user_id: str, k: int = 10, candidates: Sequence[str] | None = None
             ) -> tuple[ScoreResult, list[tuple[str, float]]]:
         """Score ``candidates`` (default: the whole item vocabulary) and return the best k."""
-        items = list(candidates) if candidates is not None else list(self._vocab)
+        items = list(candidates) if candidates is not None else list(self.items)
         res = self.score(user_id, items)
         best = np.argsort(-res.scores, kind="stable")[:k]
         return res, [(items[i], float(res.scores[i])) for i in best]

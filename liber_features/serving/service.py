@@ -4,11 +4,15 @@
   made (model, encoder_version, degraded, cold_start, unknown items, latency).
 - ``GET /users/{user_id}/interests`` → what a person reads to see why a user is scored as they are:
   the online memory (partition count, latest summary and shift) and, with a ledger, every sealed
-  partition with its seal time and texts.
+  partition with its seal time and texts. An unreachable online store answers 503 naming the
+  store (as ``/score`` does with ``on_store_error="raise"``), never 500.
 - ``GET /healthz`` (model loaded, store reachable) and ``GET /metrics`` (Prometheus).
 
 Input is validated by pydantic (422 names what is wrong); a ``LiberError`` answers 503 with its
-message, anything else 500 with a fixed message — never a Python traceback.
+message, anything else 500 with a fixed message — never a Python traceback. A request is counted in
+``liber_requests_total`` once, with the status it was answered with, after it was answered: by the
+endpoint for a 200, by the error handler otherwise (labelled with the endpoint, never the raw path,
+so a user id never becomes a series).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from liber_features.errors import LiberError
+from liber_features.errors import LiberError, OnlineStoreError
 from liber_features.serving.scorer import LiberScorer
 
 __all__ = ["ScoreRequest", "ScoreResponse", "create_app"]
 
 log = logging.getLogger("liber.serve")
+# Route template → the ``endpoint`` label of liber_requests_total.
+ENDPOINTS = {"/score": "/score", "/users/{user_id}/interests": "/users/interests", "/healthz": "/healthz",
+             "/metrics": "/metrics"}
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
 
 
@@ -82,10 +89,13 @@ def _interests(scorer: LiberScorer, user_id: str, ledger) -> Interests:
     store = getattr(scorer.fetcher, "store", None)
     online: dict[str, Any] = {}
     if store is not None:
-        row = store.get_online_features(
-            features=[f"{LONG_TERM_VIEW}:{f}" for f in ("partition_count", "latest_summary", "latest_shift",
-                                                         "encoder_version")],
-            entity_rows=[{"user_id": user_id}]).to_dict()
+        try:
+            row = store.get_online_features(
+                features=[f"{LONG_TERM_VIEW}:{f}" for f in ("partition_count", "latest_summary", "latest_shift",
+                                                             "encoder_version")],
+                entity_rows=[{"user_id": user_id}]).to_dict()
+        except Exception as exc:  # Feast surfaces store failures as many unrelated types
+            raise OnlineStoreError(f"{scorer.fetcher.where}: {type(exc).__name__}: {exc}") from exc
         online = {k: v[0] for k, v in row.items()}
     parts: list[Partition] = []
     if ledger is not None:
@@ -128,16 +138,21 @@ def create_app(scorer: LiberScorer, ledger=None):
     registry, m = _metrics()
     model_name = f"{scorer.card.backbone}+liber:{scorer.card.liber}"
 
+    def endpoint(request: Request) -> str:
+        return ENDPOINTS.get(getattr(request.scope.get("route"), "path", ""), "other")
+
     @app.exception_handler(LiberError)
     async def liber_error(request: Request, exc: LiberError):
-        m["requests"].labels(request.url.path, "503").inc()
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        response = JSONResponse({"error": str(exc)}, status_code=503)
+        m["requests"].labels(endpoint(request), "503").inc()
+        return response
 
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)  # the traceback stays in the log
-        m["requests"].labels(request.url.path, "500").inc()
-        return JSONResponse({"error": "internal error"}, status_code=500)
+        response = JSONResponse({"error": "internal error"}, status_code=500)
+        m["requests"].labels(endpoint(request), "500").inc()
+        return response
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(req: ScoreRequest):
@@ -158,8 +173,9 @@ def create_app(scorer: LiberScorer, ledger=None):
 
     @app.get("/users/{user_id}/interests", response_model=Interests)
     def interests(user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]) -> Interests:
+        out = _interests(scorer, user_id, ledger)  # a store failure answers 503 (liber_error)
         m["requests"].labels("/users/interests", "200").inc()
-        return _interests(scorer, user_id, ledger)
+        return out
 
     @app.get("/healthz")
     def healthz():

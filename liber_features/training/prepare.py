@@ -60,7 +60,8 @@ def checkpoint_meta(ts, result, versions, ledger) -> dict[str, Any]:
         return np.datetime64(int(us), "us").astype(str) + "Z"
 
     return {
-        "config": result.config.model_dump(), "user_vocab": ts.user_vocab, "item_vocab": ts.item_vocab,
+        "config": result.config.model_dump(), "user_vocab": ts.user_vocab.to_json(),
+        "item_vocab": ts.item_vocab.to_json(),
         "memory_slots": ts.shape.memory_slots, "vector_dim": ts.shape.vector_dim,
         "history_length": ts.shape.history_length, "feature_service": RANKER_SERVICE,
         "prompt_version": versions[0], "llm_id": versions[1], "text_encoder_id": versions[2],
@@ -102,7 +103,7 @@ def save_set(path, ts, item_text, versions, facts) -> None:
 
     import numpy as np
 
-    meta = {"user_vocab": ts.user_vocab, "item_vocab": ts.item_vocab, "part_items": ts.part_items,
+    meta = {"user_vocab": ts.user_vocab.to_json(), "item_vocab": ts.item_vocab.to_json(), "part_items": ts.part_items,
             "part_users": ts.part_users, "catalog": ts.catalog.to_dict(orient="list"),
             "shape": ts.shape.model_dump(), "encoder_version": ts.encoder_version, "counts": ts.counts,
             "versions": list(versions), "facts": facts}
@@ -125,6 +126,7 @@ def load_set(path):
     import pandas as pd
 
     from liber_features.features.repo import LiberFeatureConfig
+    from liber_features.model.vocab import ItemVocab, UserVocab
     from liber_features.training.samples import TrainingSet
 
     with np.load(path, allow_pickle=False) as z:
@@ -132,7 +134,8 @@ def load_set(path):
         arrays = {k: z[k].astype(np.int64) if z[k].dtype == np.int32 else z[k] for k in _ARRAYS}
         item_text = z["item_text"]
     ts = TrainingSet(**arrays, part_items=meta["part_items"], part_users=meta["part_users"],
-                     user_vocab=meta["user_vocab"], item_vocab=meta["item_vocab"],
+                     user_vocab=UserVocab.from_json(meta["user_vocab"]),
+                     item_vocab=ItemVocab.from_json(meta["item_vocab"]),
                      catalog=pd.DataFrame(meta["catalog"]), shape=LiberFeatureConfig(**meta["shape"]),
                      encoder_version=meta["encoder_version"], counts=meta["counts"])
     return ts, item_text, tuple(meta["versions"]), meta["facts"]

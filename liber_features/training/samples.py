@@ -44,7 +44,8 @@ from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import items as items_t
 from liber_features.ledger.store import partitions as parts_t
-from liber_features.model.inputs import OOV, PAD, UNKNOWN_USER, history_items, index_items, pad_history
+from liber_features.model.inputs import history_items, pad_history
+from liber_features.model.vocab import OOV, PAD, ItemVocab, UserVocab
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -88,8 +89,8 @@ class TrainingSet:
     shift_table: np.ndarray  # (P + 1, D) float32
     part_items: list[list[str]]  # (P + 1) item ids of each partition row (row 0 empty)
     part_users: list[str]  # (P + 1) owner of each partition row (row 0 "")
-    user_vocab: dict[str, int]
-    item_vocab: dict[str, int]
+    user_vocab: UserVocab  # the users with a training-split sample
+    item_vocab: ItemVocab  # the catalog's items and every rated item
     catalog: pd.DataFrame  # item_id, title, categories
     shape: LiberFeatureConfig
     encoder_version: str
@@ -192,10 +193,8 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
         for r in rows:
             event_part[r[0]] = p.seq
 
-    items = sorted(set(catalog.item_id) | set(ev.item_id))
-    item_vocab = {i: n + 2 for n, i in enumerate(items)}  # 0 = PAD, 1 = OOV
-    train_users = sorted(set(ev.user_id[split == 0]))
-    user_vocab = {u: n + 1 for n, u in enumerate(train_users)}  # 0 = unknown user
+    item_vocab = ItemVocab.build(set(catalog.item_id) | set(ev.item_id))
+    user_vocab = UserVocab.build(ev.user_id[split == 0])
 
     # Partition tables: row r >= 1 is one encoded partition (user, seq = partition_count - 1).
     summary_table = np.zeros((len(mem) + 1, D), np.float32)
@@ -232,10 +231,10 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
             # The cache at t: events before t that no partition sealed before t holds (ts order).
             cache = ids[g[np.flatnonzero(seq_g[: before[k]] >= sealed_before[k])[-L:]]]
             hist = history_items(recent.get((u, int(c[k]))), cache, L)
-            hist_idx[i] = pad_history(index_items(hist, item_vocab)[0], L)
+            hist_idx[i] = pad_history(item_vocab.index(hist), L)
 
-    item_idx = index_items(list(ev.item_id), item_vocab)[0]
-    user_idx = np.fromiter((user_vocab.get(u, UNKNOWN_USER) for u in ev.user_id), np.int64, N)
+    item_idx = item_vocab.index(ev.item_id.to_numpy())
+    user_idx = user_vocab.index(ev.user_id.to_numpy())
     label = (ev.rating.to_numpy() >= cfg.label_threshold).astype(np.float32)
     summary: dict[str, Any] = {"samples": N, "unlabelled": unlabelled, "users": int(ev.user_id.nunique()),
                                "users_with_0_partitions": int(ev.user_id.nunique() - len(first_row)),
