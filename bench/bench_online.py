@@ -144,7 +144,7 @@ def main() -> None:
     from liber_features.model.card import ModelCard
     from liber_features.serving.fetch import RedisFetcher
     from liber_features.serving.scorer import LiberScorer, ScorerConfig
-    from liber_features.serving.scorer import onnx_session as _session
+    from liber_features.serving.scorer import onnx_session
 
     card = ModelCard.load(args.model)
     root = Path(tempfile.mkdtemp(prefix="liber-bench-online-"))
@@ -166,9 +166,9 @@ def main() -> None:
         items_all = list(card.item_vocab)
         cands = [random.sample(items_all, 100) for _ in range(64)]
         feeds = fast.user_side(users[0], rfetch.fetch([users[0]])[0])
-        big = {**feeds, "item_idx": np.array(random.sample(range(2, len(items_all) + 2), 1000), np.int64)}
+        big = {**feeds, "item_idx": card.item_vocabulary().index(random.sample(items_all, 1000))}
         small = {**feeds, "item_idx": big["item_idx"][:100]}
-        two = _session(Path(args.model) / "model.onnx", 2)
+        two = onnx_session(Path(args.model) / "model.onnx", 2)
         port = free_port()
         server = subprocess.Popen([sys.executable, "-c", "from liber_features.cli.main import main; main()", "serve",
                                    "--model", args.model, "--repo", str(root), "--port", str(port)],
