@@ -143,8 +143,7 @@ def main() -> None:
     from liber_features.features.repo import RANKER_SERVICE, apply_repo, open_store
     from liber_features.model.card import ModelCard
     from liber_features.serving.fetch import RedisFetcher
-    from liber_features.serving.scorer import LiberScorer, ScorerConfig
-    from liber_features.serving.scorer import onnx_session
+    from liber_features.serving.scorer import LiberScorer, ScorerConfig, onnx_session
 
     card = ModelCard.load(args.model)
     root = Path(tempfile.mkdtemp(prefix="liber-bench-online-"))
