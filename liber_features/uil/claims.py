@@ -51,7 +51,11 @@ class Lease:
                     claims.c.llm_id == self.llm_id)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
+        """A ledger transaction holding this worker's write lock (the heartbeat waits for it).
+
+        Every write that touches this run's claims goes through here, commits included.
+        """
         with self._write, self.ledger.begin() as conn:
             yield conn
 
@@ -61,7 +65,7 @@ class Lease:
             return set()
         stamp = now_us()
         until = stamp + self.lease_us
-        with self._tx() as conn:
+        with self.transaction() as conn:
             self.ledger.insert_ignore(conn, claims, [{
                 "partition_id": i, "prompt_version": self.pv, "llm_id": self.llm_id,
                 "run_id": self.run_id, "status": "held", "lease_until_us": until, "takeovers": 0}
@@ -103,9 +107,10 @@ class Lease:
         conn.execute(delete(claims).where(where))
         return mine
 
-    def release_all(self) -> None:
-        with self._tx() as conn:
-            self.release(conn)
+    def release_all(self, ids: Iterable[int] | None = None) -> None:
+        """``release`` in a transaction of its own: all held claims, or only ``ids``."""
+        with self.transaction() as conn:
+            self.release(conn, ids)
 
     def count(self, conn: Connection, **increments: int) -> None:
         """Add to this run's counters (llm_calls, llm_calls_committed, partitions_done, ...)."""
@@ -114,7 +119,7 @@ class Lease:
 
     def count_calls(self, n: int) -> None:
         """Record LLM calls *before* making them: a crash then shows them as never committed."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             self.count(conn, llm_calls=n)
 
     def others_holding(self, users: list[str] | None) -> bool:
@@ -136,7 +141,7 @@ class Lease:
     def beat(self) -> None:
         """Stamp the run and renew every lease it holds."""
         stamp = now_us()
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute(update(hb_t).where(hb_t.c.run_id == self.run_id).values(heartbeat_us=stamp))
             conn.execute(update(claims).where(claims.c.run_id == self.run_id,
                                               claims.c.status == "held")
