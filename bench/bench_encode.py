@@ -1,10 +1,13 @@
 """UIL encoder job on ~50 real partitions with the real SmolLM2 + MiniLM.
 
     python bench/bench_encode.py [--partitions 50] [--k 20] [--batch-size 8]
+    python bench/bench_encode.py --checkpoint-load
+
 
 Prints the wall time split into LLM vs everything else (model loading shown apart; goal:
 everything else ≤ 10 % of the job), and the LLM calls LIBER makes against what re-summarising
-each user's whole history on every new event would need.
+each user's whole history on every new event would need. ``--checkpoint-load`` instead times
+SmolLM2's first load (GGUF converted into the cache, then loaded) against a load from that cache.
 """
 
 from __future__ import annotations
@@ -29,7 +32,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--checkpoint-load", action="store_true",
+                    help="only time the packaged SmolLM2's first load against a cached one")
     args = ap.parse_args()
+    if args.checkpoint_load:
+        checkpoint_load()
+        return
 
     from liber_features.ingest.events import load_events
     from liber_features.ingest.job import ingest
@@ -92,6 +100,22 @@ def main() -> None:
                       "seconds_total": s.seconds_total, "load_s": round(load_s, 2),
                       "non_llm_share": round(other / s.seconds_total, 4),
                       "rerun_llm_calls": again.llm_calls}))
+
+
+def checkpoint_load() -> None:
+    """First load (converts the packaged GGUF into an empty cache) vs a load from that cache."""
+    os.environ["LIBER_CACHE_DIR"] = tempfile.mkdtemp(prefix="liber-bench-cache-")
+    from encoders.uil.llm import DecodingConfig, load_llm
+
+    decoding = DecodingConfig(max_new_tokens=24)
+    t0 = time.perf_counter()
+    load_llm("smollm2", device="cpu", decoding=decoding)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    load_llm(None, device="cpu", decoding=decoding)
+    cached = time.perf_counter() - t0
+    print(f"SmolLM2 load: first (GGUF converted) {first:6.2f} s, cached copy {cached:6.2f} s "
+          f"({first / cached:.1f}x), {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Deterministic stand-ins for the LLM and the text encoder, shipped for tests (as httpx ships
-MockTransport): they implement ``interest.LLMLike`` / ``TextEncoderLike`` without torch or models,
+MockTransport): they implement ``uil.types.LLMLike`` / ``TextEncoderLike`` without torch or models,
 and :class:`FakeOpenAIServer` stands in for a vLLM / OpenAI-compatible endpoint over real HTTP.
 
 Never used on the command line's path: ``liber encode`` only loads real models.

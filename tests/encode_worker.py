@@ -2,6 +2,7 @@
 
 Runs ``run_encode`` with the deterministic counting LLM (liber_features.testing) and then
 rewrites the long-term memory table, as ``liber encode`` does; prints the summary as JSON.
+SIGTERM ends it as it ends ``liber encode``: ``sys.exit(143)`` inside the run.
 
     python tests/encode_worker.py LEDGER_URL CALLS_FILE [--schema S] [--llm-id ID] [--lease S]
         [--batch-size N] [--delay S] [--table PATH] [--start-at EPOCH_S]
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import signal
+import sys
 import time
 
 from liber_features.features.memory import refresh_memory_table
@@ -38,6 +41,7 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--actor-cpus", type=float, default=1.0)
     a = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as liber_features.cli.main.encode
     ledger = Ledger(a.ledger, schema=a.schema)
     time.sleep(max(0.0, a.start_at - time.time()))
     cfg = EncodeConfig(batch_size=a.batch_size, lease_s=a.lease)

@@ -26,6 +26,7 @@ from liber_features.ingest.partition import PartitionRule
 from liber_features.ledger.store import claims, interests, partitions, runs, vectors
 from liber_features.testing import event_log
 
+pytestmark = pytest.mark.slow  # worker processes, each importing the package: seconds apiece
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "encode_worker.py"
 USERS, PER_USER, K = 8, 7, 2  # 3 sealed partitions per user (one event stays cached)
@@ -76,6 +77,35 @@ def assert_exactly_once(ledger) -> None:
         assert one(no_vector) == 0
         assert dict(conn.execute(select(claims.c.status, func.count()).group_by(claims.c.status)).all()) == {
             "done": PARTS}
+
+
+def done_count(ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(interests).where(
+            interests.c.status == "done")).scalar()
+
+
+def test_sigterm_ends_the_run_as_failed_keeping_committed_batches(ledger, tmp_path):
+    ingest(events(), ledger, PartitionRule(k=K), progress=False)
+    calls = tmp_path / "calls.txt"
+    # 0.1 s a call, 40 calls: it is stopped a few batches in, long before it could finish.
+    worker = spawn(ledger, calls, "--delay", "0.1", "--batch-size", "3")
+    deadline = time.time() + 60
+    while done_count(ledger) == 0 and time.time() < deadline:
+        assert worker.poll() is None, worker.communicate()[1][-2000:]
+        time.sleep(0.05)
+    worker.terminate()
+    assert worker.wait(timeout=30) == 143
+    kept = done_count(ledger)
+    assert kept % 3 == 0 and 3 <= kept < PARTS  # whole batches of 3, none of them lost
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(runs.c.status).where(runs.c.kind == "encode")).scalar_one() == "failed"
+        assert dict(conn.execute(select(claims.c.status, func.count()).group_by(claims.c.status)).all()) == {
+            "done": kept}  # what it held in flight was given back, not left to expire
+    rerun = spawn(ledger, calls)
+    (s,) = finish([rerun])
+    assert s["partitions_done"] == PARTS - kept and s["skipped_already_done"] == kept
+    assert_exactly_once(ledger)
 
 
 @pytest.mark.parametrize("workers", [2, 4])

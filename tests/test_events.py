@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -408,16 +407,13 @@ def test_property_every_good_row_accepted_once(good, bad, dup_picks, order) -> N
 
 
 def test_real_ml_latest_small() -> None:
-    start = time.perf_counter()
     loaded = load_events(ml_latest_small())
-    seconds = time.perf_counter() - start
     check_contract(loaded)
     assert loaded.layout == "ml-latest"
     assert (len(loaded.events), len(loaded.quarantine), loaded.duplicates) == (100_836, 0, 0)
     assert loaded.events["user_id"].nunique() == 610
     assert len(loaded.catalog) == 9_742
     assert loaded.events["ts"].min() >= pd.Timestamp("1996-01-01", tz="UTC")
-    assert seconds < 2.0, f"ml-latest-small took {seconds:.2f} s"
 
 
 # --- module hygiene ----------------------------------------------------------------------------
@@ -430,11 +426,13 @@ def test_public_api_is_pinned() -> None:
     ])  # fmt: skip
 
 
-def test_import_stays_light() -> None:
-    code = ("import sys, liber_features.ingest.events; "
-            "print(sorted(m for m in ('torch', 'feast') if m in sys.modules))")  # fmt: skip
+def test_loading_events_does_not_import_feast() -> None:
+    # import-linter keeps torch out of liber_features (pyproject [tool.importlinter]). No contract
+    # keeps feast out of ingest (the features stage imports it by right), and the linter does not
+    # see what a third-party import pulls in: the ingest path's start-up cost is checked here.
+    code = "import sys, liber_features.ingest.events; print('feast' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == "False"
 
 
 def test_detect_layout_files() -> None:

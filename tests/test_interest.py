@@ -18,6 +18,8 @@ from liber_features.ledger.store import interests, vectors
 from liber_features.testing import ScriptedLLM
 from liber_features.uil.interest import EncodeConfig, run_encode
 from liber_features.uil.prompts import FIRST_SHIFT, ItemLine, PromptConfig, sanitize, summary_messages
+from liber_features.uil.scheduler import Scheduler
+from liber_features.uil.types import Part, Settled
 
 
 class FakeLLM(ScriptedLLM):
@@ -110,6 +112,9 @@ def test_failed_generation_is_recorded_and_retried_next_run(filled):
     s = run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
     assert (s.partitions_done, s.failed, s.llm_calls) == (1, 0, 2)  # retried, now done
     assert len(done_rows(filled)) == 4
+    with filled.engine.connect() as conn:  # two failed tries, then the one that succeeded
+        assert conn.execute(select(interests.c.attempts).where(
+            interests.c.id == failed[0].id)).scalar_one() == 3
 
 
 def test_unreachable_llm_stops_the_run_without_marking_partitions_failed(filled):
@@ -162,3 +167,41 @@ def test_sanitize_defuses_prompt_framing():
     msgs = summary_messages([ItemLine(title="A\nB", categories="Drama", rating=4.0, ts_us=0)],
                             PromptConfig())
     assert "A B [Drama]: 4" in msgs[1]["content"]
+
+
+class OthersHold:
+    """A lease on a ledger where another live worker holds ``theirs``."""
+
+    def __init__(self, theirs: set[int]) -> None:
+        self.theirs = theirs
+
+    def claim(self, ids: list[int]) -> set[int]:
+        return {i for i in ids if i not in self.theirs}
+
+
+def test_scheduler_follows_the_cascade_and_sets_aside_busy_and_given_up():
+    a0, b0, c0, a1 = Part(1, "a", 0, []), Part(3, "b", 0, []), Part(4, "c", 0, []), Part(2, "a", 1, [])
+    sched = Scheduler([a0, b0, c0, a1], {}, batch_size=2, limit=None)
+    lease = OthersHold({3})
+    assert sched.claim(lease) == [a0]  # b0 is another worker's: set aside, a0 alone goes
+    assert sched.claim(lease) == [c0]  # a1 waits for a0's summary
+    assert sched.claim(lease) == []
+    assert sched.finished([a0], Settled({1: "likes a"})) == 1
+    assert sched.prev == {("a", 0): "likes a"}
+    assert sched.claim(lease) == [a1]
+    assert sched.finished([c0], Settled(given_up=True)) == 0  # failed: not retried in this run
+    assert sched.finished([a1], Settled({})) == 0  # taken over: its summary comes from the ledger
+    lease.theirs.add(2)  # the taker's claim is done: ours is refused, a1 is set aside as busy
+    assert (sched.claim(lease), sched.ready(), sched.busy) == ([], [], {2, 3})
+    sched.learn({2: "other worker's a1", 99: "not in scope"})
+    assert sched.prev == {("a", 0): "likes a", ("a", 1): "other worker's a1"}
+    assert sched.retry_busy() is True and sched.ready() == [b0]
+    assert sched.retry_busy() is False
+
+
+def test_scheduler_budget_and_what_was_done_before():
+    parts = [Part(1, "a", 0, []), Part(3, "b", 0, []), Part(2, "a", 1, [])]
+    sched = Scheduler(parts, {1: "done earlier", 7: "another user's"}, batch_size=5, limit=None)
+    assert (sched.skipped, sched.todo) == (1, 2)
+    limited = Scheduler(parts, {}, batch_size=5, limit=1)
+    assert (limited.todo, limited.claim(OthersHold(set())), limited.claim(OthersHold(set()))) == (1, [parts[0]], [])

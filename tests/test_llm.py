@@ -4,7 +4,6 @@ against a local HTTP server, load_llm's grammar, and one run of the real package
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 from pydantic import ValidationError
@@ -127,6 +126,7 @@ def test_openai_gives_up_with_the_url() -> None:
 # --- the real packaged model --------------------------------------------------------------------
 
 @pytest.mark.models
+@pytest.mark.slow
 def test_real_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("LIBER_CACHE_DIR", str(tmp_path))
     decoding = DecodingConfig(max_new_tokens=24)
@@ -137,14 +137,10 @@ def test_real_smollm2_converts_once_then_loads_from_cache(tmp_path, monkeypatch)
     out = direct.generate(prompts)
     assert all(g.text and g.completion_tokens > 0 and g.prompt_tokens > 10 for g in out)
     del direct
-    t0 = time.perf_counter()
     load_llm("smollm2", device="cpu", decoding=decoding)  # converts, then loads the copy
-    t_first = time.perf_counter() - t0
     assert (tmp_path / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
-    t0 = time.perf_counter()
+    # How much faster the cached copy loads is a figure: bench/bench_encode.py --checkpoint-load.
     cached = load_llm(None, device="cpu", decoding=decoding)
-    t_cached = time.perf_counter() - t0
-    assert t_cached < t_first / 2, (t_first, t_cached)
     assert cached.generate(prompts) == out  # the plain copy writes the GGUF's exact text
     assert cached.llm_id.startswith("transformers:SmolLM2-135M-Instruct@")
     assert checkpoints.smollm2_checkpoint() == tmp_path / "models" / "smollm2-135m-instruct"

@@ -29,7 +29,7 @@ from liber_features.testing import fake_backends
 from liber_features.uil.interest import EncodeConfig, run_encode
 from liber_features.uil.rayjob import RayEncodeConfig, actor_gpus, run_ray_encode
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,9 @@ def test_ray_run_writes_what_one_process_writes(ray_address, pg, unique_name, tm
     again = run_ray_encode(pg, backends, EncodeConfig(batch_size=3), RayEncodeConfig(actors=1),
                            progress=False)
     assert (again.llm_calls, again.skipped_already_done) == (0, PARTS)
+    # One process finds the actors' work under the same keys (prompt version, LLM id).
+    plain = run_encode(pg, *backends(), EncodeConfig(batch_size=3), progress=False)
+    assert (plain.llm_calls, plain.skipped_already_done, plain.vectors_written) == (0, PARTS, 0)
     assert len(call_lines(calls)) == NEEDED
 
 

@@ -57,6 +57,7 @@ def test_missing_checkpoint(tmp_path) -> None:
 
 
 @pytest.mark.models
+@pytest.mark.slow
 def test_real_minilm() -> None:
     enc = TextEncoder(device="cpu")
     assert enc.dim == 384 and enc.encoder_id.startswith("all-MiniLM-L6-v2@")

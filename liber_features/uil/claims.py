@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from liber_features.errors import LiberError
 from liber_features.ledger.store import Ledger, claims, now_us
 from liber_features.ledger.store import partitions as parts_t
-from liber_features.ledger.store import runs as hb_t
+from liber_features.ledger.store import runs as runs_t
 
 __all__ = ["Lease", "poll_interval"]
 
@@ -51,7 +51,11 @@ class Lease:
                     claims.c.llm_id == self.llm_id)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Connection]:
+        """A ledger transaction holding this worker's write lock (the heartbeat waits for it).
+
+        Every write that touches this run's claims goes through here, commits included.
+        """
         with self._write, self.ledger.begin() as conn:
             yield conn
 
@@ -61,7 +65,7 @@ class Lease:
             return set()
         stamp = now_us()
         until = stamp + self.lease_us
-        with self._tx() as conn:
+        with self.transaction() as conn:
             self.ledger.insert_ignore(conn, claims, [{
                 "partition_id": i, "prompt_version": self.pv, "llm_id": self.llm_id,
                 "run_id": self.run_id, "status": "held", "lease_until_us": until, "takeovers": 0}
@@ -103,18 +107,19 @@ class Lease:
         conn.execute(delete(claims).where(where))
         return mine
 
-    def release_all(self) -> None:
-        with self._tx() as conn:
-            self.release(conn)
+    def release_all(self, ids: Iterable[int] | None = None) -> None:
+        """``release`` in a transaction of its own: all held claims, or only ``ids``."""
+        with self.transaction() as conn:
+            self.release(conn, ids)
 
     def count(self, conn: Connection, **increments: int) -> None:
         """Add to this run's counters (llm_calls, llm_calls_committed, partitions_done, ...)."""
-        conn.execute(update(hb_t).where(hb_t.c.id == self.run_id).values(
-            heartbeat_us=now_us(), **{k: getattr(hb_t.c, k) + v for k, v in increments.items()}))
+        conn.execute(update(runs_t).where(runs_t.c.id == self.run_id).values(
+            heartbeat_us=now_us(), **{k: getattr(runs_t.c, k) + v for k, v in increments.items()}))
 
     def count_calls(self, n: int) -> None:
         """Record LLM calls *before* making them: a crash then shows them as never committed."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             self.count(conn, llm_calls=n)
 
     def others_holding(self, users: list[str] | None) -> bool:
@@ -136,8 +141,8 @@ class Lease:
     def beat(self) -> None:
         """Stamp the run and renew every lease it holds."""
         stamp = now_us()
-        with self._tx() as conn:
-            conn.execute(update(hb_t).where(hb_t.c.id == self.run_id).values(heartbeat_us=stamp))
+        with self.transaction() as conn:
+            conn.execute(update(runs_t).where(runs_t.c.id == self.run_id).values(heartbeat_us=stamp))
             conn.execute(update(claims).where(claims.c.run_id == self.run_id,
                                               claims.c.status == "held")
                          .values(lease_until_us=stamp + self.lease_us))

@@ -33,16 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from liber_features.errors import ConfigError, EncoderError, MissingDependency
 from liber_features.ledger.store import Ledger
-from liber_features.uil.interest import (
-    EncodeConfig,
-    EncodeSummary,
-    LLMLike,
-    TextEncoderLike,
-    _Part,
-    _run_batch,
-    encode_loop,
-)
-from liber_features.uil.interest_store import LostBatch
+from liber_features.uil.batch import BatchJob, Finished, LostBatch, run_batch
+from liber_features.uil.interest import encode_loop
+from liber_features.uil.types import EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike
 
 __all__ = ["RayEncodeConfig", "RayEncodeSummary", "actor_gpus", "run_ray_encode"]
 
@@ -93,14 +86,14 @@ class EncoderActor:
         return {"llm_id": self.llm.llm_id, "decoding": self.llm.decoding,
                 "encoder_id": self.enc.encoder_id, "dim": self.enc.dim, "pid": os.getpid()}
 
-    def run(self, batch: list[_Part], prev: dict, catalog: dict, cfg: EncodeConfig):
-        """``_run_batch`` here; an error comes back as a value, with the calls it had made."""
+    def run(self, job: BatchJob, cfg: EncodeConfig) -> tuple[Any, EncodeSummary]:
+        """``run_batch`` here; an error comes back as a value, with the counters it had made."""
         s = EncodeSummary()
         try:
-            outcome = _run_batch(batch, prev, catalog, self.llm, self.enc, cfg, s)
-        except Exception as exc:  # judged on the driver (encode_loop), as in one process
+            outcome = run_batch(job, self.llm, self.enc, cfg.prompts, s)
+        except Exception as exc:  # judged on the driver (settle_batch), as in one process
             outcome = exc
-        return outcome, (s.llm_calls, s.seconds_llm, s.seconds_encoder)
+        return outcome, s
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.enc.encode(texts), dtype=np.float32)
@@ -118,6 +111,15 @@ class _Backends:
         return self._ray.get(self._actor.encode.remote(texts))
 
 
+@dataclass
+class _Task:
+    """A batch on an actor, and how many times it was sent after losing one."""
+
+    actor: Any
+    job: BatchJob
+    tries: int
+
+
 class _ActorPool:
     """``interest.BatchRunner`` over Ray actors: up to ``in_flight`` batches queued per actor."""
 
@@ -127,7 +129,7 @@ class _ActorPool:
         self.load = {a: 0 for a in actors}  # live actor → batches it holds
         self.every = list(actors)  # live and dead, to kill them all at the end
         self.restarts_left = rc.actors if rc.max_actor_restarts is None else rc.max_actor_restarts
-        self.tasks: dict[Any, tuple] = {}  # ObjectRef → (actor, batch, prev, catalog, tries)
+        self.tasks: dict[Any, _Task] = {}  # ObjectRef → what it runs, where
 
     def free(self) -> bool:
         return len(self.tasks) < len(self.load) * self.rc.in_flight
@@ -135,19 +137,16 @@ class _ActorPool:
     def pending(self) -> bool:
         return bool(self.tasks)
 
-    def submit(self, batch: list[_Part], prev: dict, catalog: dict) -> None:
+    def submit(self, job: BatchJob) -> None:
         # Ship only what the batch reads: its predecessors' summaries and its items' titles.
-        need = {(x.user_id, x.seq - 1): prev[(x.user_id, x.seq - 1)] for x in batch if x.seq > 0}
-        items = {e[1] for x in batch for e in x.events}
-        self._send(batch, need, {i: catalog[i] for i in items if i in catalog}, 0)
+        self._send(job.trimmed(), 0)
 
-    def _send(self, batch: list[_Part], prev: dict, catalog: dict, tries: int) -> None:
+    def _send(self, job: BatchJob, tries: int) -> None:
         actor = min(self.load, key=self.load.__getitem__)
         self.load[actor] += 1
-        ref = actor.run.remote(batch, prev, catalog, self.cfg)
-        self.tasks[ref] = (actor, batch, prev, catalog, tries)
+        self.tasks[actor.run.remote(job, self.cfg)] = _Task(actor, job, tries)
 
-    def wait(self, s: EncodeSummary) -> list[tuple[list[_Part], Any]]:
+    def wait(self, s: EncodeSummary) -> list[Finished]:
         """Finished batches (none when every finished one was lost and resent)."""
         ray = self.ray
         done, rest = ray.wait(list(self.tasks), num_returns=1)
@@ -155,26 +154,28 @@ class _ActorPool:
             done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         out = []
         for ref in done:
-            actor, batch, prev, catalog, tries = self.tasks.pop(ref)
+            task = self.tasks.pop(ref)
+            parts = task.job.parts
             try:
-                outcome, (calls, t_llm, t_enc) = ray.get(ref)
+                outcome, counted = ray.get(ref)
             except ray.exceptions.RayActorError as exc:
-                self._bury(actor)
-                if tries < self.rc.retry_lost:
+                self._bury(task.actor)
+                if task.tries < self.rc.retry_lost:
                     self.s.batches_resent += 1
-                    self._send(batch, prev, catalog, tries + 1)
+                    self._send(task.job, task.tries + 1)
                 else:
-                    out.append((batch, LostBatch(f"Ray actor died mid-batch ({type(exc).__name__}); "
-                                                 f"partitions {[x.id for x in batch]} left for a rerun")))
+                    out.append(Finished(parts, LostBatch(
+                        f"Ray actor died mid-batch ({type(exc).__name__}); "
+                        f"partitions {[x.id for x in parts]} left for a rerun")))
                 continue
             except ray.exceptions.RayTaskError as exc:  # e.g. an outcome that could not be pickled
-                outcome, calls, t_llm, t_enc = EncoderError(f"Ray task failed: {exc}"), 0, 0.0, 0.0
-            if actor in self.load:
-                self.load[actor] -= 1
-            s.llm_calls += calls
-            s.seconds_llm += t_llm
-            s.seconds_encoder += t_enc
-            out.append((batch, outcome))
+                outcome, counted = EncoderError(f"Ray task failed: {exc}"), EncodeSummary()
+            if task.actor in self.load:
+                self.load[task.actor] -= 1
+            s.llm_calls += counted.llm_calls
+            s.seconds_llm += counted.seconds_llm
+            s.seconds_encoder += counted.seconds_encoder
+            out.append(Finished(parts, outcome))
         return out
 
     def _bury(self, actor: Any) -> None:
