@@ -133,14 +133,16 @@ def test_unreachable_llm_stops_the_run_without_marking_partitions_failed(filled)
 
 
 def test_new_text_encoder_reuses_texts_without_llm_calls(filled):
-    run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
+    first = run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
+    # A run that generates texts counts the vectors written with them (4 partitions, 4 vector rows).
+    assert (first.partitions_done, first.vectors_written, first.vectors_backfilled) == (4, 4, 0)
 
     class Other(FakeEncoder):
         encoder_id = "other@2"
 
     llm = FakeLLM()
     s = run_encode(filled, llm, Other(), progress=False)
-    assert s.llm_calls == 0 and s.vectors_written == 4
+    assert (s.llm_calls, s.vectors_written, s.vectors_backfilled) == (0, 0, 4)
     with filled.engine.connect() as conn:
         assert conn.execute(select(vectors).where(vectors.c.encoder_id == "other@2")).all()
 

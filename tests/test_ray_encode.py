@@ -109,7 +109,8 @@ def test_ray_run_writes_what_one_process_writes(ray_address, pg, unique_name, tm
     assert (again.llm_calls, again.skipped_already_done) == (0, PARTS)
     # One process finds the actors' work under the same keys (prompt version, LLM id).
     plain = run_encode(pg, *backends(), EncodeConfig(batch_size=3), progress=False)
-    assert (plain.llm_calls, plain.skipped_already_done, plain.vectors_written) == (0, PARTS, 0)
+    assert (plain.llm_calls, plain.skipped_already_done, plain.vectors_written, plain.vectors_backfilled) == \
+        (0, PARTS, 0, 0)
     assert len(call_lines(calls)) == NEEDED
 
 

@@ -106,7 +106,7 @@ def encode_loop(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEnco
     s, lease, status, bar = ctx.summary, ctx.lease, "ok", None
     try:
         with lease.heartbeat():
-            s.vectors_written += fill_vectors(ctx)
+            s.vectors_backfilled += fill_vectors(ctx)
             parts, catalog = load_partitions(ledger, cfg.users), load_catalog(ledger)
             sched = Scheduler(parts, done_summaries(ledger, ctx.pv, llm.llm_id),
                               batch_size=cfg.batch_size, limit=cfg.limit)

@@ -173,6 +173,7 @@ def settle_batch(ctx: RunContext, done: Finished) -> Settled:
         if x.id in accepted:
             committed[x.id] = outcome.summaries[i]
             s.partitions_done += 1
+            s.vectors_written += 1
             s.prompt_tokens += outcome.tokens[i][0]
             s.completion_tokens += outcome.tokens[i][1]
     return Settled(committed)

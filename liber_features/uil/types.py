@@ -57,7 +57,8 @@ class EncodeSummary:
     failed: int = 0
     rejected_commits: int = 0  # batches finished after another worker took their lease over
     partitions_lost: int = 0  # in batches whose process (a Ray actor) died: left for a rerun
-    vectors_written: int = 0
+    vectors_written: int = 0  # vector rows (summary + shift) written with this run's new texts
+    vectors_backfilled: int = 0  # vector rows written for texts an earlier run generated
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds_llm: float = 0.0
