@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,8 @@ from liber_features.features.repo import (
     SHORT_TERM_SCHEMA,
     apply_repo,
     open_store,
+    sample_long_term,
+    sample_short_term,
     write_parquet,
 )
 
@@ -92,3 +95,13 @@ def cleanup(repo: Repo) -> None:
     repo.store().registry.delete_project(repo.project)  # never store.teardown(): it drops every project
 
 
+def sample_redis_repo(tmp_path: Path, users: list[str], now) -> Iterator[Repo]:
+    """A Redis-backed repo holding the sample long-term (30 days old) and short-term (1 day) rows of
+    ``users``; its keys and registry project are removed afterwards. Use with ``yield from``."""
+    from datetime import timedelta
+
+    repo = Repo(tmp_path, "redis")
+    redis_client()
+    repo.write(sample_long_term(users, now - timedelta(days=30)), sample_short_term(users, now - timedelta(days=1)))
+    yield repo
+    cleanup(repo)

@@ -61,6 +61,25 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
         con.close()
 
 
+def _open_together(open_ledger, n: int = 4) -> tuple[list[Ledger], list[BaseException]]:
+    """``n`` threads open one ledger at the same instant (a barrier): the ledgers opened, the errors."""
+    barrier, errors, opened = threading.Barrier(n), [], []
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            opened.append(open_ledger())
+        except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return opened, errors
+
+
 def _revision(ledger: Ledger) -> str | None:
     with ledger.engine.connect() as conn:
         return migrate.current_revision(conn, ledger.schema)
@@ -196,20 +215,7 @@ def test_upgraded_0_1_0_ledger_equals_tables_metadata(tmp_path):
 @pytest.mark.parametrize("start", ["new", "old"])
 def test_workers_opening_one_ledger_together_all_succeed(tmp_path, start):
     path = _old(tmp_path) if start == "old" else tmp_path / "new.sqlite"
-    barrier, errors, opened = threading.Barrier(4), [], []
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            opened.append(Ledger(f"sqlite:///{path}"))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    opened, errors = _open_together(lambda: Ledger(f"sqlite:///{path}"))
     assert errors == [] and len(opened) == 4
     assert {_revision(x) for x in opened} == {"0002"}
     with opened[0].engine.connect() as conn:
@@ -264,20 +270,7 @@ def test_old_postgres_ledger_upgrades_in_its_schema_with_every_row_kept(unique_n
 
 @pytest.mark.postgres
 def test_postgres_workers_opening_a_new_schema_together_all_succeed(unique_name):
-    barrier, errors, opened = threading.Barrier(4), [], []
-
-    def worker() -> None:
-        barrier.wait()
-        try:
-            opened.append(Ledger(PG_URL, schema=unique_name))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    opened, errors = _open_together(lambda: Ledger(PG_URL, schema=unique_name))
     try:
         assert errors == [] and len(opened) == 4
         assert {_revision(x) for x in opened} == {"0002"}

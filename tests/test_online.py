@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
-from feastrepo import Repo, cleanup, redis_client
+from feastrepo import Repo, cleanup, redis_client, sample_redis_repo
 
 from liber_features.errors import FeatureStoreError, VectorShapeError
 from liber_features.features import sync
@@ -55,11 +55,7 @@ def repo(request, tmp_path):
 
 @pytest.fixture
 def redis_repo(tmp_path):
-    r = Repo(tmp_path, "redis")
-    redis_client()
-    r.write(sample_long_term(USERS, NOW - timedelta(days=30)), sample_short_term(USERS, NOW - timedelta(days=1)))
-    yield r
-    cleanup(r)
+    yield from sample_redis_repo(tmp_path, USERS, NOW)
 
 
 def online(store, users=USERS, service=True) -> dict[str, list]:

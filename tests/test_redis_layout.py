@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 import redis
-from feastrepo import Repo, cleanup, redis_client
+from feastrepo import sample_redis_repo
 
 from liber_features.features.online import push_short_term_cache, write_online
 from liber_features.features.redis_layout import FloatCodec, UserKeys, decode_value, stamp, stamp_nanos
@@ -79,11 +79,7 @@ def test_user_keys_equal_feasts_helper(user_id):
 
 @pytest.fixture
 def redis_repo(tmp_path):
-    r = Repo(tmp_path, "redis")
-    redis_client()
-    r.write(sample_long_term(USERS, NOW - timedelta(days=30)), sample_short_term(USERS, NOW - timedelta(days=1)))
-    yield r
-    cleanup(r)
+    yield from sample_redis_repo(tmp_path, USERS, NOW)
 
 
 @pytest.mark.redis
