@@ -170,7 +170,8 @@ def main() -> None:
         two = onnx_session(Path(args.model) / "model.onnx", 2)
         port = free_port()
         server = subprocess.Popen([sys.executable, "-c", "from liber_features.cli.main import main; main()", "serve",
-                                   "--model", args.model, "--repo", str(root), "--port", str(port)],
+                                   "--model", args.model, "--repo", str(root), "--port", str(port),
+                                   "--no-access-log"],  # stderr is a pipe nobody reads until the end
                                   env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
         for _ in range(300):

@@ -56,6 +56,8 @@ def broken_ledger(*_args, **_kwargs):
     raise RuntimeError("cannot reach postgresql+psycopg://liber:hunter2@db:5432/x: the disk is on fire")
 
 
+# Not a SQLite file, so the missing-ledger check (cli/common.require_ledger) lets it through.
+BROKEN_URL = "postgresql+psycopg://liber:hunter2@db:5432/x"
 ERROR_LINE = ("error: RuntimeError: cannot reach postgresql+psycopg://liber:***@db:5432/x: "
               "the disk is on fire\n")
 
@@ -65,7 +67,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1(monkeypatch):
 
     monkeypatch.delenv("LIBER_DEBUG", raising=False)
     monkeypatch.setattr(store, "Ledger", broken_ledger)  # `liber status` builds a Ledger first
-    res = CliRunner().invoke(cli, ["status"])
+    res = CliRunner().invoke(cli, ["status", "--ledger", BROKEN_URL])
     assert res.exit_code == 1
     assert res.stderr == ERROR_LINE
     assert res.stdout == ""
@@ -73,7 +75,8 @@ def test_an_unexpected_error_is_one_line_and_exit_1(monkeypatch):
     assert "hunter2" not in res.output
 
 
-@pytest.mark.parametrize("args, env", [(["--debug", "status"], {}), (["status"], {"LIBER_DEBUG": "1"})])
+@pytest.mark.parametrize("args, env", [(["--debug", "status", "--ledger", "postgresql+psycopg://db/x"], {}),
+                                       (["status", "--ledger", "postgresql+psycopg://db/x"], {"LIBER_DEBUG": "1"})])
 def test_debug_shows_the_traceback(monkeypatch, args, env):
     import liber_features.ledger.store as store
 

@@ -193,28 +193,31 @@ def test_plain_csv_with_aliases_event_ids_and_catalog() -> None:
     loaded = load_events(FIXTURES / "plain" / "events.csv", FIXTURES / "plain" / "catalog.csv", CONFIG)
     check_contract(loaded)
     assert loaded.layout == "csv"
-    assert (loaded.read, len(loaded.events), loaded.duplicates) == (10, 5, 1)
+    assert (loaded.read, len(loaded.events), loaded.duplicates) == (10, 4, 1)
     assert reasons(loaded) == [
+        (3, "rating", "rating -1.0 outside [0.5, 5.0]"),  # plain logs: GroupLens' range by default
         (4, "event_id", "event_id is empty"),
         (6, "item_id", "item 'i9' not in catalog"),
         (7, "ts", "timestamp '2024-13-45T00:00:00' is neither epoch seconds nor ISO-8601"),
         (8, "ts", "timestamp '2099-01-01' is in the future"),
     ]
     ev = loaded.events.set_index("event_id")
-    assert list(loaded.events["event_id"]) == ["e2", "e1", "e3", "e4", "e8"]
+    assert list(loaded.events["event_id"]) == ["e2", "e1", "e3", "e8"]
     assert ev.loc["e1", "row"] == 0 and ev.loc["e1", "user_id"] == "u1"  # row 5 reused 'e1'
     assert ev.loc["e1", "ts"] == pd.Timestamp("2024-03-01T10:00:00Z")  # naive → UTC
     assert ev.loc["e2", "ts"] == pd.Timestamp("2024-03-01T08:00:00Z")  # offset → UTC
-    assert ev.loc["e4", "ts"] == pd.Timestamp("2024-03-01T10:00:00.25Z")  # float epoch
-    assert ev.loc["e4", "rating"] == -1.0  # plain logs: no range unless configured
     assert np.isnan(ev.loc["e8", "rating"])
     assert loaded.catalog.set_index("item_id").loc["i2", "title"] == "Second, item"
+    wide = load_events(FIXTURES / "plain" / "events.csv", FIXTURES / "plain" / "catalog.csv",
+                       LoadConfig(now=NOW, rating_min=-1)).events.set_index("event_id")
+    assert wide.loc["e4", "ts"] == pd.Timestamp("2024-03-01T10:00:00.25Z")  # float epoch
+    assert wide.loc["e4", "rating"] == -1.0  # a configured range replaces the default one
 
 
 def test_configured_rating_range_applies_to_plain_logs() -> None:
     loaded = load_events(FIXTURES / "plain" / "events.csv", config=LoadConfig(now=NOW, rating_min=0))
     check_contract(loaded)
-    assert (3, "rating", "rating -1.0 outside [0.0, inf]") in reasons(loaded)
+    assert (3, "rating", "rating -1.0 outside [0.0, 5.0]") in reasons(loaded)
     assert loaded.catalog is None  # no catalog: unknown items are not a failure
     assert "e5" in set(loaded.events["event_id"])
 
@@ -421,7 +424,7 @@ def test_real_ml_latest_small() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(events_mod.__all__) == sorted([
-        "EVENT_COLUMNS", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
+        "EVENT_COLUMNS", "PLAIN_ALIASES", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
         "iter_time_slices", "load_catalog", "load_events",
     ])  # fmt: skip
 

@@ -204,6 +204,10 @@ def test_cli_report_and_empty_ledger_error(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["images"] == 8 and summary["missing"].startswith("no Feast repo given")
+    missing = CliRunner().invoke(cli, ["report", "--ledger", f"sqlite:///{tmp_path / 'empty.db'}",
+                                       "--out", str(tmp_path / "e")])
+    assert missing.exit_code == 2 and f"no ledger at {tmp_path / 'empty.db'}" in missing.output
+    Ledger(f"sqlite:///{tmp_path / 'empty.db'}")  # created, and empty
     empty = CliRunner().invoke(cli, ["report", "--ledger", f"sqlite:///{tmp_path / 'empty.db'}",
                                      "--out", str(tmp_path / "e")])
     assert empty.exit_code == 2 and "holds no events: run `liber ingest` first" in empty.output

@@ -18,15 +18,19 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from pydantic import SecretStr
 
-from liber_features.errors import ConfigError, LiberError
+from liber_features.errors import ConfigError, LedgerError, LiberError
+
+if TYPE_CHECKING:
+    from liber_features.ledger.store import Ledger
 
 __all__ = ["emit", "ledger_option", "schema_option", "setting_default", "IdList", "RatingRange",
-           "SinceTime", "fail", "LiberGroup"]
+           "SinceTime", "fail", "LiberGroup", "ledger_file", "require_ledger", "open_ledger"]
 
 
 def emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
@@ -60,6 +64,46 @@ ledger_option = click.option(
 schema_option = click.option(
     "--ledger-schema", default=setting_default("ledger_schema"),
     help="PostgreSQL schema holding the ledger tables [env LIBER_LEDGER_SCHEMA]")
+
+
+def ledger_file(url: str) -> Path | None:
+    """The file a SQLite ledger URL names (None for PostgreSQL, an in-memory SQLite or a bad URL)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None  # Ledger() turns a malformed URL into its ConfigError
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def require_ledger(url: str | None) -> str:
+    """The ledger URL a command uses (``--ledger``, else ``LIBER_LEDGER_URL``, else the default file),
+    refused with a ``LedgerError`` naming it when it is a SQLite file that does not exist.
+
+    Opening a SQLite ledger creates it: a command reading one (everything but ``ingest`` and the
+    demo) would otherwise work on a new empty ledger and report zeros, as ``liber materialize``
+    did when the README's example left out ``--ledger``.
+    """
+    from liber_features.ledger.store import default_ledger_url
+
+    url = url or default_ledger_url()
+    path = ledger_file(url)
+    if path is not None and not path.is_file():
+        raise LedgerError(f"no ledger at {path}: run `liber ingest` first, or name the ledger with "
+                          "--ledger / LIBER_LEDGER_URL")
+    return url
+
+
+def open_ledger(url: str | None, schema: str | None, *, must_exist: bool = True) -> Ledger:
+    """The command's ledger; with ``must_exist`` (every command but ``ingest``) a missing SQLite
+    file is an error naming it instead of a new empty ledger (``require_ledger``)."""
+    from liber_features.ledger import store
+
+    return store.Ledger(require_ledger(url) if must_exist else url, schema=schema)
 
 
 class IdList(click.ParamType):

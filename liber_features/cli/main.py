@@ -23,10 +23,12 @@ from liber_features.cli.common import (
     RatingRange,
     emit,
     ledger_option,
+    open_ledger,
     schema_option,
     setting_default,
 )
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
+from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
 from liber_features.cli.repo import COMMANDS as _FEAST_COMMANDS
 from liber_features.cli.report import COMMANDS as _REPORT_COMMANDS
 
@@ -53,7 +55,8 @@ def cli(debug: bool) -> None:
 @click.option("--max-span", "max_span_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="also seal when an event arrives this many seconds after the cache's oldest")
 @click.option("--rating-range", type=RatingRange(), default=None,
-              help="valid rating range (default: the layout's, e.g. 0.5,5 for ml-latest)")
+              help="valid ratings; others are quarantined (default: 0.5,5 for plain CSV/Parquet "
+                   "logs and ml-latest, 1,5 for ml-100k and ml-1m)")
 @click.option("--push/--no-push", default=False,
               help="push changed short-term caches to the Feast online store (--repo)")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
@@ -70,6 +73,9 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
 
     cfg = {"rating_min": rating_range[0], "rating_max": rating_range[1]} if rating_range else {}
     loaded = load_events(events_path, catalog_path, LoadConfig(**cfg))
+    if loaded.catalog is None:
+        click.echo("warning: no catalog (--catalog): item ids are not checked against one, and "
+                   "items have no titles or categories", err=True)
     from liber_features.features.caches import append_cache_history, cache_frame
     from liber_features.features.repo import SHORT_TERM_VIEW
 
@@ -92,7 +98,7 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
     ledger = Ledger(ledger_url, schema=ledger_schema)
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
                          progress=False if as_json else None, on_caches=on_caches)
-    emit(summary.as_dict(), as_json, f"ingested {loaded.source} ({loaded.layout})")
+    emit({**summary.as_dict(), "ledger": ledger.safe_url()}, as_json, f"ingested {loaded.source} ({loaded.layout})")
 
 
 @cli.command("push-caches")
@@ -106,9 +112,8 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
     from liber_features.features.caches import current_caches
     from liber_features.features.online import push_short_term_cache
     from liber_features.features.repo import open_store
-    from liber_features.ledger.store import Ledger
 
-    df = current_caches(Ledger(ledger_url, schema=ledger_schema), users)
+    df = current_caches(open_ledger(ledger_url, ledger_schema), users)
     pushed = push_short_term_cache(open_store(repo), df)
     emit({"caches_pushed": pushed}, as_json, "pushed short-term caches")
 
@@ -120,9 +125,9 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
 def status(ledger_url, ledger_schema, as_json) -> None:
     """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
     from liber_features.ledger.runs import run_report
-    from liber_features.ledger.store import Ledger, encode_progress
+    from liber_features.ledger.store import encode_progress
 
-    ledger = Ledger(ledger_url, schema=ledger_schema)
+    ledger = open_ledger(ledger_url, ledger_schema)
     report = run_report(ledger)
     summary = {**ledger.counts(), **encode_progress(ledger), **report}
     if as_json:
@@ -178,31 +183,26 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
     import signal
 
-    from encoders.uil.backends import model_backends
+    from liber_features.cli.progress import EncodeProgress
     from liber_features.features.memory import refresh_memory_table
     from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
-    from liber_features.ledger.store import Ledger
-    from liber_features.uil.interest import EncodeConfig, run_encode
-    from liber_features.uil.rayjob import RayEncodeConfig, run_ray_encode
+    from liber_features.uil.interest import EncodeConfig
 
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
     # as failed instead of leaving it "running" forever. Committed batches are kept either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ledger = Ledger(ledger_url, schema=ledger_schema)
+    ledger = open_ledger(ledger_url, ledger_schema)
     cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users)
-    progress = False if as_json else None
-    if ray_address is None:
-        summary = run_encode(ledger, *model_backends(llm_spec, encoder_path, device, max_new_tokens,
-                                                     batch_size), cfg, progress=progress).as_dict()
-    else:
-        # The models load in the actors, never here. An openai: backend is a client of vLLM
-        # servers that hold the GPUs, so its actors ask Ray for none.
-        remote = (llm_spec or "").startswith("openai:")
-        rc = RayEncodeConfig(address=ray_address, actors=actors, actor_cpus=actor_cpus,
-                             gpus_per_actor=0 if remote else None)
-        backends = functools.partial(model_backends, llm_spec, encoder_path, device, max_new_tokens,
-                                     batch_size)
-        summary = run_ray_encode(ledger, backends, cfg, rc, progress=progress).as_dict()
+    # Our own reporter instead of the loop's bar: it also counts calls/s, and writes plain lines
+    # when stderr is not a terminal (cli/progress.py).
+    shown = None if as_json else EncodeProgress()
+    try:
+        summary = _run_encode(ledger, cfg, shown, (llm_spec, encoder_path, device, max_new_tokens,
+                                                   batch_size), ray_address, actors, actor_cpus)
+    finally:
+        if shown is not None:
+            shown.close()
+    summary["ledger"] = ledger.safe_url()
     if table:
         # Every user in their newest complete version (not only this run's): users not yet
         # re-encoded under a new LLM/prompt/encoder keep their rows. Locked: workers may race.
@@ -216,6 +216,24 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     emit(summary, as_json, "encoded sealed partitions")
     if summary["failed"]:
         sys.exit(1)
+
+
+def _run_encode(ledger, cfg, on_progress, spec: tuple, ray_address, actors, actor_cpus) -> dict:
+    """The encode job in this process, or on Ray actors with ``ray_address``; its summary."""
+    from encoders.uil.backends import model_backends
+    from liber_features.uil.interest import run_encode
+    from liber_features.uil.rayjob import RayEncodeConfig, run_ray_encode
+
+    if ray_address is None:
+        return run_encode(ledger, *model_backends(*spec), cfg, progress=False,
+                          on_progress=on_progress).as_dict()
+    # The models load in the actors, never here. An openai: backend is a client of vLLM
+    # servers that hold the GPUs, so its actors ask Ray for none.
+    remote = (spec[0] or "").startswith("openai:")
+    rc = RayEncodeConfig(address=ray_address, actors=actors, actor_cpus=actor_cpus,
+                         gpus_per_actor=0 if remote else None)
+    backends = functools.partial(model_backends, *spec)
+    return run_ray_encode(ledger, backends, cfg, rc, progress=False, on_progress=on_progress).as_dict()
 
 
 @cli.command()
@@ -242,7 +260,7 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
         click.echo(json.dumps(result, default=str, sort_keys=True))
 
 
-for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS):
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS):
     cli.add_command(_command)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import IdList, emit, ledger_option, schema_option
+from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, require_ledger, schema_option
 from liber_features.training.prepare import checkpoint_meta, prepare_training_set
 
 __all__ = ["COMMANDS"]
@@ -49,7 +49,7 @@ def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, 
     from encoders.ctr.train import TrainConfig, train
 
     say = (lambda _m: None) if as_json else click.echo
-    ledger, ts, versions = prepare_training_set(ledger_url, ledger_schema, repo, say=say)
+    ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say)
     cfg = TrainConfig(backbone=backbone, liber=variant, epochs=epochs, seed=seed, dim=dim,
                       device=device, max_train_samples=max_train_samples)
     result = train(ts, _item_vectors(ts, device), cfg, log=say)
@@ -103,7 +103,7 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, ep
     if training_set:
         ts, item_text, versions, facts = load_set(training_set)
     else:
-        ledger, ts, versions = prepare_training_set(ledger_url, ledger_schema, repo, say=say)
+        ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say)
         item_text, facts = _item_vectors(ts, device), ledger_facts(ledger)
     if save_set:
         save(save_set, ts, item_text, versions, facts)
@@ -140,19 +140,90 @@ def _with_scorer_options(f):
     return f
 
 
+def _score_ledger(ledger_url, ledger_schema):
+    """The ledger ``liber score`` reads titles and seen items from; None, with a ``warning:`` line
+    on stderr, when there is none to read (scoring goes on without them)."""
+    from liber_features.errors import LedgerError
+
+    try:
+        return open_ledger(ledger_url, ledger_schema)
+    except LedgerError as exc:
+        click.echo(f"warning: {exc} (no titles; the user's seen items are not excluded)", err=True)
+        return None
+
+
+def _seen_items(ledger, user_id: str) -> set[str]:
+    from sqlalchemy import select
+
+    from liber_features.ledger.store import events
+
+    with ledger.engine.connect() as conn:
+        return set(conn.execute(select(events.c.item_id).where(events.c.user_id == user_id)
+                                .distinct()).scalars())
+
+
+def _titles(ledger, item_ids: list[str]) -> dict[str, str]:
+    from sqlalchemy import select
+
+    from liber_features.ledger.store import items
+
+    if ledger is None or not item_ids:
+        return {}
+    with ledger.engine.connect() as conn:
+        return dict(conn.execute(select(items.c.item_id, items.c.title)
+                                 .where(items.c.item_id.in_(item_ids))).tuples().all())
+
+
 @click.command("score")
 @_with_scorer_options
+@ledger_option
+@schema_option
 @click.option("--user", "user_id", required=True)
 @click.option("--items", type=IdList(), default=None, help="candidates (default: every item)")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--include-seen", is_flag=True,
+              help="also rank items the user already has events for in the ledger (excluded by default)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
-def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, user_id, items, top, as_json) -> None:
-    """Score one user's candidates online and print the top ones."""
+def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, user_id,
+              items, top, include_seen, as_json) -> None:
+    """Score one user's candidates online and print the top ones, with titles from the ledger's catalog.
+
+    Items the user already has events for are left out unless --include-seen; an item the model
+    was not trained on is scored as unknown (its own embedding is missing) and marked so.
+    """
+    from liber_features.errors import InputError
+
     scorer = _scorer(model_dir, repo, fetch, timeout_ms, on_store_error)
-    res, best = scorer.top(user_id, top, items)
-    emit({"user_id": user_id, "top": best, "cold_start": res.cold_start, "degraded": res.degraded,
-          "encoder_version": res.encoder_version, "fetch_ms": round(res.fetch_ms, 3),
-          "score_ms": round(res.score_ms, 3)}, as_json, f"scores for user {user_id}")
+    ledger = _score_ledger(ledger_url, ledger_schema)
+    seen = _seen_items(ledger, user_id) if ledger is not None and not include_seen else set()
+    candidates = list(items) if items is not None else list(scorer.items)
+    kept = [i for i in candidates if i not in seen]
+    if not kept:
+        raise InputError(f"user {user_id} has events for every candidate ({len(candidates)}): "
+                         "pass --include-seen to rank them anyway")
+    res, best = scorer.top(user_id, top, kept)
+    titles = _titles(ledger, [i for i, _ in best])
+    ranked = [{"item_id": i, "score": s, "title": titles.get(i), "unknown": i not in scorer.items}
+              for i, s in best]
+    summary = {"user_id": user_id, "top": best, "ranked": ranked,
+               "unknown_items": [i for i in kept if i not in scorer.items],
+               "excluded_seen": len(candidates) - len(kept),
+               "ledger": ledger.safe_url() if ledger is not None else None,
+               "cold_start": res.cold_start, "degraded": res.degraded,
+               "encoder_version": res.encoder_version, "fetch_ms": round(res.fetch_ms, 3),
+               "score_ms": round(res.score_ms, 3)}
+    if as_json:
+        emit(summary, as_json, "")
+        return
+    click.echo(f"top {len(ranked)} of {len(kept)} candidates for user {user_id}")
+    for rank, r in enumerate(ranked, 1):
+        name = r["title"] if r["title"] is not None else "(no title)"
+        mark = "  [unknown to the model]" if r["unknown"] else ""
+        click.echo(f"  {rank:>3}. {r['score']:.4f}  {r['item_id']}  {name}{mark}")
+    for key in ("excluded_seen", "ledger", "cold_start", "degraded", "encoder_version", "fetch_ms",
+                "score_ms"):
+        click.echo(f"  {key:<22} {summary[key]}")
+    click.echo(f"  {'unknown_items':<22} {len(summary['unknown_items'])}")
 
 
 @click.command("serve")
@@ -161,17 +232,22 @@ def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, user_id, items
 @schema_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, host, port) -> None:
-    """Serve POST /score, GET /users/{id}/interests, /healthz and /metrics over HTTP."""
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="one stderr line per request: method, path, status, milliseconds")
+def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, host, port,
+              access_log) -> None:
+    """Serve POST /score, GET /users/{id}/interests, /healthz and /metrics over HTTP.
+
+    Logs to stderr: where it listens, one line per request (unless --no-access-log) and errors.
+    """
     import gc
 
     import uvicorn
 
-    from liber_features.ledger.store import Ledger
-    from liber_features.serving.service import create_app
+    from liber_features.serving.service import configure_logging, create_app, listening_line, log
 
     scorer = _scorer(model_dir, repo, fetch, timeout_ms, on_store_error)
-    ledger = Ledger(ledger_url, schema=ledger_schema) if ledger_url else None
+    ledger = open_ledger(ledger_url, ledger_schema) if ledger_url else None
     app = create_app(scorer, ledger)
     # Everything loaded so far (Feast, the registry, onnxruntime) lives as long as the process:
     # moved out of the collector's generations, a full collection no longer walks it. Measured
@@ -179,8 +255,12 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
     # waits that long); after gc.freeze() it takes 0.01 ms.
     gc.collect()
     gc.freeze()
+    configure_logging(access=access_log)
+    log.info("%s", listening_line(host, port, model_dir, f"{scorer.card.backbone}+liber:{scorer.card.liber}",
+                                  repo, ledger.safe_url() if ledger is not None else None))
     # uvloop + httptools when installed (uvicorn's "auto" picks them; they come with Feast).
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # uvicorn's own access log stays off: ours (service.AccessLog) has the time taken.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
 COMMANDS = [train_cmd, export_cmd, evaluate_cmd, score_cmd, serve_cmd]

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from liber_features.cli.common import SinceTime, fail, setting_default
+from liber_features.cli.common import SinceTime, fail, open_ledger, require_ledger, setting_default
 from liber_features.errors import FeatureStoreError, LiberError
 
 __all__ = ["materialize", "COMMANDS"]
@@ -68,17 +68,19 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
     from liber_features.features.online import store_errors
     from liber_features.features.repo import open_store
     from liber_features.features.sync import sync_view
-    from liber_features.ledger.store import Ledger
 
     try:
+        ledger_url = require_ledger(ledger_url)  # before Feast: a missing ledger is one line, at once
         store = open_store(repo)
         with store_errors("reading the Feast registry"):
             ready, skipped = _views_with_data(store)
-        ledger = Ledger(ledger_url, schema=ledger_schema)
+        ledger = open_ledger(ledger_url, ledger_schema)
         reports = [sync_view(store, ledger, view, rebuild=rebuild, since=late_since) for view in ready]
     except LiberError as exc:
         fail(exc, debug=False)
     summary: dict[str, Any] = {
+        "ledger": ledger.safe_url(),
+        "repo": str(repo),
         "project": store.project,
         "online_store": store.config.online_store.type,
         "rebuild": rebuild,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import IdList, emit, ledger_option, schema_option
+from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, schema_option
 
 __all__ = ["COMMANDS"]
 
@@ -33,11 +33,10 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
                out_dir, as_json) -> None:
     """Write OUT/index.html: data, LLM cost, interests over time, model, serving."""
     from liber_features.errors import LedgerError
-    from liber_features.ledger.store import Ledger
     from liber_features.report.gather import gather, write_report
 
     t0 = time.perf_counter()
-    ledger = Ledger(ledger_url, schema=ledger_schema)
+    ledger = open_ledger(ledger_url, ledger_schema)
     if not ledger.counts()["ledger_events"]:  # before reading Feast: a wrong URL fails fast
         raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
     rd = gather(ledger, repo=None if no_online else Path(repo), model_dir=Path(model_dir),

@@ -37,9 +37,10 @@ Layouts (``detect_layout``): a directory holding ``ratings.csv`` (ml-latest, ml-
 ``u.data`` (ml-100k) or ``ratings.dat`` (ml-1m) brings its own catalog (``movies.csv``,
 ``u.item``, ``movies.dat``; none if absent). A plain ``.csv``/``.parquet`` log has ``user_id``,
 ``item_id``, ``timestamp`` (alias ``ts``), optional ``rating`` (alias ``weight``) and optional
-``event_id``. Timestamps: numbers are epoch seconds (int or float); text is ISO-8601; naive
-times are UTC. Valid times lie in [``LoadConfig.earliest`` (default 1970-01-01 UTC: no negative
-epochs), now + ``future_tolerance_s``]; an epoch in milliseconds lands far in the future and the
+``event_id``; its ratings must lie in 0.5–5 (GroupLens' scale) unless ``LoadConfig`` gives a
+range. Timestamps: numbers are epoch seconds (int or float); text is ISO-8601; naive times are UTC.
+Valid times lie in [``LoadConfig.earliest`` (default 1970-01-01 UTC: no negative epochs), now +
+``future_tolerance_s``]; an epoch in milliseconds lands far in the future and the
 reason says so.
 """
 
@@ -62,7 +63,7 @@ from liber_features.ingest.quarantine import QUARANTINE_COLUMNS, RowChecks
 from liber_features.ledger.fieldrules import ID_MAX_CHARS, id_problems
 
 __all__ = [
-    "EVENT_COLUMNS", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
+    "EVENT_COLUMNS", "PLAIN_ALIASES", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
     "iter_time_slices", "load_catalog", "load_events",
 ]  # fmt: skip
 
@@ -74,9 +75,12 @@ _DIR_LAYOUTS = {
     "ml-100k": ("u.data", "u.item"),
     "ml-1m": ("ratings.dat", "movies.dat"),
 }
-_RATING_RANGES = {"ml-latest": (0.5, 5.0), "ml-100k": (1.0, 5.0), "ml-1m": (1.0, 5.0)}
+#: layout → valid rating range. Plain logs get GroupLens' 0.5–5 scale: with no range at all a
+#: rating of 11 was accepted and, at ≥ 4, became a positive label. ``--rating-range`` overrides.
+_RATING_RANGES = {"ml-latest": (0.5, 5.0), "ml-100k": (1.0, 5.0), "ml-1m": (1.0, 5.0),
+                  "csv": (0.5, 5.0), "parquet": (0.5, 5.0)}
 #: canonical field → accepted source column names (first present wins) for plain logs.
-_PLAIN_ALIASES = {
+PLAIN_ALIASES = {
     "user_id": ("user_id",), "item_id": ("item_id",), "ts": ("timestamp", "ts"),
     "rating": ("rating", "weight"), "event_id": ("event_id",),
 }  # fmt: skip
@@ -90,9 +94,9 @@ class LoadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     rating_min: float | None = None
-    """Lowest valid rating; None = the layout's (ml-latest 0.5, ml-100k/ml-1m 1, plain: none)."""
+    """Lowest valid rating; None = the layout's (ml-latest and plain CSV/Parquet 0.5, ml-100k/ml-1m 1)."""
     rating_max: float | None = None
-    """Highest valid rating; None = the layout's (GroupLens 5, plain logs: none)."""
+    """Highest valid rating; None = the layout's (5 for every layout)."""
     future_tolerance_s: float = 300.0
     """Timestamps later than now + this many seconds are quarantined (clock skew allowance)."""
     now: datetime | None = None
@@ -199,7 +203,7 @@ def load_events(
         checks.fail(~missing & ~is_number, "rating", "rating '{}' is not a number", rating_raw)
         infinite = ~missing & ~np.isfinite(rating)
         checks.fail(infinite, "rating", "rating '{}' is not finite", rating_raw)
-        low, high = _RATING_RANGES.get(layout, (-np.inf, np.inf))
+        low, high = _RATING_RANGES[layout]
         low = config.rating_min if config.rating_min is not None else low
         high = config.rating_max if config.rating_max is not None else high
         outside = (rating < low) | (rating > high)
@@ -291,10 +295,10 @@ def _read_events(path: Path, layout: str
         read = None if table is not None else read_delimited(path)
         raw = table.to_pandas() if table is not None else read.frame
         columns = {field: next((c for c in names if c in raw.columns), None)
-                   for field, names in _PLAIN_ALIASES.items()}  # fmt: skip
+                   for field, names in PLAIN_ALIASES.items()}  # fmt: skip
         for field in ("user_id", "item_id", "ts"):
             if columns[field] is None:
-                require_columns(raw, path, [_PLAIN_ALIASES[field][0]])
+                require_columns(raw, path, [PLAIN_ALIASES[field][0]])
         if table is not None and columns["rating"] is not None:
             null = pc.is_null(table.column(columns["rating"])).to_numpy(zero_copy_only=False)
             return raw, columns, pd.Series(null, index=raw.index), None

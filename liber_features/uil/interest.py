@@ -20,6 +20,7 @@ Claiming, committing and the cascade order stay here, in ``encode_loop``, whiche
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from tqdm import tqdm
@@ -40,7 +41,7 @@ from liber_features.uil.prompts import prompt_version
 from liber_features.uil.scheduler import Scheduler
 from liber_features.uil.types import EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike
 
-__all__ = ["BatchRunner", "EncodeConfig", "EncodeSummary", "InProcess", "LLMLike", "LostBatch",
+__all__ = ["BatchRunner", "EncodeConfig", "EncodeSummary", "InProcess", "LLMLike", "LostBatch", "OnProgress",
            "TextEncoderLike", "encode_loop", "prompt_version", "run_encode"]
 
 
@@ -83,24 +84,31 @@ class InProcess:
             return [Finished(job.parts, exc)]
 
 
+#: ``on_progress(partitions done, partitions to do, LLM calls so far)``: what a caller shows.
+OnProgress = Callable[[int, int, int], None]
+
+
 def run_encode(ledger: Ledger, llm: LLMLike, enc: TextEncoderLike, cfg: EncodeConfig | None = None,
-               *, progress: bool | None = None) -> EncodeSummary:
+               *, progress: bool | None = None, on_progress: OnProgress | None = None) -> EncodeSummary:
     """Encode every ready partition (bounded by ``cfg.users`` / ``cfg.limit``).
 
     Safe to run as several workers on one ledger: each batch is claimed first (claims.py), so
     no partition is generated twice unless its worker died holding it.
     """
     cfg = cfg or EncodeConfig()
-    return encode_loop(ledger, InProcess(llm, enc, cfg), llm, enc, cfg, progress=progress)
+    return encode_loop(ledger, InProcess(llm, enc, cfg), llm, enc, cfg, progress=progress,
+                       on_progress=on_progress)
 
 
 def encode_loop(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEncoderLike,
                 cfg: EncodeConfig, *, progress: bool | None = None, summary: EncodeSummary | None = None,
-                params: dict[str, Any] | None = None) -> EncodeSummary:
+                params: dict[str, Any] | None = None, on_progress: OnProgress | None = None) -> EncodeSummary:
     """Claim ready batches, hand them to ``runner``, commit what comes back (one run in the ledger).
 
     A batch is in flight from its claim to its commit; its partitions' successors wait for it
     (the cascade needs their summaries). ``params`` go into the run row next to the config.
+    ``progress`` shows the tqdm bar (None: when stderr is a terminal); ``on_progress(done, total,
+    llm_calls)`` is called once the work is known (done = 0) and after every settled batch.
     """
     ctx = RunContext.start(ledger, llm, enc, cfg, summary or EncodeSummary(), params)
     s, lease, status, bar = ctx.summary, ctx.lease, "ok", None
@@ -113,14 +121,21 @@ def encode_loop(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEnco
             s.skipped_already_done = sched.skipped
             bar = tqdm(total=sched.todo, unit="part", desc="encode",
                        disable=None if progress is None else not progress)
+            total, finished = sched.todo, 0  # for on_progress: a disabled bar counts nothing
+            if on_progress is not None:
+                on_progress(0, total, s.llm_calls)
             while True:
                 while runner.free() and (batch := sched.claim(lease)):
                     lease.count_calls(sum(x.calls for x in batch))  # before the calls are made
                     runner.submit(BatchJob(batch, sched.prev, catalog))
                 if runner.pending():
                     for done in runner.wait(s):
-                        bar.update(sched.finished(done.parts, settle_batch(ctx, done)))
+                        n = sched.finished(done.parts, settle_batch(ctx, done))
+                        bar.update(n)
+                        finished += n
                     bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
+                    if on_progress is not None:
+                        on_progress(finished, total, s.llm_calls)
                     continue
                 if sched.budget <= 0:
                     break

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from liber_features.errors import ConfigError, EncoderError, MissingDependency
 from liber_features.ledger.store import Ledger
 from liber_features.uil.batch import BatchJob, Finished, LostBatch, run_batch
-from liber_features.uil.interest import encode_loop
+from liber_features.uil.interest import OnProgress, encode_loop
 from liber_features.uil.types import EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike
 
 __all__ = ["RayEncodeConfig", "RayEncodeSummary", "actor_gpus", "run_ray_encode"]
@@ -219,7 +219,7 @@ def _import_ray() -> Any:
 
 def run_ray_encode(ledger: Ledger, make_backends: Backends, cfg: EncodeConfig | None = None,
                    rc: RayEncodeConfig | None = None, *,
-                   progress: bool | None = None) -> RayEncodeSummary:
+                   progress: bool | None = None, on_progress: OnProgress | None = None) -> RayEncodeSummary:
     """Encode every ready partition on Ray actors; ``make_backends`` runs once in each actor.
 
     Uses the Ray instance already initialized in this process if there is one, else
@@ -255,7 +255,7 @@ def run_ray_encode(ledger: Ledger, make_backends: Backends, cfg: EncodeConfig | 
             raise ConfigError(f"the actors' backends differ: {sorted(ids)}")
         backends = _Backends(infos[0], actors[0], ray)
         return encode_loop(ledger, pool, backends, backends, cfg, progress=progress, summary=s,
-                           params={"ray": rc.model_dump(), "gpus_per_actor": gpus})
+                           on_progress=on_progress, params={"ray": rc.model_dump(), "gpus_per_actor": gpus})
     finally:
         if pool is not None:
             pool.close()
