@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, schema_option
+from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, schema_option, use_ledger
 
 __all__ = ["COMMANDS"]
 
@@ -36,6 +36,7 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
     from liber_features.report.gather import gather, write_report
 
     t0 = time.perf_counter()
+    use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     if not ledger.counts()["ledger_events"]:  # before reading Feast: a wrong URL fails fast
         raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
@@ -43,7 +44,9 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
                 evaluation=Path(evaluation), bench_dir=Path(bench_dir),
                 users=users)
     result = write_report(rd, Path(out_dir))
+    not_counted = rd.notes.pop("online_not_counted", None)  # found online, another ledger's: named apart
     emit({**result, "missing": "; ".join(rd.notes.values()) or "nothing",
+          "online_not_counted": not_counted or "nothing",
           "seconds": round(time.perf_counter() - t0, 1)}, as_json, "report written")
 
 
