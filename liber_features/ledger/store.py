@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,6 +87,12 @@ class Ledger:
                               ) from None
         try:
             self.engine = self._make_engine(self.url, schema)
+            # A Ledger dropped without dispose() would keep its pooled connections open until the
+            # cyclic GC reaches its engine: a process that opens many ledgers (a test session, a
+            # long-lived service re-opening per job) then runs PostgreSQL out of connections. The
+            # engine stays usable after dispose() (it makes a new pool), so callers that kept it
+            # (`Ledger(url).engine`) are unaffected.
+            weakref.finalize(self, self.engine.dispose)
             migrate.upgrade(self.engine, schema, self.url)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger {self.safe_url()}: {exc.__class__.__name__}: "
