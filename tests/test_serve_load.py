@@ -139,49 +139,83 @@ def test_a_stalled_store_does_not_stall_other_requests(scorer):
 
 def test_a_saturated_worker_sheds_the_excess_with_503_and_retry_after():
     gate = Gate()
-    app = create_app(GatedScorer(gate), limits=Limits(deadline_ms=20_000, max_in_flight=2, retry_after_s=1))
+    app = create_app(GatedScorer(gate), limits=Limits(deadline_ms=20_000, max_in_flight=2, max_queue=1,
+                                                      retry_after_s=1))
 
     async def go():
         async with client(app) as c:
             before = counts((await c.get("/metrics")).text)
             admitted = [asyncio.create_task(c.post("/score", json=body())) for _ in range(2)]
             await gate.entered_by(2)
+            queued = asyncio.create_task(c.post("/score", json=body()))  # waits for a slot
+            while app.state.admission.waiting < 1:
+                await asyncio.sleep(0.001)
             excess = [await c.post("/score", json=body()) for _ in range(3)]  # answered at once
             gate.opened.set()
-            done = [await t for t in admitted]
+            done = [await t for t in [*admitted, queued]]
             after = await c.post("/score", json=body())  # the slots came back
             moved = {k: v - before[k] for k, v in counts((await c.get("/metrics")).text).items()}
             return excess, done, after, moved
 
     excess, done, after, moved = run(go())
     assert [(r.status_code, r.headers.get("retry-after")) for r in excess] == [(503, "1")] * 3
-    assert excess[0].json() == {"error": "2 requests already in flight on this worker"}
-    assert [r.status_code for r in done] == [200, 200] and after.status_code == 200
-    assert moved == {"200": 3, "503": 3, "shed": 3}
+    assert excess[0].json() == {"error": "2 requests in flight and 1 waiting on this worker"}
+    assert [r.status_code for r in done] == [200, 200, 200] and after.status_code == 200
+    assert moved == {"200": 4, "503": 3, "shed": 3}
 
 
 def test_the_deadline_answers_503_and_abandoned_work_keeps_its_slot():
     """X-Request-Timeout shorter than the server's deadline wins; the abandoned thread still counts."""
     gate = Gate()
-    app = create_app(GatedScorer(gate), limits=Limits(deadline_ms=20_000, max_in_flight=1))
+    app = create_app(GatedScorer(gate), limits=Limits(deadline_ms=20_000, max_in_flight=1, max_queue=1))
 
     async def go():
         async with client(app) as c:
             late = await c.post("/score", json=body(), headers={"X-Request-Timeout": "30"})
-            busy = await c.post("/score", json=body())  # the late request's thread still runs
+            # The late request's thread still runs: the next one waits for its slot, until its deadline.
+            waited = await c.post("/score", json=body(), headers={"X-Request-Timeout": "40"})
             gate.opened.set()
             await asyncio.sleep(0)
             for _ in range(200):  # its thread returns and gives the slot back
                 if app.state.admission.in_flight == 0:
                     break
                 await asyncio.sleep(0.01)
-            return late, busy, await c.post("/score", json=body(), headers={"X-Request-Timeout": "junk"})
+            return late, waited, await c.post("/score", json=body(), headers={"X-Request-Timeout": "junk"})
 
-    late, busy, ok = run(go())
+    late, waited, ok = run(go())
     assert (late.status_code, late.headers["retry-after"], late.json()) == (
         503, "1", {"error": "deadline of 30 ms exceeded"})
-    assert (busy.status_code, busy.json()) == (503, {"error": "1 requests already in flight on this worker"})
+    assert (waited.status_code, waited.headers["retry-after"], waited.json()) == (
+        503, "1", {"error": "deadline of 40 ms passed waiting for a slot"})
     assert ok.status_code == 200  # a header that is not a number leaves the server's deadline
+
+
+def test_a_freed_slot_goes_to_the_newest_waiter():
+    """Under overload the oldest waiter is the nearest its deadline: the newest gets the slot."""
+    from liber_features.serving.admission import Admission
+
+    a = Admission(Limits(deadline_ms=20_000, max_in_flight=1, max_queue=2))
+    gate, order = Gate(), []
+
+    def job(name):
+        if name == "first":
+            gate.wait()
+        order.append(name)
+        return name
+
+    async def go():
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(a.run(job, "first", t0=t0, budget_ms=20_000))]
+        await gate.entered_by(1)
+        for name in ("older", "newer"):
+            tasks.append(asyncio.create_task(a.run(job, name, t0=t0, budget_ms=20_000)))
+            while a.waiting < len(tasks) - 1:
+                await asyncio.sleep(0.001)
+        gate.opened.set()
+        return await asyncio.gather(*tasks)
+
+    assert run(go()) == ["first", "older", "newer"] and order == ["first", "newer", "older"]
+    assert (a.in_flight, a.waiting) == (0, 0)
 
 
 def test_the_deadline_is_the_shorter_of_server_and_client():
@@ -414,4 +448,4 @@ def test_two_workers_answer_and_sum_their_metrics(world):
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    assert "2 worker processes, deadline 5000 ms, at most 8 in flight each" in err
+    assert "2 worker processes, deadline 5000 ms, at most 8 in flight + 256 waiting each" in err

@@ -248,13 +248,15 @@ def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
               help="longest a request may take, queueing included (X-Request-Timeout may shorten it); "
                    "later: 503 + Retry-After")
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=8, show_default=True,
-              help="requests running at once per worker; more are answered 503 + Retry-After at once")
+              help="requests running at once per worker")
+@click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
+              help="requests waiting for a slot per worker, each until its deadline; more: 503 + Retry-After at once")
 @click.option("--store-retry-ms", type=click.FloatRange(min=0), default=250.0, show_default=True,
               help="after a failed online read, answer without the store this long, then probe it (0: off)")
 @click.option("--admin-token", default=setting_default("admin_token"),
               help="bearer token of POST /admin/reload [env LIBER_ADMIN_TOKEN; unset: reload is off]")
 def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, host, port,
-              access_log, workers, deadline_ms, max_in_flight, store_retry_ms, admin_token) -> None:
+              access_log, workers, deadline_ms, max_in_flight, max_queue, store_retry_ms, admin_token) -> None:
     """Serve POST /score, GET /users/{id}/interests, /healthz, /metrics and POST /admin/reload over HTTP.
 
     Logs to stderr: where it listens, one line per request (unless --no-access-log) and errors.
@@ -271,7 +273,7 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
     workers = workers or os.cpu_count() or 1
     config = ServeConfig(model_dir=str(model_dir), repo=str(repo), fetch=fetch, timeout_ms=timeout_ms,
                          on_store_error=on_store_error, store_retry_ms=store_retry_ms,
-                         limits=Limits(deadline_ms=deadline_ms, max_in_flight=max_in_flight),
+                         limits=Limits(deadline_ms=deadline_ms, max_in_flight=max_in_flight, max_queue=max_queue),
                          ledger_schema=ledger_schema, admin_token=admin_token, access_log=access_log)
     scorer = load_scorer(config)  # a bad model or repo fails here, before any worker starts
     ledger = open_ledger(ledger_url, ledger_schema) if ledger_url else None
@@ -281,8 +283,8 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
                                   repo, ledger.safe_url() if ledger is not None else None))
     if workers > 1:
         del scorer
-        log.info("%d worker processes, deadline %g ms, at most %d in flight each", workers, deadline_ms,
-                 max_in_flight)
+        log.info("%d worker processes, deadline %g ms, at most %d in flight + %d waiting each", workers,
+                 deadline_ms, max_in_flight, max_queue)
         serve(config, host, port, workers)
         return
     app = build_app(config, scorer)

@@ -3,9 +3,8 @@
 - ``POST /score`` ``{user_id, item_ids[≤1000]}`` → scores in candidate order, plus how they were
   made (model, encoder_version, degraded, cold_start, unknown items, latency).
 - ``GET /users/{user_id}/interests`` → what a person reads to see why a user is scored as they are:
-  the online memory (partition count, latest summary and shift) and, with a ledger, every sealed
-  partition with its seal time and texts. An unreachable online store answers 503 naming the
-  store (as ``/score`` does with ``on_store_error="raise"``), never 500.
+  the online memory and, with a ledger, every sealed partition with its seal time and texts
+  (``serving.interests``). An unreachable online store answers 503 naming the store, never 500.
 - ``GET /healthz`` (model loaded, store reachable) and ``GET /metrics`` (Prometheus; with several
   worker processes, prometheus_client's multiprocess mode sums them, ``_exposition``).
 - ``POST /admin/reload`` ``{model_dir?}`` with ``Authorization: Bearer <admin token>``: load and
@@ -39,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from liber_features.errors import LiberError
 from liber_features.redact import redact_text
-from liber_features.serving.admission import STAMP, TIMEOUT_HEADER, Admission, Limits, Shed, started_at
+from liber_features.serving.admission import STAMP, TIMEOUT_HEADER, Admission, Limits, Shed, ShedEarly, started_at
 from liber_features.serving.interests import Interests, user_interests
 from liber_features.serving.reload import ScorerSlot, token_matches
 from liber_features.serving.scorer import LiberScorer
@@ -291,5 +290,11 @@ def create_app(scorer: LiberScorer | ScorerSlot, ledger=None, *, limits: Limits 
         return _counted(m, "/admin/reload", JSONResponse(
             {"model": _model_name(new), "model_dir": slot.model_dir, "generation": slot.generation}))
 
+    def shed_early() -> None:
+        m["requests"].labels("/score", "503").inc()
+        m["shed"].inc()
+
+    # Innermost first: AccessLog (added last) wraps ShedEarly, so a shed request is logged too.
+    app.add_middleware(ShedEarly, admission=admission, paths=frozenset({"/score"}), on_shed=shed_early)
     app.add_middleware(AccessLog)
     return app
