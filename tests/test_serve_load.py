@@ -422,6 +422,7 @@ def test_two_workers_answer_and_sum_their_metrics(world):
 
     port = free_port()
     env = {**os.environ, **world["repo"].env}
+    env["LIBER_ADMIN_TOKEN"] = TOKEN
     proc = subprocess.Popen(
         [sys.executable, "-m", "liber_features.cli.main", "serve", "--model", str(world["model_dir"]),
          "--repo", str(world["repo"].root), "--port", str(port), "--workers", "2", "--no-access-log",
@@ -445,6 +446,17 @@ def test_two_workers_answer_and_sum_their_metrics(world):
                       if s.name == "liber_requests_total" and s.labels == {"endpoint": "/score", "status": "200"})
                   for t in texts]
         assert totals == [30] * 6
+        # A reload reaches one worker; the other follows the announcement in the run directory.
+        r = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert r.status_code == 200 and r.json()["generation"] == 1
+        seen: dict[int, int] = {}
+        for _ in range(600):  # fresh connections until both workers answered with the new model
+            h = httpx.get(f"{url}/healthz", timeout=10).json()
+            seen[h["worker"]] = h["generation"]
+            if len(seen) == 2 and set(seen.values()) == {1}:
+                break
+            time.sleep(0.05)
+        assert len(seen) == 2 and set(seen.values()) == {1}, seen
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

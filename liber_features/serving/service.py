@@ -30,6 +30,7 @@ written by a plain ASGI wrapper after the response is sent — and a traceback f
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Annotated
 
@@ -259,7 +260,8 @@ def create_app(scorer: LiberScorer | ScorerSlot, ledger=None, *, limits: Limits 
         except LiberError as exc:
             store_ok, detail = False, str(exc)
         body = {"model_loaded": True, "model": _model_name(current), "providers": current.providers,
-                "store_reachable": store_ok, "store": detail}
+                "store_reachable": store_ok, "store": detail, "worker": os.getpid(),
+                "model_dir": slot.model_dir, "generation": slot.generation}
         return JSONResponse(body, status_code=200 if store_ok else 503)
 
     @app.get("/metrics")
@@ -290,11 +292,8 @@ def create_app(scorer: LiberScorer | ScorerSlot, ledger=None, *, limits: Limits 
         return _counted(m, "/admin/reload", JSONResponse(
             {"model": _model_name(new), "model_dir": slot.model_dir, "generation": slot.generation}))
 
-    def shed_early() -> None:
-        m["requests"].labels("/score", "503").inc()
-        m["shed"].inc()
-
     # Innermost first: AccessLog (added last) wraps ShedEarly, so a shed request is logged too.
-    app.add_middleware(ShedEarly, admission=admission, paths=frozenset({"/score"}), on_shed=shed_early)
+    app.add_middleware(ShedEarly, admission=admission, paths=frozenset({"/score"}),
+                       on_shed=lambda: (m["requests"].labels("/score", "503").inc(), m["shed"].inc()))
     app.add_middleware(AccessLog)
     return app
