@@ -27,7 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-os.environ.update({"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4"})  # HashEncoder's D
+os.environ.update({"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4",  # HashEncoder's D
+                   "LIBER_DATA_DIR": "data"})  # the tables below are written to <repo>/data
 
 from sqlalchemy import func, select  # noqa: E402
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
 import statistics
 import tempfile
@@ -45,6 +46,7 @@ def make_store(root: Path, project: str, redis_url: str):
     yaml = yaml.replace("  type: sqlite\n  path: data/online_store.db\n",
                         f"  type: redis\n  connection_string: \"{feast_redis_connection(redis_url)}\"\n")
     (root / "feature_store.yaml").write_text(yaml)
+    os.environ["LIBER_DATA_DIR"] = "data"  # the sample table is written to <root>/data
     spec = importlib.util.spec_from_file_location("bench_defs", root / "definitions.py")
     defs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(defs)

@@ -174,7 +174,8 @@ def main() -> None:
     from rediscluster import redis_cluster
 
     shape = LiberFeatureConfig(memory_slots=args.slots, vector_dim=args.dim)
-    os.environ |= {"LIBER_MEMORY_SLOTS": str(args.slots), "LIBER_VECTOR_DIM": str(args.dim)}
+    os.environ |= {"LIBER_MEMORY_SLOTS": str(args.slots), "LIBER_VECTOR_DIM": str(args.dim),
+                   "LIBER_DATA_DIR": "data"}  # the tables are written to <root>/data
     rows = []
     with tempfile.TemporaryDirectory() as tmp, redis_cluster(Path(tmp)) as cluster:
         root = Path(tmp) / "repo"

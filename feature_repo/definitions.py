@@ -4,6 +4,11 @@
 environment (vector shape, data directory, through ``liber_features.settings``, a ~50 ms import
 on top of the repo module) but opens no file and no connection.
 
+The data directory is per ledger unless ``LIBER_DATA_DIR`` says otherwise: ``data/ledger-<key>``,
+the key hashing ``LIBER_LEDGER_URL`` and ``LIBER_LEDGER_SCHEMA`` (``settings.data_dir_for``), which
+needs no database connection. So apply with the environment of the ledger whose tables Feast should
+read; liber commands given ``--ledger`` set it for the definitions they load themselves.
+
 - ``user_long_term_memory``: one row per (user, sealed partition) in the offline Parquet; online
   holds the newest row, i.e. the last M partition summary/shift vectors, flattened M×D float32.
 - ``user_short_term_cache``: the current unsealed cache, pushed online as it changes

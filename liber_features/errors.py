@@ -5,6 +5,7 @@ on stderr and a non-zero exit, never a traceback.
 
     LiberError
     ├── ConfigError          a setting is missing, malformed or contradictory
+    │   └── LedgerMismatch   a Feast repo's data directory holds another ledger's files
     ├── InputError           an input as a whole is unusable (no such file, no required column)
     ├── LedgerError          the SQL ledger is unreachable or inconsistent
     ├── EncoderError         the LLM or the text encoder cannot run or returned something unusable
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "LiberError",
     "ConfigError",
+    "LedgerMismatch",
     "InputError",
     "LedgerError",
     "EncoderError",
@@ -42,6 +44,11 @@ class LiberError(Exception):
 
 class ConfigError(LiberError):
     """A setting is missing, malformed or contradictory."""
+
+
+class LedgerMismatch(ConfigError):
+    """A data directory holds files another ledger (or one of unknown identity) wrote; nothing is
+    read or written there, so two ledgers' data are never mixed silently."""
 
 
 class InputError(LiberError):

@@ -16,6 +16,7 @@ feature definitions, which read the vector shape through it) stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -26,9 +27,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from liber_features.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "LiberSettings", "get_settings", "env_name", "markdown_table"]
+__all__ = ["DEFAULT_LEDGER_URL", "ENV_PREFIX", "LiberSettings", "data_dir_for", "get_settings", "env_name",
+           "ledger_key", "markdown_table"]
 
 ENV_PREFIX = "LIBER_"
+DEFAULT_LEDGER_URL = "sqlite:///.liber/ledger.db"  # relative to where liber runs (store.default_ledger_url)
 _YAML = "feature_repo/feature_store.{}.yaml"
 
 
@@ -51,8 +54,10 @@ class LiberSettings(BaseSettings):
     cache_dir: _ExpandedPath = Field(
         Path("~/.cache/liber-features"), validate_default=True,
         description="where packaged model checkpoints and item-vector caches are unpacked")
-    data_dir: Path = Field(
-        Path("data"), description="offline Parquet tables of the feature views; relative = relative to the Feast repo")
+    data_dir: Path | None = Field(
+        None, description="offline Parquet tables of the feature views; relative = relative to the Feast repo "
+                          "(default: `data/ledger-<key>`, one folder per ledger: the key hashes "
+                          "`LIBER_LEDGER_URL` and `LIBER_LEDGER_SCHEMA`)")
     debug: bool = Field(False, description="`liber` prints the traceback of an unexpected error (as `--debug`)")
     feast_project: str | None = Field(
         None, description="Feast project name used by liber commands instead of the yaml's `project`")
@@ -158,6 +163,30 @@ def get_settings(environ: Mapping[str, str] | None = None) -> LiberSettings:
         return _MappingSettings(**values)
     except ValidationError as exc:
         raise _config_error(exc) from None
+
+
+def ledger_key(url: str | None, schema: str | None) -> str:
+    """``ledger-<10 hex>``: a ledger's data-folder name, from its URL (as given, password masked, so a
+    rotated password keeps the folder) and schema, computed without opening the database.
+
+    Cheap on purpose: ``feast apply`` computes the FileSource paths from it at import. Two spellings
+    of one ledger (a relative and an absolute SQLite path) get two folders; two ledgers that end up
+    in one folder anyway are refused by the files' ledger stamp (``features/ownership.py``).
+    """
+    from liber_features.redact import redact_url
+
+    text = f"{redact_url(url or DEFAULT_LEDGER_URL)}|{schema or ''}"
+    return "ledger-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def data_dir_for(settings: LiberSettings) -> Path:
+    """Where the feature views' Parquet tables live: ``LIBER_DATA_DIR``, else ``data/<ledger_key>``
+    (relative = relative to the Feast repo), so two ledgers on one checkout never share files
+    unless told to."""
+    if settings.data_dir is not None:
+        return settings.data_dir
+    url = LiberSettings.secret(settings.ledger_url)
+    return Path("data") / ledger_key(url, settings.ledger_schema)
 
 
 def markdown_table() -> str:

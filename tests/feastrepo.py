@@ -25,11 +25,14 @@ from liber_features.features.repo import (
     sample_short_term,
     write_parquet,
 )
+from liber_features.settings import ledger_key
 
 REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-LONG_PATH, SHORT_PATH = "data/user_long_term_memory.parquet", "data/user_short_term_cache.parquet"
+# The default data directory of a test that sets no LIBER_DATA_DIR nor LIBER_LEDGER_URL (one per ledger).
+DATA = f"data/{ledger_key(None, None)}"
+LONG_PATH, SHORT_PATH = f"{DATA}/user_long_term_memory.parquet", f"{DATA}/user_short_term_cache.parquet"
 
 
 class Repo:
@@ -59,11 +62,13 @@ class Repo:
                 "LIBER_RAY_STORAGE_PATH": str(root / "ray-staging"),
             }
 
-    def write(self, long_term: pd.DataFrame | None = None, short_term: pd.DataFrame | None = None) -> None:
+    def write(self, long_term: pd.DataFrame | None = None, short_term: pd.DataFrame | None = None,
+              ledger=None, data: str = DATA) -> None:
+        """Sample tables into ``data`` (the repo's default data dir), stamped with ``ledger`` if given."""
         if long_term is not None:
-            write_parquet(long_term, self.root / LONG_PATH, LONG_TERM_SCHEMA)
+            write_parquet(long_term, self.root / data / "user_long_term_memory.parquet", LONG_TERM_SCHEMA, ledger)
         if short_term is not None:
-            write_parquet(short_term, self.root / SHORT_PATH, SHORT_TERM_SCHEMA)
+            write_parquet(short_term, self.root / data / "user_short_term_cache.parquet", SHORT_TERM_SCHEMA, ledger)
 
     def store(self):
         return open_store(self.root, environ={**os.environ, **self.env})

@@ -65,8 +65,9 @@ def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: i
     table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
                          history_length=shape.history_length,
                          versions=(s.prompt_version, llm.llm_id, enc.encoder_id))
-    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo_dir))
-    append_cache_history(current_caches(ledger), data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo_dir))
+    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo_dir), ledger)
+    append_cache_history(current_caches(ledger), data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo_dir),
+                         ledger)
     store = repo.apply()
     return ledger, repo, store
 

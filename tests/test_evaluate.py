@@ -16,7 +16,10 @@ SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
-    for k, v in {"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "5"}.items():
+    # LIBER_DATA_DIR: encoded_repo writes the tables with no ledger in the environment, and
+    # `liber train --ledger` must find them there (the default data dir is per ledger).
+    for k, v in {"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "5",
+                 "LIBER_DATA_DIR": "data"}.items():
         monkeypatch.setenv(k, v)
     events, catalog = movielens_users(["1", "5", "8"])
     ledger, repo, _ = encoded_repo(tmp_path, events, catalog, k=10, shape=SHAPE)

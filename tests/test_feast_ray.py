@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from feastrepo import Repo, cleanup
+from feastrepo import DATA, Repo, cleanup
 from modelkit import encoded_repo, movielens_users
 
 from liber_features.features.repo import (
@@ -154,13 +154,16 @@ def test_training_set_is_identical_on_ray(tmp_path, twin):
 def test_liber_materialize_and_the_ray_engine_write_the_cluster(tmp_path, twin, monkeypatch):
     from liber_features.cli.repo import materialize as materialize_cmd
 
+    # One data directory, named, for the tables written below and for `liber materialize --ledger`
+    # (whose per-ledger default would be derived from the URL it is given).
+    monkeypatch.setenv("LIBER_DATA_DIR", DATA)
     events, catalog = movielens_users(["1", "5", "7"])
     ledger, default, _ = encoded_repo(tmp_path / "default", events, catalog, k=10, shape=SHAPE)
     ray_repo = twin(default)
     store = ray_repo.apply()
-    offline = pd.read_parquet(ray_repo.root / "data" / f"{LONG_TERM_VIEW}.parquet")
+    offline = pd.read_parquet(ray_repo.root / DATA / f"{LONG_TERM_VIEW}.parquet")
     newest = offline.sort_values("sealed_at").groupby("user_id").tail(1).set_index("user_id")
-    cache_rows = pd.read_parquet(ray_repo.root / "data" / f"{SHORT_TERM_VIEW}.parquet")
+    cache_rows = pd.read_parquet(ray_repo.root / DATA / f"{SHORT_TERM_VIEW}.parquet")
     newest_cache = cache_rows.sort_values("event_timestamp").groupby("user_id").tail(1).set_index("user_id")
 
     # Feast's own materialization, through the Ray compute engine, into the cluster.

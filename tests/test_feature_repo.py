@@ -36,6 +36,7 @@ from liber_features.features.repo import (
     sample_short_term,
     write_parquet,
 )
+from liber_features.ledger.store import Ledger
 
 ENV_NAMES = ("LIBER_DATA_DIR", "LIBER_MEMORY_SLOTS", "LIBER_VECTOR_DIM", "FEAST_FS_YAML_FILE_PATH",
              "LIBER_REDIS_URL", "LIBER_REDIS_CONNECTION", "LIBER_REGISTRY_URL")
@@ -49,12 +50,21 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def copy_repo(dst: Path, backend: str = "sqlite") -> Repo:
-    """A checkout-like copy of feature_repo/ at ``dst`` (own project) holding sample tables."""
+def copy_repo(dst: Path, backend: str = "sqlite", ledger=None) -> Repo:
+    """A checkout-like copy of feature_repo/ at ``dst`` (own project) holding sample tables; with a
+    ``ledger``, its tables in ``data/`` (LIBER_DATA_DIR=data, set by the caller), stamped with it."""
     dst.mkdir(parents=True)
     repo = Repo(dst, backend)
-    repo.write(sample_long_term(USERS, NOW - timedelta(days=9)), sample_short_term(USERS, NOW - timedelta(days=1)))
+    repo.write(sample_long_term(USERS, NOW - timedelta(days=9)), sample_short_term(USERS, NOW - timedelta(days=1)),
+               ledger, **({"data": "data"} if ledger else {}))
     return repo
+
+
+def ledger_in_data_dir(tmp_path: Path, monkeypatch) -> tuple[Ledger, list[str]]:
+    """A ledger whose tables live in ``<repo>/data`` (told so: LIBER_DATA_DIR), and its CLI option."""
+    monkeypatch.setenv("LIBER_DATA_DIR", "data")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    return ledger, ["--ledger", ledger.url]
 
 
 def test_definitions_are_side_effect_free_and_carry_the_shape(monkeypatch, tmp_path):
@@ -165,11 +175,11 @@ def test_real_feast_cli_apply_then_materialize_incremental(tmp_path, backend):
         cleanup(copied)
 
 
-def test_liber_materialize_command_writes_what_was_created_since_its_last_write(tmp_path):
+def test_liber_materialize_command_writes_what_was_created_since_its_last_write(tmp_path, monkeypatch):
     repo = tmp_path / "feature_repo"
-    store = copy_repo(repo).apply()
+    owner, ledger = ledger_in_data_dir(tmp_path, monkeypatch)
+    store = copy_repo(repo, ledger=owner).apply()
     runner = CliRunner()
-    ledger = ["--ledger", f"sqlite:///{tmp_path / 'ledger.db'}"]
     first = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json", *ledger])
     assert first.exit_code == 0, first.output
     summary = json.loads(first.stdout.strip().splitlines()[-1])
@@ -180,7 +190,8 @@ def test_liber_materialize_command_writes_what_was_created_since_its_last_write(
     # created long after the previous run: no window to guess, the ledger knows what is online.
     sealed = NOW - timedelta(days=9)
     both = [sample_long_term(USERS, sealed), sample_long_term(USERS, sealed, created_at=NOW, encoder_version="v2")]
-    write_parquet(pd.concat(both, ignore_index=True), repo / "data/user_long_term_memory.parquet", LONG_TERM_SCHEMA)
+    write_parquet(pd.concat(both, ignore_index=True), repo / "data/user_long_term_memory.parquet", LONG_TERM_SCHEMA,
+                  owner)
     second = runner.invoke(materialize_cmd, ["--repo", str(repo), "--json", *ledger])
     assert second.exit_code == 0, second.output
     summary = json.loads(second.stdout.strip().splitlines()[-1])
@@ -191,11 +202,11 @@ def test_liber_materialize_command_writes_what_was_created_since_its_last_write(
     assert got["encoder_version"] == ["v2"] * 3
 
 
-def test_liber_materialize_explains_missing_data(tmp_path):
+def test_liber_materialize_explains_missing_data(tmp_path, monkeypatch):
     repo = tmp_path / "feature_repo"
-    copied = copy_repo(repo)
+    owner, ledger = ledger_in_data_dir(tmp_path, monkeypatch)
+    copied = copy_repo(repo, ledger=owner)
     runner = CliRunner()
-    ledger = ["--ledger", f"sqlite:///{tmp_path / 'ledger.db'}"]
     not_applied = runner.invoke(materialize_cmd, ["--repo", str(repo), *ledger])
     assert not_applied.exit_code == 2 and "run `feast apply` first" in not_applied.stderr
     copied.apply()
@@ -213,14 +224,14 @@ def test_liber_materialize_explains_missing_data(tmp_path):
 @pytest.mark.postgres
 def test_liber_materialize_reports_unreachable_redis(tmp_path, monkeypatch):
     repo = tmp_path / "feature_repo"
-    copied = copy_repo(repo, "redis")
+    owner, ledger = ledger_in_data_dir(tmp_path, monkeypatch)
+    copied = copy_repo(repo, "redis", ledger=owner)
     try:
         copied.apply()
         for name, value in copied.env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("LIBER_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
-        result = CliRunner().invoke(materialize_cmd, ["--repo", str(repo), "--ledger",
-                                                      f"sqlite:///{tmp_path / 'ledger.db'}"])
+        result = CliRunner().invoke(materialize_cmd, ["--repo", str(repo), *ledger])
         assert result.exit_code == 2
         assert result.stderr.startswith("error: ") and "ConnectionError" in result.stderr
     finally:

@@ -95,9 +95,14 @@ def test_old_ledger_upgrades_in_place_with_every_row_kept(tmp_path):
     before = _dump(path)
     beats = {r[0]: r[1:] for r in before.pop("run_heartbeats")}
     ledger = Ledger(f"sqlite:///{path}")
-    assert _revision(ledger) == migrate.head_revision() == "0002"
+    assert _revision(ledger) == migrate.head_revision() == "0003"
     after = _dump(path)
-    assert after.pop("alembic_version") == [("0002",)]
+    assert after.pop("alembic_version") == [("0003",)]
+    # 0003 gives the ledger its identity: one settings row more, a UUID4 hex, set once
+    (ident,) = [r for r in after["settings"] if r[0] == "ledger_id"]
+    after["settings"].remove(ident)
+    assert (len(ident[1]), int(ident[1], 16) >> 76 & 0xF, ident[2]) == (32, 4, None)
+    assert ident[1] == ledger.ledger_id
     assert after == before  # every row of every table, byte for byte
     with ledger.engine.connect() as conn:  # each heartbeat row moved onto its run
         moved = {r.id: tuple(r[1:]) for r in conn.execute(
@@ -129,8 +134,19 @@ def test_upgraded_ledger_works_and_a_second_open_is_a_no_op(tmp_path):
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     assert set(seen) == {"SELECT", "PRAGMA"}  # reads only: no lock, no DDL, no writes
-    assert _revision(again) == "0002"
+    assert _revision(again) == "0003"
     assert again.counts()["ledger_events"] == 80
+    assert again.ledger_id == ledger.ledger_id  # the identity is written once, never again
+
+
+def test_a_new_ledger_has_one_identity_and_describes_itself(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    first, other = Ledger(url), Ledger(f"sqlite:///{tmp_path / 'm.db'}")
+    with first.engine.connect() as conn:
+        rows = conn.execute(select(settings.c.key, settings.c.value)).all()
+    assert [r.key for r in rows] == ["ledger_id"] and rows[0].value == first.ledger_id
+    assert Ledger(url).ledger_id == first.ledger_id != other.ledger_id
+    assert first.describe() == f"ledger {first.ledger_id[:8]} ({url})"
 
 
 def test_ledger_older_than_0_1_0_gets_what_its_fallbacks_assumed(tmp_path):
@@ -145,11 +161,14 @@ def test_ledger_older_than_0_1_0_gets_what_its_fallbacks_assumed(tmp_path):
     con.close()
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.engine.connect() as conn:
-        rule = conn.execute(select(settings.c.value, settings.c.run_id)).one()
+        rule = conn.execute(select(settings.c.value, settings.c.run_id)
+                            .where(settings.c.key == "partition_rule")).one()
+        keys = conn.execute(select(settings.c.key).order_by(settings.c.key)).scalars().all()
         beats = {r.id: tuple(r[1:]) for r in conn.execute(
             select(runs.c.id, *(runs.c[c] for c in HEARTBEAT)).where(runs.c.id.in_([2, 5])))}
         audit = inspect(conn).get_columns("prompt_audit")
     assert (json.loads(rule.value), rule.run_id) == ({"k": 3, "max_span_s": None}, 1)
+    assert keys == ["ledger_id", "partition_rule"]
     # heartbeat = start, the default 300 s lease, the summary's counts, nothing uncommitted
     assert beats == {2: (None, 300_000_000, started[2], 8, 12, 12, 0),
                      5: (None, 300_000_000, started[5], 0, 0, 0, 0)}
@@ -217,7 +236,7 @@ def test_workers_opening_one_ledger_together_all_succeed(tmp_path, start):
     path = _old(tmp_path) if start == "old" else tmp_path / "new.sqlite"
     opened, errors = _open_together(lambda: Ledger(f"sqlite:///{path}"))
     assert errors == [] and len(opened) == 4
-    assert {_revision(x) for x in opened} == {"0002"}
+    assert {_revision(x) for x in opened} == {"0003"}
     with opened[0].engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
         assert conn.execute(text("SELECT count(*) FROM events")).scalar() == (70 if start == "old" else 0)
@@ -258,8 +277,8 @@ def test_old_postgres_ledger_upgrades_in_its_schema_with_every_row_kept(unique_n
             where = conn.execute(text("SELECT table_schema FROM information_schema.tables "
                                       "WHERE table_name = 'alembic_version'")).scalars().all()
             beat = conn.execute(select(*(runs.c[c] for c in HEARTBEAT[3:])).where(runs.c.id == 2)).one()
-        assert counts == COUNTS
-        assert unique_name in where and _revision(ledger) == "0002"
+        assert counts == {**COUNTS, "settings": 2}  # + the ledger_id of revision 0003
+        assert unique_name in where and _revision(ledger) == "0003"
         assert tuple(beat) == (8, 12, 12, 0)
         got = ingest(event_log(users=8, per_user=10), ledger, PartitionRule(k=3), progress=False)
         assert (got.accepted, got.run_id) == (10, 6)
@@ -273,7 +292,7 @@ def test_postgres_workers_opening_a_new_schema_together_all_succeed(unique_name)
     opened, errors = _open_together(lambda: Ledger(PG_URL, schema=unique_name))
     try:
         assert errors == [] and len(opened) == 4
-        assert {_revision(x) for x in opened} == {"0002"}
+        assert {_revision(x) for x in opened} == {"0003"}
     finally:
         for x in opened[1:]:
             x.engine.dispose()

@@ -13,6 +13,7 @@ from feastrepo import Repo, cleanup, redis_client
 
 from liber_features.cli.main import cli
 from liber_features.features.repo import SHORT_TERM_VIEW
+from liber_features.settings import ledger_key
 
 
 def cache_online(store, users):
@@ -50,7 +51,8 @@ def test_ingest_push_keeps_online_caches_current_and_clears_them_on_seal(tmp_pat
         assert r.exit_code == 0, r.output
         got = cache_online(store, ["u1", "u2"])
         assert got["u1"] == (1, ["13"]) and got["u2"] == (1, ["10"])
-        history = pq.read_table(tmp_path / "data" / f"{SHORT_TERM_VIEW}.parquet").to_pandas()
+        # The history lives in this ledger's own data directory (issue 22): data/ledger-<key of its URL>.
+        history = pq.read_table(tmp_path / "data" / ledger_key(ledger, None) / f"{SHORT_TERM_VIEW}.parquet").to_pandas()
         assert sorted(history.user_id) == ["u1", "u1", "u2"]
 
         # A lost push (Redis flushed, a failed --push) is repaired from the ledger.

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 from click.testing import CliRunner
-from feastrepo import LONG_PATH, SHORT_PATH, Repo, cleanup, redis_client
+from feastrepo import DATA, LONG_PATH, SHORT_PATH, Repo, cleanup, redis_client
 from test_concurrency import events
 
 from liber_features.cli.main import cli
@@ -78,8 +78,8 @@ def setup(tmp_path, monkeypatch):
     repo = Repo(tmp_path, "redis")
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = {**repo.env, "LIBER_REDIS_URL": own.url, "LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4",
-           "LIBER_LEDGER_URL": ledger_url}
-    for name in ("LIBER_DATA_DIR", "LIBER_REDIS_CONNECTION", "LIBER_LEDGER_SCHEMA"):
+           "LIBER_LEDGER_URL": ledger_url, "LIBER_DATA_DIR": DATA}  # the folder LONG_PATH and SHORT_PATH name
+    for name in ("LIBER_REDIS_CONNECTION", "LIBER_LEDGER_SCHEMA"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -87,7 +87,7 @@ def setup(tmp_path, monkeypatch):
     ledger = Ledger(ledger_url)
     ingest(events(users=6), ledger, PartitionRule(k=2), progress=False)
     encode(ledger, repo, USERS[:3])
-    append_cache_history(current_caches(ledger), tmp_path / SHORT_PATH)
+    append_cache_history(current_caches(ledger), tmp_path / SHORT_PATH, ledger)
     store = repo.apply()
     try:
         yield own, repo, ledger, store

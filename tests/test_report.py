@@ -228,7 +228,7 @@ def test_online_figures_are_read_through_feast(tmp_path, monkeypatch):
     table = memory_table(ledger, memory_slots=8, vector_dim=4)
     (tmp_path / "repo").mkdir()
     repo = Repo(tmp_path / "repo", "sqlite")
-    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo.root))
+    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo.root), ledger)
     store = repo.apply()
     df = to_frame(table)
     assert write_online(store, LONG_TERM_VIEW, df[df.partition_count < 3]) == 2

@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from liber_features.errors import ConfigError
-from liber_features.settings import LiberSettings, get_settings, markdown_table
+from liber_features.settings import LiberSettings, data_dir_for, get_settings, ledger_key, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +57,12 @@ def test_the_defaults(clean_env, tmp_path):
     s = get_settings()
     assert (s.memory_slots, s.vector_dim, s.history_length) == (8, 384, 50)
     assert s.cache_dir == tmp_path / ".cache/liber-features"  # ~ expanded against $HOME, read now
-    assert s.data_dir == Path("data")
+    assert s.data_dir is None and data_dir_for(s) == Path("data") / ledger_key(None, None)
     assert s.debug is False
     assert [name for name, v in s.model_dump().items() if v is None] == [
-        "admin_token", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key", "ml_latest_small",
-        "ray_storage_path", "redis_cluster_connection", "redis_connection", "redis_url", "registry_url",
-        "text_encoder"]
+        "admin_token", "data_dir", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key",
+        "ml_latest_small", "ray_storage_path", "redis_cluster_connection", "redis_connection", "redis_url",
+        "registry_url", "text_encoder"]
 
 
 @pytest.mark.parametrize("name", sorted(OVERRIDES))
@@ -80,7 +80,24 @@ def test_blank_means_unset_and_values_are_stripped(clean_env):
     clean_env.setenv("LIBER_DATA_DIR", "")
     clean_env.setenv("LIBER_VECTOR_DIM", " 12 ")
     s = get_settings()
-    assert (s.memory_slots, s.data_dir, s.vector_dim) == (8, Path("data"), 12)
+    assert (s.memory_slots, s.data_dir, s.vector_dim) == (8, None, 12)
+
+
+def test_the_default_data_dir_is_one_per_ledger(clean_env):
+    """``data/ledger-<first 10 hex of sha256(url, password masked | schema)>``, no database opened."""
+    import hashlib
+
+    def key(text: str) -> str:
+        return "ledger-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    assert data_dir_for(get_settings()) == Path("data") / key("sqlite:///.liber/ledger.db|")
+    clean_env.setenv("LIBER_LEDGER_URL", "postgresql://u:secret@db/x")
+    clean_env.setenv("LIBER_LEDGER_SCHEMA", "team_a")
+    assert data_dir_for(get_settings()) == Path("data") / key("postgresql://u:***@db/x|team_a")
+    clean_env.setenv("LIBER_LEDGER_URL", "postgresql://u:rotated@db/x")  # a new password, same folder
+    assert data_dir_for(get_settings()) == Path("data") / key("postgresql://u:***@db/x|team_a")
+    clean_env.setenv("LIBER_DATA_DIR", "/srv/shared")  # told to share: as told
+    assert data_dir_for(get_settings()) == Path("/srv/shared")
 
 
 def test_an_explicit_mapping_is_read_alone(clean_env):

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from liber_features.ledger.store import Ledger
 
 __all__ = ["emit", "ledger_option", "schema_option", "setting_default", "IdList", "RatingRange",
-           "SinceTime", "fail", "LiberGroup", "ledger_file", "require_ledger", "open_ledger"]
+           "SinceTime", "fail", "LiberGroup", "ledger_file", "require_ledger", "open_ledger", "replace_option",
+           "use_ledger", "own_data_dir"]
 
 
 def emit(summary: dict[str, Any], as_json: bool, title: str) -> None:
@@ -104,6 +105,48 @@ def open_ledger(url: str | None, schema: str | None, *, must_exist: bool = True)
     from liber_features.ledger import store
 
     return store.Ledger(require_ledger(url) if must_exist else url, schema=schema)
+
+
+replace_option = click.option(
+    "--replace", is_flag=True,
+    help="drop another ledger's files from the data directory before writing (default: refuse)")
+
+
+def use_ledger(ledger_url: str | None, ledger_schema: str | None) -> None:
+    """Make ``--ledger`` / ``--ledger-schema`` the ``LIBER_LEDGER_URL`` / ``_SCHEMA`` of this command.
+
+    The default data directory is per ledger (``settings.data_dir_for``), and Feast's definitions
+    (``feature_repo/definitions.py``, loaded in this process by ``apply_repo``) compute their
+    FileSource paths from the environment, not from our options: without this, ``--ledger B``
+    would write B's tables where the environment's ledger A keeps its own. Restored when the
+    command ends, so an in-process caller (tests, CliRunner) keeps its environment.
+    """
+    import os
+
+    ctx = click.get_current_context(silent=True)
+    saved = {name: os.environ.get(name) for name in ("LIBER_LEDGER_URL", "LIBER_LEDGER_SCHEMA")}
+    for name, value in zip(saved, (ledger_url, ledger_schema)):
+        if value:
+            os.environ[name] = value
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    if ctx is not None:
+        ctx.call_on_close(restore)
+
+
+def own_data_dir(repo: str, ledger: Any, replace: bool = False) -> None:
+    """Refuse (``replace``: empty) a data directory of ``repo`` holding another ledger's files, before
+    a command writes there (``features/ownership.py``); after :func:`use_ledger`, so it is this ledger's."""
+    from liber_features.features.ownership import check
+    from liber_features.features.repo import data_file
+
+    check(Path(data_file("_", repo_dir=repo)).parent, ledger, replace)
 
 
 class IdList(click.ParamType):

@@ -53,6 +53,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     check_data(data)  # before any import or write: a missing download is the likeliest failure
     import warnings
 
+    from liber_features.cli.common import use_ledger
     from liber_features.features.caches import append_cache_history, cache_frame, current_caches
     from liber_features.features.memory import refresh_memory_table
     from liber_features.features.online import push_short_term_cache
@@ -78,6 +79,9 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     ledger = Ledger(f"sqlite:///{(workdir / 'ledger.db').resolve()}")
+    # The demo's ledger is not the environment's: its tables go to its own data directory
+    # (settings.data_dir_for), and the Feast definitions apply_repo loads must compute the same one.
+    use_ledger(ledger.url, None)
     say(f"1/9 ingest {data} (K={k}) into {ledger.safe_url()}")
     caches: list[pd.DataFrame] = []
     s = ingest(load_events(data), ledger, PartitionRule(k=k), progress=False,
@@ -109,7 +113,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     history = Path(data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo))
     current = current_caches(ledger)
     if caches or not history.exists():
-        append_cache_history(current, history)
+        append_cache_history(current, history, ledger)
     say(f"    {table.num_rows} long-term rows, {len(current)} short-term caches")
 
     say(f"4/9 feast apply ({repo})")

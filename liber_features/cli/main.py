@@ -24,8 +24,11 @@ from liber_features.cli.common import (
     emit,
     ledger_option,
     open_ledger,
+    own_data_dir,
+    replace_option,
     schema_option,
     setting_default,
+    use_ledger,
 )
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
 from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
@@ -61,10 +64,12 @@ def cli(debug: bool) -> None:
               help="push changed short-term caches to the Feast online store (--repo)")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast feature repo used by --push")
+@replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
            ledger_schema: str | None, k: int, max_span_s: float | None,
-           rating_range: tuple[float, float] | None, push: bool, repo: str, as_json: bool) -> None:
+           rating_range: tuple[float, float] | None, push: bool, repo: str, replace: bool,
+           as_json: bool) -> None:
     """Validate events, partition them (UBSP) and record everything in the ledger."""
     from liber_features.ingest.events import LoadConfig, load_events
     from liber_features.ingest.job import ingest as run_ingest
@@ -79,7 +84,10 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
     from liber_features.features.caches import append_cache_history, cache_frame
     from liber_features.features.repo import SHORT_TERM_VIEW
 
+    use_ledger(ledger_url, ledger_schema)
     history = _table_path(repo, f"{SHORT_TERM_VIEW}.parquet")
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    own_data_dir(repo, ledger, replace)  # before the ledger commits anything
     store = None
     if push:
         from liber_features.features.repo import open_store
@@ -90,12 +98,11 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
         df = cache_frame(states)
         # The ledger has committed by now: a failure here loses nothing, and
         # `liber push-caches` re-sends every cache from the ledger.
-        append_cache_history(df, history)
+        append_cache_history(df, history, ledger)
         if store is not None:
             from liber_features.features.online import push_short_term_cache
 
             push_short_term_cache(store, df)
-    ledger = Ledger(ledger_url, schema=ledger_schema)
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
                          progress=False if as_json else None, on_caches=on_caches)
     emit({**summary.as_dict(), "ledger": ledger.safe_url()}, as_json, f"ingested {loaded.source} ({loaded.layout})")
@@ -113,35 +120,12 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
     from liber_features.features.online import push_short_term_cache
     from liber_features.features.repo import open_store
 
-    df = current_caches(open_ledger(ledger_url, ledger_schema), users)
+    use_ledger(ledger_url, ledger_schema)
+    ledger = open_ledger(ledger_url, ledger_schema)
+    own_data_dir(repo, ledger)
+    df = current_caches(ledger, users)
     pushed = push_short_term_cache(open_store(repo), df)
     emit({"caches_pushed": pushed}, as_json, "pushed short-term caches")
-
-
-@cli.command()
-@ledger_option
-@schema_option
-@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
-def status(ledger_url, ledger_schema, as_json) -> None:
-    """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
-    from liber_features.ledger.runs import run_report
-    from liber_features.ledger.store import encode_progress
-
-    ledger = open_ledger(ledger_url, ledger_schema)
-    report = run_report(ledger)
-    summary = {**ledger.counts(), **encode_progress(ledger), **report}
-    if as_json:
-        emit(summary, as_json, "")
-    else:
-        emit({k: v for k, v in summary.items() if k not in ("runs", "workers")}, as_json,
-             f"ledger {ledger.safe_url()}")
-        click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
-        click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
-                   f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")
-        for w in report["workers"]:
-            click.echo(f"  {w['run_id']:>6} {w['kind']:<7} {w['state']:<9} {str(w['worker'])[:28]:<28} "
-                       f"{w['heartbeat_age_s']:>8} {w['partitions_done']:>6} {w['llm_calls']:>6} "
-                       f"{w['llm_calls_uncommitted']:>11} {w['rejected_commits']:>8}")
 
 
 def _table_path(repo: str, name: str) -> Path:
@@ -168,6 +152,7 @@ def _table_path(repo: str, name: str) -> Path:
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast repo whose data dir receives the long-term memory table")
 @click.option("--table/--no-table", default=True, help="write the long-term memory Parquet table")
+@replace_option
 @click.option("--lease", "lease_s", type=click.FloatRange(min=1), default=300, show_default=True,
               help="seconds a dead worker's claimed partitions wait before another worker takes them")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
@@ -179,7 +164,7 @@ def _table_path(repo: str, name: str) -> Path:
               show_default=True, help="with --ray: CPUs per actor (its torch threads)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
-           max_new_tokens, repo, table, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
+           max_new_tokens, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
     import signal
 
@@ -191,7 +176,10 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
     # as failed instead of leaving it "running" forever. Committed batches are kept either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
+    if table:  # a data dir of another ledger is refused now, not after hours of encoding
+        own_data_dir(repo, ledger, replace)
     cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users)
     # Our own reporter instead of the loop's bar: it also counts calls/s, and writes plain lines
     # when stderr is not a terminal (cli/progress.py).
@@ -210,7 +198,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
         path = _table_path(repo, f"{LONG_TERM_VIEW}.parquet")
         t = refresh_memory_table(ledger, path, memory_slots=shape.memory_slots,
                                  vector_dim=shape.vector_dim,
-                                 history_length=shape.history_length)
+                                 history_length=shape.history_length, replace=replace)
         summary["table"] = str(path)
         summary["table_rows"] = t.num_rows
     emit(summary, as_json, "encoded sealed partitions")

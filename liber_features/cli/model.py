@@ -15,9 +15,11 @@ from liber_features.cli.common import (
     emit,
     ledger_option,
     open_ledger,
+    replace_option,
     require_ledger,
     schema_option,
     setting_default,
+    use_ledger,
 )
 from liber_features.training.prepare import checkpoint_meta, prepare_training_set
 
@@ -49,15 +51,18 @@ repo_option = click.option("--repo", default="feature_repo", show_default=True, 
               help="train on a random subset (a quick smoke model)")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
 @click.option("--out", "out_dir", default="models/liber", show_default=True, type=click.Path())
+@replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, dim,
-              max_train_samples, device, out_dir, as_json) -> None:
+              max_train_samples, device, out_dir, replace, as_json) -> None:
     """Train one backbone (+ LIBER) on the ledger's leak-free training set; save a checkpoint."""
     from encoders.ctr.export import save_checkpoint
     from encoders.ctr.train import TrainConfig, train
 
     say = (lambda _m: None) if as_json else click.echo
-    ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say)
+    use_ledger(ledger_url, ledger_schema)
+    ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say,
+                                                replace=replace)
     cfg = TrainConfig(backbone=backbone, liber=variant, epochs=epochs, seed=seed, dim=dim,
                       device=device, max_train_samples=max_train_samples)
     result = train(ts, _item_vectors(ts, device), cfg, log=say)
@@ -99,9 +104,10 @@ def export_cmd(model_dir, as_json) -> None:
 @click.option("--training-set", type=click.Path(exists=True, dir_okay=False), default=None,
               help="use a set saved with --save-set instead of the ledger and Feast repo")
 @click.option("--out", "out_dir", default="docs", show_default=True, type=click.Path())
+@replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, epochs,
-                 max_train_samples, device, save_set, training_set, out_dir, as_json) -> None:
+                 max_train_samples, device, save_set, training_set, out_dir, replace, as_json) -> None:
     """The evaluation grid: backbones × LIBER variants × seeds → docs/evaluation.{md,json,png}."""
     from encoders.ctr.evaluate import GridConfig, run_grid, write_reports
     from liber_features.training.prepare import ledger_facts, load_set
@@ -111,7 +117,9 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, ep
     if training_set:
         ts, item_text, versions, facts = load_set(training_set)
     else:
-        ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say)
+        use_ledger(ledger_url, ledger_schema)
+        ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say,
+                                                    replace=replace)
         item_text, facts = _item_vectors(ts, device), ledger_facts(ledger)
     if save_set:
         save(save_set, ts, item_text, versions, facts)

@@ -16,7 +16,15 @@ from typing import Any
 
 import click
 
-from liber_features.cli.common import SinceTime, fail, open_ledger, require_ledger, setting_default
+from liber_features.cli.common import (
+    SinceTime,
+    fail,
+    open_ledger,
+    replace_option,
+    require_ledger,
+    setting_default,
+    use_ledger,
+)
 from liber_features.errors import FeatureStoreError, LiberError
 
 __all__ = ["materialize", "COMMANDS"]
@@ -61,20 +69,25 @@ def _views_with_data(store: Any) -> tuple[list[str], list[str]]:
 @click.option("--late-since", "late_since", type=SinceTime(), default=None,
               help="also rewrite every user with rows created since then, an ISO-8601 time or a "
                    "duration back from now like 6h (never needed: the ledger records what is online)")
+@replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, rebuild: bool,
-                late_since: datetime | None, as_json: bool) -> None:
+                late_since: datetime | None, replace: bool, as_json: bool) -> None:
     """Bring the online store up to date with everything created since the last successful write."""
     from liber_features.features.online import store_errors
     from liber_features.features.repo import open_store
-    from liber_features.features.sync import sync_view
+    from liber_features.features.sync import check_sources, sync_view
 
     try:
+        use_ledger(ledger_url, ledger_schema)  # the option as given: the data dir's key (settings.data_dir_for)
         ledger_url = require_ledger(ledger_url)  # before Feast: a missing ledger is one line, at once
         store = open_store(repo)
-        with store_errors("reading the Feast registry"):
-            ready, skipped = _views_with_data(store)
         ledger = open_ledger(ledger_url, ledger_schema)
+        with store_errors("reading the Feast registry"):
+            # Another ledger's files are refused (or dropped: --replace) before anything is read.
+            check_sources(store, ledger, [v.name for v in store.list_feature_views(allow_cache=False)],
+                          replace)
+            ready, skipped = _views_with_data(store)
         reports = [sync_view(store, ledger, view, rebuild=rebuild, since=late_since) for view in ready]
     except LiberError as exc:
         fail(exc, debug=False)

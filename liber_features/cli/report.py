@@ -1,4 +1,7 @@
-"""``liber report``: a static HTML page (+ PNGs) of what the ledger, Feast, the model and the benchmarks hold."""
+"""``liber report``: a static HTML page (+ PNGs) of what the ledger, Feast, the model and the benchmarks hold;
+``liber status``: the ledger's totals and runs in the terminal. Both count what the online store holds
+*for this ledger* (``features/census.py``): rows another ledger wrote over this ledger's users, rows of
+users it has no partitions for, and its rows of another encoder version are named, never added."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, schema_option
+from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, schema_option, use_ledger
 
 __all__ = ["COMMANDS"]
 
@@ -36,6 +39,7 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
     from liber_features.report.gather import gather, write_report
 
     t0 = time.perf_counter()
+    use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     if not ledger.counts()["ledger_events"]:  # before reading Feast: a wrong URL fails fast
         raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
@@ -43,8 +47,44 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
                 evaluation=Path(evaluation), bench_dir=Path(bench_dir),
                 users=users)
     result = write_report(rd, Path(out_dir))
+    not_counted = rd.notes.pop("online_not_counted", None)  # found online, another ledger's: named apart
     emit({**result, "missing": "; ".join(rd.notes.values()) or "nothing",
+          "online_not_counted": not_counted or "nothing",
           "seconds": round(time.perf_counter() - t0, 1)}, as_json, "report written")
 
 
-COMMANDS = [report_cmd]
+@click.command()
+@ledger_option
+@schema_option
+@click.option("--online", is_flag=True, help="also count what the online store of --repo holds for this ledger")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path(), help="read by --online")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
+    """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
+    from liber_features.ledger.runs import run_report
+    from liber_features.ledger.store import encode_progress
+
+    use_ledger(ledger_url, ledger_schema)
+    ledger = open_ledger(ledger_url, ledger_schema)
+    report = run_report(ledger)
+    summary = {"ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger), **report}
+    if online:  # this ledger's rows counted, other ledgers' and versions' named (features/census.py)
+        from liber_features.features.census import census_of_ledger
+        from liber_features.features.repo import open_store
+
+        summary |= census_of_ledger(open_store(repo), ledger).summary()
+    if as_json:
+        emit(summary, as_json, "")
+    else:
+        emit({k: v for k, v in summary.items() if k not in ("runs", "workers")}, as_json,
+             f"ledger {ledger.safe_url()}")
+        click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
+        click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
+                   f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")
+        for w in report["workers"]:
+            click.echo(f"  {w['run_id']:>6} {w['kind']:<7} {w['state']:<9} {str(w['worker'])[:28]:<28} "
+                       f"{w['heartbeat_age_s']:>8} {w['partitions_done']:>6} {w['llm_calls']:>6} "
+                       f"{w['llm_calls_uncommitted']:>11} {w['rejected_commits']:>8}")
+
+
+COMMANDS = [report_cmd, status]

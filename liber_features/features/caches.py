@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from liber_features.features.files import atomic_write, locked
+from liber_features.features.ownership import check, stamp
 from liber_features.features.repo import SHORT_TERM_SCHEMA
 from liber_features.ingest.job import load_states
 from liber_features.ingest.partition import UserState
@@ -55,19 +56,26 @@ def current_caches(ledger: Ledger, users: list[str] | None = None) -> pd.DataFra
         return cache_frame(list(load_states(conn, list(ids)).values()))
 
 
-def append_cache_history(df: pd.DataFrame, path: str | Path) -> Path:
+def append_cache_history(df: pd.DataFrame, path: str | Path, ledger: Ledger | None = None,
+                         replace: bool = False) -> Path:
     """Append cache states to the short-term view's offline table.
 
     Training joins read it point-in-time; its granularity is one row per user per ingest run. The
     file is rewritten whole (Parquet has no append), so the read, concat and write happen under the
-    file's lock: two ingests appending at once keep both their rows (``features/files.py``).
+    file's lock: two ingests appending at once keep both their rows (``features/files.py``). With
+    ``ledger`` (every command passes one) a history of another ledger is refused before it is read
+    — ``replace`` drops it and starts a new one — and the file written carries this ledger.
     """
     path = Path(path)
     new = pa.Table.from_pandas(df[SHORT_TERM_SCHEMA.names], schema=SHORT_TERM_SCHEMA,
                                preserve_index=False)
     with locked(path):
+        if ledger is not None:
+            check(path.parent, ledger, replace)
         table = pa.concat_tables([pq.read_table(path, schema=SHORT_TERM_SCHEMA), new]) \
             if path.exists() else new
+        if ledger is not None:
+            table = stamp(table, ledger)
         with atomic_write(path) as f:
             pq.write_table(table, f)
     return path

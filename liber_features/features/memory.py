@@ -28,6 +28,7 @@ from sqlalchemy import select
 
 from liber_features.errors import LedgerError, VectorShapeError
 from liber_features.features.files import atomic_write
+from liber_features.features.ownership import check, stamp
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import interests as int_t
 from liber_features.ledger.store import partitions as parts_t
@@ -172,28 +173,33 @@ def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int, history_
     })
 
 
-def write_memory_table(table: pa.Table, path: str | Path) -> Path:
+def write_memory_table(table: pa.Table, path: str | Path, ledger: Ledger | None = None) -> Path:
     """Write atomically (``features/files.py``): Feast never reads a half-written file, and two
-    writers never write into (or rename away) each other's temp file."""
+    writers never write into (or rename away) each other's temp file. With ``ledger`` the file
+    carries it (``features/ownership.py``), as every table ``refresh_memory_table`` writes does."""
     path = Path(path)
+    if ledger is not None:
+        table = stamp(table, ledger)
     with atomic_write(path) as f:
         pq.write_table(table, f)
     return path
 
 
 def refresh_memory_table(ledger: Ledger, path: str | Path, *, memory_slots: int,
-                         vector_dim: int, history_length: int = 50) -> pa.Table:
+                         vector_dim: int, history_length: int = 50, replace: bool = False) -> pa.Table:
     """Rebuild the table from the ledger and write it, under the ledger's ``memory_table`` lock.
 
     Built *inside* the lock: the last writer then always saw every commit made before it, so a
-    worker finishing earlier can never rename a staler table over a newer one.
+    worker finishing earlier can never rename a staler table over a newer one. A data directory
+    holding another ledger's files is refused first (``ownership.check``; ``replace`` drops them).
     """
     import socket
 
+    check(Path(path).parent, ledger, replace)
     with ledger.lock("memory_table", f"{socket.gethostname()}:{os.getpid()}"):
         table = memory_table(ledger, memory_slots=memory_slots, vector_dim=vector_dim,
                              history_length=history_length)
-        write_memory_table(table, path)
+        write_memory_table(table, path, ledger)
     return table
 
 

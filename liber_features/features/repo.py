@@ -31,10 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from liber_features.errors import ConfigError, FeatureStoreError
 from liber_features.features.files import atomic_write
 from liber_features.redact import redact_text, redact_url
-from liber_features.settings import get_settings
+from liber_features.settings import data_dir_for, get_settings
 
 if TYPE_CHECKING:  # feast is heavy to import (it pulls torch when installed): only when used
     from feast import FeatureStore
+
+    from liber_features.ledger.store import Ledger
 
 __all__ = [
     "LiberFeatureConfig",
@@ -108,14 +110,15 @@ class LiberFeatureConfig(BaseModel):
 
 
 def data_file(name: str, repo_dir: str | Path | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """Path of an offline Parquet table: ``$LIBER_DATA_DIR/<name>``, LIBER_DATA_DIR defaulting to
-    ``data`` and a relative one meaning relative to the feature repo (Feast's rule for file sources).
+    """Path of an offline Parquet table: ``<data dir>/<name>``, the data dir being LIBER_DATA_DIR,
+    else ``data/ledger-<key>`` for the ledger the settings name (``settings.data_dir_for``), a
+    relative one meaning relative to the feature repo (Feast's rule for file sources).
 
     With ``repo_dir`` the result is absolute. The definitions pass it because Feast's DuckDB offline
     store reads a relative path against the process's working directory, not the repo, so
     ``get_historical_features`` run from elsewhere would look in the wrong place.
     """
-    path = get_settings(environ).data_dir / name
+    path = data_dir_for(get_settings(environ)) / name
     if repo_dir is not None and not path.is_absolute():
         path = Path(repo_dir).absolute() / path
     return str(path)
@@ -273,11 +276,16 @@ def sample_short_term(users: Sequence[str], event_timestamp: datetime, *, items:
     })  # fmt: skip
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema) -> None:
+def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema, ledger: Ledger | None = None) -> None:
     """Write ``df`` with the contract's Arrow schema (microsecond UTC timestamps, float32 lists),
-    atomically (``features/files.py``): Feast may be reading the file while it is replaced."""
+    atomically (``features/files.py``): Feast may be reading the file while it is replaced. With
+    ``ledger`` the file carries it (``features/ownership.py``); sample tables written by tests and
+    benchmarks have none."""
+    from liber_features.features.ownership import stamp
+
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     with atomic_write(path) as f:
-        pq.write_table(pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False), f)
+        pq.write_table(stamp(table, ledger) if ledger is not None else table, f)
 
 
 def apply_repo(store: FeatureStore, repo_path: str | Path = DEFAULT_REPO) -> list[str]:

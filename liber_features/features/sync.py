@@ -27,15 +27,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from liber_features.errors import FeatureStoreError
+from liber_features.errors import FeatureStoreError, LedgerMismatch
 from liber_features.features.online import store_errors, write_online
-from liber_features.features.repo import SHORT_TERM_VIEW
+from liber_features.features.ownership import check
+from liber_features.features.repo import LONG_TERM_VIEW, SHORT_TERM_VIEW, data_file
 from liber_features.ledger.store import Ledger, now_us, online_sync
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["SYNC_OVERLAP", "SyncReport", "source_path", "sync_view", "synced_mark"]
+__all__ = ["SYNC_OVERLAP", "SyncReport", "check_sources", "source_path", "sync_view", "synced_mark"]
 
 SYNC_OVERLAP = timedelta(minutes=10)
 
@@ -75,6 +76,38 @@ def source_path(store: FeatureStore, view_name: str) -> Path:
     if not isinstance(src, FileSource) or "://" in src.path:
         raise FeatureStoreError(f"{view_name}: the online sync reads local Parquet sources only")
     return Path(FileSource.get_uri_for_file_path(store.config.repo_path, src.path))
+
+
+def check_sources(store: FeatureStore, ledger: Ledger, views: list[str], replace: bool = False) -> list[Path]:
+    """:func:`ownership.check` the data directories the Feast registry reads ``views`` from (materialize, the
+    training set): they must be this ledger's data directory, and hold only its files.
+
+    A registry applied for another ledger reads that ledger's folder; ``--replace`` there would
+    delete the other ledger's tables, so that case is refused with its own way out.
+    """
+    from liber_features.settings import get_settings
+
+    # Per-ledger folders (LIBER_DATA_DIR unset) are told apart by name, ``ledger-<key>``: the repo
+    # the registry was applied from may be named by another path than this command's --repo.
+    # A LIBER_DATA_DIR the user chose is whatever the registry reads; its files are checked below.
+    per_ledger = get_settings().data_dir is None
+    mine = Path(data_file("_", repo_dir=store.config.repo_path)).parent
+    removed: list[Path] = []
+    for view in views:
+        if view not in (LONG_TERM_VIEW, SHORT_TERM_VIEW):
+            continue  # not a table liber writes
+        try:
+            folder = source_path(store, view).parent
+        except FeatureStoreError:  # not a local Parquet source: no folder of ours to check
+            continue
+        if per_ledger and folder.name != mine.name:
+            raise LedgerMismatch(
+                f"the Feast registry of project {store.project!r} reads {view} from {folder}, but "
+                f"{ledger.describe()} keeps its tables in {mine}: run `feast apply` for this ledger "
+                f"first (with LIBER_LEDGER_URL / LIBER_LEDGER_SCHEMA naming it), or give it a Feast "
+                f"project of its own (LIBER_FEAST_PROJECT)")
+        removed += check(folder, ledger, replace)
+    return removed
 
 
 def sync_view(store: FeatureStore, ledger: Ledger, view_name: str, *, rebuild: bool = False,

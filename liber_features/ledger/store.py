@@ -75,6 +75,7 @@ class Ledger:
     def __init__(self, url: str | None = None, *, schema: str | None = None) -> None:
         self.url = url or default_ledger_url()
         self.schema = schema
+        self._ledger_id: str | None = None
         try:
             from sqlalchemy.engine import make_url
 
@@ -109,6 +110,26 @@ class Ledger:
         if schema:
             engine = engine.execution_options(schema_translate_map={None: schema})
         return engine
+
+    @property
+    def ledger_id(self) -> str:
+        """This ledger's identity (UUID4 hex, ``settings.ledger_id``, written once by migration 0003).
+
+        Read once and kept: it never changes for the life of a ledger, and the file checks
+        (``features/ownership.py``) ask for it on every write.
+        """
+        if self._ledger_id is None:
+            with self.engine.connect() as conn:
+                value = conn.execute(select(settings.c.value).where(settings.c.key == "ledger_id")).scalar()
+            if not value:
+                raise LedgerError(f"ledger {self.safe_url()} has no ledger_id setting: its schema "
+                                  "revision 0003 did not run")
+            self._ledger_id = str(value)
+        return self._ledger_id
+
+    def describe(self) -> str:
+        """``ledger 3f9a1c2b (sqlite:///.liber/ledger.db)``: how messages name this ledger."""
+        return f"ledger {self.ledger_id[:8]} ({self.safe_url()})"
 
     def safe_url(self) -> str:
         """The URL with its password masked (``redact.redact_url``, malformed URLs included)."""

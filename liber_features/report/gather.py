@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
 
+from liber_features.features.census import ONLINE_BATCH as census_batch
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import interests as int_t
@@ -34,7 +34,7 @@ from liber_features.report.data import ReportData, Timeline
 
 __all__ = ["ONLINE_BATCH", "gather", "write_report"]
 
-ONLINE_BATCH = 2000  # users per get_online_features call: bounded memory and request size
+ONLINE_BATCH = census_batch  # users per get_online_features call (features/census.py)
 TIMELINE_PARTITIONS = 8  # newest partitions shown per user: a page, not a dump
 
 
@@ -139,38 +139,38 @@ def _timelines(conn, users: list[str] | None, versions, n_users: int) -> list[Ti
     return out
 
 
-def _online(repo: Path, users: list[str], versions_by_user: dict[str, list[int]], now: int,
-            rd: ReportData) -> None:
-    """Partition counts and encoder versions as served, through Feast; a note when unreadable."""
+def _online(ledger: Ledger, repo: Path, users: list[str], versions, versions_by_user: dict[str, list[int]],
+            now: int, rd: ReportData) -> None:
+    """Partition counts and encoder versions served for *this* ledger, through Feast; rows another
+    ledger (or another encoder version) wrote are named in a note, not counted
+    (``features/census.py``); a note when the store is unreadable. A data directory holding another
+    ledger's files is refused (LedgerMismatch), as every reader refuses it."""
     import os
 
-    from liber_features.features.repo import LONG_TERM_VIEW
+    from liber_features.features.ownership import check
+    from liber_features.features.repo import LONG_TERM_VIEW, data_file
 
     yaml_path = Path(os.environ.get("FEAST_FS_YAML_FILE_PATH") or repo / "feature_store.yaml")
     if not yaml_path.exists():  # checked first: importing Feast costs seconds
         rd.notes["online"] = f"no Feast repo at {repo} ({yaml_path} missing): online figures not shown"
         return
+    check(Path(data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo)).parent, ledger)
+    from liber_features.features.census import online_census
     from liber_features.features.repo import open_store
 
-    feats = [f"{LONG_TERM_VIEW}:partition_count", f"{LONG_TERM_VIEW}:encoder_version"]
-    counts: list[int] = []
-    versions: Counter[str] = Counter()
     try:
-        store = open_store(repo)
-        for i in range(0, len(users), ONLINE_BATCH):
-            got = store.get_online_features(features=feats, entity_rows=[
-                {"user_id": u} for u in users[i:i + ONLINE_BATCH]]).to_dict()
-            counts += [int(c or 0) for c in got["partition_count"]]
-            versions.update(v for v in got["encoder_version"] if v)
+        census = online_census(open_store(repo), ledger, users, versions)
     except Exception as exc:  # ours or Feast's zoo of types: the page says which, the report goes on
         rd.notes["online"] = (f"the Feast online store of {repo} could not be read "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
         return
-    rd.coverage["online"] = sum(counts)
-    rd.coverage["users_online"] = sum(c > 0 for c in counts)
-    rd.online_versions = dict(versions.most_common())
-    ages = [now - versions_by_user[u][c - 1] for u, c in zip(users, counts)
-            if c > 0 and len(versions_by_user.get(u, [])) >= c]
+    rd.coverage["online"] = census.partitions_online
+    rd.coverage["users_online"] = census.users_online
+    rd.online_versions = dict(census.versions.most_common())
+    if census.not_counted():
+        rd.notes["online_not_counted"] = census.not_counted()
+    ages = [now - versions_by_user[u][c - 1] for u, c in census.counts.items()
+            if len(versions_by_user.get(u, [])) >= c]
     rd.online_age_s = np.asarray(ages, dtype=np.float64) / 1e6
 
 
@@ -215,7 +215,7 @@ def gather(ledger: Ledger, *, repo: Path | None, model_dir: Path | None, evaluat
     if repo is None:
         rd.notes["online"] = "no Feast repo given (--repo): online figures not shown"
     else:
-        _online(Path(repo), sorted(per_user), vecs, now, rd)
+        _online(ledger, Path(repo), sorted(per_user), versions, vecs, now, rd)
     rd.evaluation = _json(evaluation, "evaluation (liber evaluate)", rd, "evaluation")
     rd.bench_online = _json(bench_dir / "bench_online.json" if bench_dir else None,
                             "online benchmark (bench/bench_online.py)", rd, "bench")

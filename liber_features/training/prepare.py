@@ -14,8 +14,11 @@ __all__ = ["checkpoint_meta", "ledger_facts", "load_set", "prepare_training_set"
 
 
 def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo: str,
-                         label_threshold: float = 4.0, say=print):
-    """Ledger → long-term offline table → ``feast apply`` → :class:`TrainingSet` (+ versions)."""
+                         label_threshold: float = 4.0, say=print, replace: bool = False):
+    """Ledger → long-term offline table → ``feast apply`` → :class:`TrainingSet` (+ versions).
+
+    A data directory holding another ledger's files is refused (``replace``: dropped first).
+    """
     from liber_features.features.memory import latest_versions, refresh_memory_table
     from liber_features.features.repo import (
         LONG_TERM_VIEW,
@@ -34,7 +37,7 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
     # a table that mixes versions mid-migration: one model, one vector space).
     refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
                          memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
-                         history_length=shape.history_length)
+                         history_length=shape.history_length, replace=replace)
     store = open_store(repo)
     apply_repo(store, repo)
     ts = build_training_set(ledger, store, SampleConfig(label_threshold=label_threshold), shape)

@@ -162,7 +162,15 @@ def _memory_rows(store: FeatureStore, D: int) -> pd.DataFrame:
 
 def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | None = None,
                        shape: LiberFeatureConfig | None = None) -> TrainingSet:
-    """Every labelled event of the ledger as a sample (module docstring for the rules)."""
+    """Every labelled event of the ledger as a sample (module docstring for the rules).
+
+    The store's tables must be this ledger's (``ownership.check_sources``): another ledger's
+    long-term rows joined to this ledger's events would train on someone else's memory.
+    """
+    from liber_features.features.repo import SHORT_TERM_VIEW
+    from liber_features.features.sync import check_sources
+
+    check_sources(store, ledger, [LONG_TERM_VIEW, SHORT_TERM_VIEW])
     cfg, shape = cfg or SampleConfig(), shape or LiberFeatureConfig.from_env()
     M, D, L = shape.memory_slots, shape.vector_dim, shape.history_length
     ev = _events(ledger)
