@@ -49,6 +49,8 @@ class LiberSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True,
                                       case_sensitive=False, frozen=True)
 
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of `liber serve`'s `POST /admin/reload` (as `--admin-token`; unset: off)")
     cache_dir: _ExpandedPath = Field(
         Path("~/.cache/liber-features"), validate_default=True,
         description="where packaged model checkpoints and item-vector caches are unpacked")

@@ -43,3 +43,47 @@ def world(tmp_path_factory):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int):
+    """A private ``redis-server`` on ``port`` (no persistence), up when this returns; the caller ends it."""
+    import socket
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server did not start on port {port}")
+
+
+def private_store(world, port: int):
+    """The world's repo, read from a private Redis on ``port`` that holds a copy of every user's hash."""
+    import redis
+
+    from liber_features.features.repo import open_store
+    from liber_features.serving.fetch import RedisFetcher
+
+    env = {**os.environ, **world["repo"].env, "LIBER_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+           "LIBER_REDIS_CONNECTION": f"127.0.0.1:{port},db=0"}
+    shared = RedisFetcher(world["store"])
+    own = redis.Redis(port=port)
+    for user in USERS:
+        key = shared.key(user)
+        own.hset(key, mapping=shared.client.hgetall(key))
+    return open_store(world["repo"].root, environ=env)

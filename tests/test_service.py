@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from liber_features.serving.admission import Limits
 from liber_features.serving.fetch import FeastFetcher
 from liber_features.serving.scorer import LiberScorer, ScorerConfig
 from liber_features.serving.service import create_app
@@ -42,7 +43,10 @@ def dead_client(world):
     store = open_store(world["repo"].root, environ=env)
     good = LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"])
     scorer = LiberScorer(good.card, good.session, FeastFetcher(store), ScorerConfig(on_store_error="degrade"))
-    return TestClient(create_app(scorer, world["ledger"]), raise_server_exceptions=False)
+    # Feast's own Redis client retries a refused connect with backoff (seconds): a deadline this
+    # long lets the degraded answer through (the deadline itself: test_serve_load).
+    return TestClient(create_app(scorer, world["ledger"], limits=Limits(deadline_ms=60_000)),
+                      raise_server_exceptions=False)
 
 
 def metric(client, name: str, **labels: str) -> float:

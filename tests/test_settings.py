@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Every variable, a non-default value for it, and the parsed value it must give (exact).
 OVERRIDES = {
+    "LIBER_ADMIN_TOKEN": ("t0ken", SecretStr("t0ken")),
     "LIBER_CACHE_DIR": ("/srv/liber/cache", Path("/srv/liber/cache")),
     "LIBER_DATA_DIR": ("/srv/liber/data", Path("/srv/liber/data")),
     "LIBER_DEBUG": ("1", True),
@@ -59,9 +60,9 @@ def test_the_defaults(clean_env, tmp_path):
     assert s.data_dir is None and data_dir_for(s) == Path("data") / ledger_key(None, None)
     assert s.debug is False
     assert [name for name, v in s.model_dump().items() if v is None] == [
-        "data_dir", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key", "ml_latest_small",
-        "ray_storage_path", "redis_cluster_connection", "redis_connection", "redis_url", "registry_url",
-        "text_encoder"]
+        "admin_token", "data_dir", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key",
+        "ml_latest_small", "ray_storage_path", "redis_cluster_connection", "redis_connection", "redis_url",
+        "registry_url", "text_encoder"]
 
 
 @pytest.mark.parametrize("name", sorted(OVERRIDES))
@@ -154,11 +155,10 @@ def test_the_generator_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "liber_features.settings"], capture_output=True, text=True,
                          check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert out == markdown_table()
-    assert out.splitlines()[:3] == [
-        "| Variable | Default | Description |",
-        "| --- | --- | --- |",
+    assert out.splitlines()[:2] == ["| Variable | Default | Description |", "| --- | --- | --- |"]
+    assert out.splitlines()[3] == (
         "| `LIBER_CACHE_DIR` | `~/.cache/liber-features` | where packaged model checkpoints and item-vector "
-        "caches are unpacked |"]
+        "caches are unpacked |")
     assert len(out.splitlines()) == 2 + len(OVERRIDES)
     assert ("| `LIBER_RAY_STORAGE_PATH` | unset | where Feast's Ray offline store stages results "
             "(read by Feast in `feature_repo/feature_store.ray.yaml`) |") in out.splitlines()

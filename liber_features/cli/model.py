@@ -18,6 +18,7 @@ from liber_features.cli.common import (
     replace_option,
     require_ledger,
     schema_option,
+    setting_default,
     use_ledger,
 )
 from liber_features.training.prepare import checkpoint_meta, prepare_training_set
@@ -249,30 +250,58 @@ def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="one stderr line per request: method, path, status, milliseconds")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="worker processes, each with its own scorer  [default: the number of cores]")
+@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="longest a request may take, queueing included (X-Request-Timeout may shorten it); "
+                   "later: 503 + Retry-After")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=8, show_default=True,
+              help="requests running at once per worker")
+@click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
+              help="requests waiting for a slot per worker, each until its deadline; more: 503 + Retry-After at once")
+@click.option("--store-retry-ms", type=click.FloatRange(min=0), default=250.0, show_default=True,
+              help="after a failed online read, answer without the store this long, then probe it (0: off)")
+@click.option("--admin-token", default=setting_default("admin_token"),
+              help="bearer token of POST /admin/reload [env LIBER_ADMIN_TOKEN; unset: reload is off]")
 def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, host, port,
-              access_log) -> None:
-    """Serve POST /score, GET /users/{id}/interests, /healthz and /metrics over HTTP.
+              access_log, workers, deadline_ms, max_in_flight, max_queue, store_retry_ms, admin_token) -> None:
+    """Serve POST /score, GET /users/{id}/interests, /healthz, /metrics and POST /admin/reload over HTTP.
 
     Logs to stderr: where it listens, one line per request (unless --no-access-log) and errors.
     """
     import gc
+    import os
 
     import uvicorn
 
-    from liber_features.serving.service import configure_logging, create_app, listening_line, log
+    from liber_features.serving.admission import Limits
+    from liber_features.serving.server import ServeConfig, build_app, load_scorer, serve
+    from liber_features.serving.service import configure_logging, listening_line, log
 
-    scorer = _scorer(model_dir, repo, fetch, timeout_ms, on_store_error)
+    workers = workers or os.cpu_count() or 1
+    config = ServeConfig(model_dir=str(model_dir), repo=str(repo), fetch=fetch, timeout_ms=timeout_ms,
+                         on_store_error=on_store_error, store_retry_ms=store_retry_ms,
+                         limits=Limits(deadline_ms=deadline_ms, max_in_flight=max_in_flight, max_queue=max_queue),
+                         ledger_schema=ledger_schema, admin_token=admin_token, access_log=access_log)
+    scorer = load_scorer(config)  # a bad model or repo fails here, before any worker starts
     ledger = open_ledger(ledger_url, ledger_schema) if ledger_url else None
-    app = create_app(scorer, ledger)
+    config = config.model_copy(update={"ledger_url": ledger.url if ledger is not None else None})
+    configure_logging(access=access_log)
+    log.info("%s", listening_line(host, port, model_dir, f"{scorer.card.backbone}+liber:{scorer.card.liber}",
+                                  repo, ledger.safe_url() if ledger is not None else None))
+    if workers > 1:
+        del scorer
+        log.info("%d worker processes, deadline %g ms, at most %d in flight + %d waiting each", workers,
+                 deadline_ms, max_in_flight, max_queue)
+        serve(config, host, port, workers)
+        return
+    app = build_app(config, scorer)
     # Everything loaded so far (Feast, the registry, onnxruntime) lives as long as the process:
     # moved out of the collector's generations, a full collection no longer walks it. Measured
     # here: a full collection over these ~285k objects took ~190 ms (a request that triggers one
     # waits that long); after gc.freeze() it takes 0.01 ms.
     gc.collect()
     gc.freeze()
-    configure_logging(access=access_log)
-    log.info("%s", listening_line(host, port, model_dir, f"{scorer.card.backbone}+liber:{scorer.card.liber}",
-                                  repo, ledger.safe_url() if ledger is not None else None))
     # uvloop + httptools when installed (uvicorn's "auto" picks them; they come with Feast).
     # uvicorn's own access log stays off: ours (service.AccessLog) has the time taken.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

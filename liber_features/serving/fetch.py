@@ -11,7 +11,7 @@ Both return, per user, a dict of the raw values the model inputs are built from
   user (one pipeline for many users). Float vectors are decoded with ``np.frombuffer`` on the
   packed bytes (no per-value protobuf or pandas round trip); the handful of scalar/string fields
   go through ``ValueProto``.
-  Its client has a socket timeout, so a slow or dead Redis costs at most ``timeout_ms``.
+  Its client has a socket timeout and no retry, so a slow or dead Redis costs at most ``timeout_ms``.
   On ``redis_type: redis_cluster`` the client is redis-py's ``RedisCluster``: a user's hash lives
   on the node owning its key's slot, so one user is still one ``HMGET`` (routed by the client) and
   many users are one ``ClusterPipeline``, which groups the commands per node. Sentinel is refused.
@@ -103,7 +103,15 @@ class RedisFetcher:
         self.fields = [layout.feature_field(names[v], f) for v, f in FEATURES]
         self.fields += [layout.ts_field(names[LONG_TERM_VIEW]), layout.ts_field(names[SHORT_TERM_VIEW])]
         nodes, kwargs = RedisOnlineStore._parse_connection_string(cfg.online_store.connection_string)
-        timeouts = {"socket_timeout": timeout_ms / 1000, "socket_connect_timeout": timeout_ms / 1000}
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No retry inside the client: redis-py's default retries a failed connect 3 times with
+        # exponential backoff from 1 s, so a dead Redis cost each read seconds, not timeout_ms
+        # (seen under load: every request of the first wave missed its deadline). The scorer
+        # decides what a failed read means (raise, degrade, its breaker's next probe).
+        timeouts = {"socket_timeout": timeout_ms / 1000, "socket_connect_timeout": timeout_ms / 1000,
+                    "retry": Retry(NoBackoff(), 0)}
         self.cluster = redis_type == "redis_cluster"
         if self.cluster:
             from redis.cluster import ClusterNode, RedisCluster

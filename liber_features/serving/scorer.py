@@ -10,7 +10,10 @@ see ``liber_features.serving.fetch``), builds the inputs with the training build
 the user side once and broadcasts it.
 
 Failure policy (``on_store_error``): ``raise`` a typed :class:`OnlineStoreError` naming the store,
-or ``degrade`` — score with no LIBER memory and no history (the masked model) and say so.
+or ``degrade`` — score with no LIBER memory and no history (the masked model) and say so. With
+``retry_ms`` > 0 (``liber serve`` sets it) a failed read opens a :class:`StoreBreaker`: for that
+long the next requests fail (or degrade) at once with the same error instead of each waiting the
+socket timeout, and one probe at a time reads again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from liber_features.features.repo import LONG_TERM_VIEW, TAG_MEMORY_SLOTS, TAG_V
 from liber_features.model.card import MODEL_FILE, ModelCard
 from liber_features.model.inputs import user_inputs
 from liber_features.model.vocab import OOV
+from liber_features.serving.breaker import StoreBreaker
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -45,6 +49,8 @@ class ScorerConfig(BaseModel):
     timeout_ms: float = Field(50.0, gt=0, description="online read timeout (Redis fast path)")
     on_store_error: Literal["raise", "degrade"] = "raise"
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads (1 had the best p99 here)")
+    retry_ms: float = Field(0.0, ge=0, description="after a failed read, answer from the failure for this "
+                                                   "long before one probe reads again (0: always read)")
 
 
 @dataclass
@@ -122,6 +128,7 @@ class LiberScorer:
         self.card, self.session, self.fetcher, self.config = card, session, fetcher, config
         self.providers = session.get_providers()
         self.items, self.users = card.item_vocabulary(), card.user_vocabulary()
+        self.breaker = StoreBreaker(config.retry_ms)
 
     @classmethod
     def load(cls, model_dir: str | Path, repo: str | Path = "feature_repo", *,
@@ -181,7 +188,14 @@ class LiberScorer:
     def _fetch(self, user_ids: Sequence[str]) -> tuple[list[dict[str, Any] | None], str | None, float]:
         t0 = time.perf_counter()
         try:
-            rows, failure = self.fetcher.fetch(user_ids), None
+            if (last := self.breaker.allow()) is not None:  # failed a moment ago: do not wait on it again
+                raise OnlineStoreError(f"{last} (not read again for {self.config.retry_ms:g} ms)")
+            try:
+                rows, failure = self.fetcher.fetch(user_ids), None
+            except OnlineStoreError as exc:
+                self.breaker.failure(str(exc))
+                raise
+            self.breaker.success()
         except OnlineStoreError as exc:
             if self.config.on_store_error == "raise":
                 raise

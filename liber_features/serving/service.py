@@ -3,10 +3,18 @@
 - ``POST /score`` ``{user_id, item_ids[≤1000]}`` → scores in candidate order, plus how they were
   made (model, encoder_version, degraded, cold_start, unknown items, latency).
 - ``GET /users/{user_id}/interests`` → what a person reads to see why a user is scored as they are:
-  the online memory (partition count, latest summary and shift) and, with a ledger, every sealed
-  partition with its seal time and texts. An unreachable online store answers 503 naming the
-  store (as ``/score`` does with ``on_store_error="raise"``), never 500.
-- ``GET /healthz`` (model loaded, store reachable) and ``GET /metrics`` (Prometheus).
+  the online memory and, with a ledger, every sealed partition with its seal time and texts
+  (``serving.interests``). An unreachable online store answers 503 naming the store, never 500.
+- ``GET /healthz`` (model loaded, store reachable) and ``GET /metrics`` (Prometheus; with several
+  worker processes, prometheus_client's multiprocess mode sums them, ``_exposition``).
+- ``POST /admin/reload`` ``{model_dir?}`` with ``Authorization: Bearer <admin token>``: load and
+  check a model off to the side, then swap (``liber_features.serving.reload``); 401 without the
+  header, 403 with a wrong token or none configured, 409 naming why a model was refused.
+
+Under load (``liber_features.serving.admission``): ``/score``'s fetch + score run in a worker
+thread, never on the event loop; a request that cannot start at once (``max_in_flight``) or finish
+by its deadline (``deadline_ms``, or ``X-Request-Timeout`` when shorter) is answered 503 with
+``Retry-After``.
 
 Input is validated by pydantic (422 names what is wrong); a ``LiberError`` answers 503 with its
 message, anything else 500 with a fixed message — never a Python traceback. A request is counted in
@@ -22,14 +30,18 @@ written by a plain ASGI wrapper after the response is sent — and a traceback f
 from __future__ import annotations
 
 import logging
+import os
 import time
-from datetime import UTC
-from typing import Annotated, Any
+from typing import Annotated
 
+from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from liber_features.errors import LiberError, OnlineStoreError
+from liber_features.errors import LiberError
 from liber_features.redact import redact_text
+from liber_features.serving.admission import STAMP, TIMEOUT_HEADER, Admission, Limits, Shed, ShedEarly, started_at
+from liber_features.serving.interests import Interests, user_interests
+from liber_features.serving.reload import ScorerSlot, token_matches
 from liber_features.serving.scorer import LiberScorer
 
 __all__ = ["AccessLog", "ScoreRequest", "ScoreResponse", "configure_logging", "create_app",
@@ -80,6 +92,8 @@ class AccessLog:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope[STAMP] = time.perf_counter()  # the deadline counts from here (admission)
         if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
@@ -97,7 +111,7 @@ class AccessLog:
                             (time.perf_counter() - t0) * 1000)
 # Route template → the ``endpoint`` label of liber_requests_total.
 ENDPOINTS = {"/score": "/score", "/users/{user_id}/interests": "/users/interests", "/healthz": "/healthz",
-             "/metrics": "/metrics"}
+             "/metrics": "/metrics", "/admin/reload": "/admin/reload"}
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strict=True)]
 
 
@@ -119,93 +133,84 @@ class ScoreResponse(BaseModel):
     latency_ms: float
 
 
-class Partition(BaseModel):
-    seq: int
-    sealed_at: str
-    n_events: int
-    summary: str | None
-    shift: str | None
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-
-class Interests(BaseModel):
-    user_id: str
-    partition_count: int
-    latest_summary: str | None
-    latest_shift: str | None
-    encoder_version: str | None
-    partitions: list[Partition]
+    model_dir: str | None = Field(None, min_length=1, max_length=4096,
+                                  description="model directory to serve (default: the one served now)")
 
 
 def _metrics():
+    """Our series on a private registry: two apps in one process never share counters."""
     from prometheus_client import CollectorRegistry, Counter, Histogram
 
-    reg = CollectorRegistry()  # private: two apps in one process never share counters
+    reg = CollectorRegistry()
+    requests = Counter("liber_requests_total", "HTTP requests", ["endpoint", "status"], registry=reg)
+    for status in ("200", "503"):  # /score's usual answers are series from the start (0 until counted)
+        requests.labels("/score", status)
     return reg, {
-        "requests": Counter("liber_requests_total", "HTTP requests", ["endpoint", "status"], registry=reg),
+        "requests": requests,
         "latency": Histogram("liber_score_latency_seconds", "POST /score latency", registry=reg,
                              buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5)),
         "degraded": Counter("liber_degraded_total", "responses scored without LIBER features", registry=reg),
+        "shed": Counter("liber_shed_total", "requests answered 503 for load (in flight, deadline)", registry=reg),
     }
 
 
-def _interests(scorer: LiberScorer, user_id: str, ledger) -> Interests:
-    from liber_features.features.repo import LONG_TERM_VIEW
+def _exposition(registry, workers: bool) -> bytes:
+    """The private registry's series, or with ``workers`` the sum over every worker process.
 
-    store = getattr(scorer.fetcher, "store", None)
-    online: dict[str, Any] = {}
-    if store is not None:
-        try:
-            row = store.get_online_features(
-                features=[f"{LONG_TERM_VIEW}:{f}" for f in ("partition_count", "latest_summary", "latest_shift",
-                                                             "encoder_version")],
-                entity_rows=[{"user_id": user_id}]).to_dict()
-        except Exception as exc:  # Feast surfaces store failures as many unrelated types
-            raise OnlineStoreError(f"{scorer.fetcher.where}: {type(exc).__name__}: {exc}") from exc
-        online = {k: v[0] for k, v in row.items()}
-    parts: list[Partition] = []
-    if ledger is not None:
-        parts = _ledger_partitions(ledger, user_id, scorer.card)
-    return Interests(user_id=user_id, partition_count=int(online.get("partition_count") or len(parts)),
-                     latest_summary=online.get("latest_summary"), latest_shift=online.get("latest_shift"),
-                     encoder_version=online.get("encoder_version"), partitions=parts)
+    ``workers`` is set by ``liber serve --workers N`` (``serving.server``), which points
+    ``PROMETHEUS_MULTIPROC_DIR`` at its own run directory before any worker imports
+    prometheus_client: each process then writes its values to files there, and any one of them
+    answers the sum. The environment variable alone is no signal: importing Feast sets it to a
+    directory of Feast's own in every process.
+    """
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    if workers:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
 
-def _ledger_partitions(ledger, user_id: str, card) -> list[Partition]:
-    from datetime import datetime
-
-    from sqlalchemy import and_, select
-
-    from liber_features.ledger.store import interests, partitions
-
-    j = partitions.outerjoin(interests, and_(
-        interests.c.partition_id == partitions.c.id, interests.c.prompt_version == card.prompt_version,
-        interests.c.llm_id == card.llm_id, interests.c.status == "done"))
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(select(partitions.c.seq, partitions.c.sealed_at_us, partitions.c.n_events,
-                                   interests.c.summary, interests.c.shift).select_from(j)
-                            .where(partitions.c.user_id == user_id).order_by(partitions.c.seq)).all()
-
-    def iso(us: int) -> str:
-        return datetime.fromtimestamp(us / 1e6, UTC).isoformat()
-
-    return [Partition(seq=r.seq, sealed_at=iso(r.sealed_at_us), n_events=r.n_events, summary=r.summary,
-                      shift=r.shift) for r in rows]
+def _counted(m, endpoint: str, response):
+    m["requests"].labels(endpoint, str(response.status_code)).inc()
+    return response
 
 
-def create_app(scorer: LiberScorer, ledger=None):
-    """The FastAPI app around one loaded scorer (and optionally the ledger, for interests), with
-    its ``AccessLog``."""
-    from fastapi import FastAPI, Request
+def _model_name(scorer) -> str:
+    return f"{scorer.card.backbone}+liber:{scorer.card.liber}"
+
+
+def create_app(scorer: LiberScorer | ScorerSlot, ledger=None, *, limits: Limits | None = None,
+               admin_token: str | None = None, multiprocess_metrics: bool = False):
+    """The FastAPI app around a loaded scorer (or a :class:`ScorerSlot` that can swap it), optionally
+    the ledger (for interests), with its ``AccessLog``. ``limits``: deadline and in-flight bound;
+    ``admin_token``: enables ``/admin/reload`` (none: it answers 403); ``multiprocess_metrics``:
+    ``/metrics`` sums every worker process (``_exposition``)."""
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     app = FastAPI(title="liber-features scorer", version="1",
                   description="LIBER-aware CTR scores for a user's candidate items.")
     registry, m = _metrics()
-    model_name = f"{scorer.card.backbone}+liber:{scorer.card.liber}"
+    slot = scorer if isinstance(scorer, ScorerSlot) else ScorerSlot(scorer)
+    admission = Admission(limits)
+    app.state.slot, app.state.admission = slot, admission
 
     def endpoint(request: Request) -> str:
         return ENDPOINTS.get(getattr(request.scope.get("route"), "path", ""), "other")
+
+    @app.exception_handler(Shed)
+    async def shed(request: Request, exc: Shed):
+        m["requests"].labels(endpoint(request), "503").inc()
+        m["shed"].inc()
+        return JSONResponse({"error": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(admission.limits.retry_after_s)})
 
     @app.exception_handler(LiberError)
     async def liber_error(request: Request, exc: LiberError):
@@ -222,42 +227,73 @@ def create_app(scorer: LiberScorer, ledger=None):
         return response
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(req: ScoreRequest):
-        # async + a direct JSONResponse: no threadpool hop and no re-validation of our own
-        # response per request (the response_model still documents it in /openapi.json).
-        # Scoring is ~1 ms of CPU, so one event loop per worker process is the right shape.
-        t0 = time.perf_counter()
-        res = scorer.score(req.user_id, req.item_ids)
+    async def score(req: ScoreRequest, request: Request):
+        # The blocking fetch + score run in a worker thread (admission), never on this loop: one
+        # slow store reply stalls only its own request. A direct JSONResponse: no re-validation
+        # of our own response (the response_model still documents it in /openapi.json).
+        t0 = started_at(request.scope)
+        current = slot.scorer  # read once: a reload mid-request never mixes two models
+        res = await admission.run(current.score, req.user_id, req.item_ids, t0=t0,
+                                  budget_ms=admission.budget_ms(request.headers.get(TIMEOUT_HEADER)))
         ms = (time.perf_counter() - t0) * 1000
         m["latency"].observe(ms / 1000)
         m["requests"].labels("/score", "200").inc()
         if res.degraded:
             m["degraded"].inc()
-        return JSONResponse({"scores": res.scores.tolist(), "model": model_name,
+        return JSONResponse({"scores": res.scores.tolist(), "model": _model_name(current),
                              "encoder_version": res.encoder_version, "degraded": res.degraded,
                              "cold_start": res.cold_start, "unknown_items": res.unknown_items,
                              "reason": res.reason, "latency_ms": round(ms, 3)})
 
     @app.get("/users/{user_id}/interests", response_model=Interests)
     def interests(user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]) -> Interests:
-        out = _interests(scorer, user_id, ledger)  # a store failure answers 503 (liber_error)
+        out = user_interests(slot.scorer, user_id, ledger)  # a store failure answers 503 (liber_error)
         m["requests"].labels("/users/interests", "200").inc()
         return out
 
     @app.get("/healthz")
     def healthz():
+        current = slot.scorer
         try:
-            scorer.fetcher.fetch(["__liber_healthz__"])
-            store_ok, detail = True, scorer.fetcher.where
+            current.fetcher.fetch(["__liber_healthz__"])
+            store_ok, detail = True, current.fetcher.where
         except LiberError as exc:
             store_ok, detail = False, str(exc)
-        body = {"model_loaded": True, "model": model_name, "providers": scorer.providers,
-                "store_reachable": store_ok, "store": detail}
+        body = {"model_loaded": True, "model": _model_name(current), "providers": current.providers,
+                "store_reachable": store_ok, "store": detail, "worker": os.getpid(),
+                "model_dir": slot.model_dir, "generation": slot.generation}
         return JSONResponse(body, status_code=200 if store_ok else 503)
 
     @app.get("/metrics")
     def metrics():
-        return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(_exposition(registry, multiprocess_metrics).decode(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request, body: ReloadRequest | None = None):
+        import anyio
+
+        if admin_token is None:
+            return _counted(m, "/admin/reload", JSONResponse(
+                {"error": "admin endpoints are off: start with --admin-token or LIBER_ADMIN_TOKEN"}, 403))
+        header = request.headers.get("authorization")
+        if not header:
+            return _counted(m, "/admin/reload", JSONResponse(
+                {"error": "admin token required"}, 401, headers={"WWW-Authenticate": "Bearer"}))
+        if not token_matches(header, admin_token):
+            return _counted(m, "/admin/reload", JSONResponse({"error": "wrong admin token"}, 403))
+        target = body.model_dir if body is not None else None
+        try:
+            new = await anyio.to_thread.run_sync(slot.reload, target)  # loads + checks off the loop
+        except LiberError as exc:
+            log.warning("reload refused, the old model keeps serving: %s", redact_text(str(exc)))
+            return _counted(m, "/admin/reload", JSONResponse(
+                {"error": f"refused, the old model keeps serving: {exc}"}, 409))
+        log.info("reloaded %s (%s)", slot.model_dir, _model_name(new))
+        return _counted(m, "/admin/reload", JSONResponse(
+            {"model": _model_name(new), "model_dir": slot.model_dir, "generation": slot.generation}))
+
+    # Innermost first: AccessLog (added last) wraps ShedEarly, so a shed request is logged too.
+    app.add_middleware(ShedEarly, admission=admission, paths=frozenset({"/score"}),
+                       on_shed=lambda: (m["requests"].labels("/score", "503").inc(), m["shed"].inc()))
     app.add_middleware(AccessLog)
     return app
