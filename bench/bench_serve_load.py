@@ -94,17 +94,11 @@ def build_model(tmp: Path) -> Path:
 
 
 def start_redis(port: int) -> subprocess.Popen:
-    import socket
+    """The tests' private redis-server (tests/servekit.py): never the machine's shared one."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from servekit import start_redis as start
 
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("redis-server did not start")
+    return start(port)
 
 
 def wait_up(url: str, proc: subprocess.Popen, what: str) -> None:

@@ -87,3 +87,14 @@ def private_store(world, port: int):
         key = shared.key(user)
         own.hset(key, mapping=shared.client.hgetall(key))
     return open_store(world["repo"].root, environ=env)
+
+
+def unconfigure(handler) -> None:
+    """Undo ``serving.service.configure_logging``: later tests see the loggers as they were."""
+    import logging
+
+    serve = logging.getLogger("liber.serve")
+    serve.removeHandler(handler)
+    serve.setLevel(logging.NOTSET)
+    serve.propagate = True
+    logging.getLogger("liber.serve.access").setLevel(logging.NOTSET)

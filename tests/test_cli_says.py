@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 import sys
 import types
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from servekit import unconfigure
 
 from liber_features.cli.main import cli
 
@@ -264,15 +264,6 @@ def test_score_with_only_seen_candidates_says_to_include_them(tmp_path, table_sc
 # --- serve logging ------------------------------------------------------------------------------
 
 LINE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
-
-
-def unconfigure(handler: logging.Handler) -> None:
-    """Undo ``configure_logging``: later tests see the loggers as they were."""
-    serve = logging.getLogger("liber.serve")
-    serve.removeHandler(handler)
-    serve.setLevel(logging.NOTSET)
-    serve.propagate = True
-    logging.getLogger("liber.serve.access").setLevel(logging.NOTSET)
 
 
 def test_serve_logs_an_access_line_per_request_and_errors(monkeypatch):

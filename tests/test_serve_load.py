@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import types
 import httpx
 import numpy as np
 import pytest
-from servekit import free_port, private_store, start_redis
+from servekit import free_port, private_store, start_redis, unconfigure
 
 from liber_features.errors import ConfigError
 from liber_features.serving.admission import Limits
@@ -77,15 +76,6 @@ class GatedScorer:
 @pytest.fixture(scope="module")
 def scorer(world):
     return LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"])
-
-
-def unconfigure(handler: logging.Handler) -> None:
-    """Undo ``configure_logging``: later tests see the loggers as they were."""
-    serve = logging.getLogger("liber.serve")
-    serve.removeHandler(handler)
-    serve.setLevel(logging.NOTSET)
-    serve.propagate = True
-    logging.getLogger("liber.serve.access").setLevel(logging.NOTSET)
 
 
 def counts(metrics: str) -> dict[str, float]:
