@@ -5,8 +5,10 @@ Redis and PostgreSQL tests never skip: if a service is down, they fail with the 
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
+import weakref
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,47 @@ def ml_latest_small() -> Path:
         if (candidate / "ratings.csv").exists():
             return candidate
     raise FileNotFoundError("ml-latest-small not found: set LIBER_ML_LATEST_SMALL")
+
+
+_REGISTRIES: list[weakref.ref] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _track_feast_sql_registries():
+    """Record every Feast SQL registry the session creates (see ``_close_feast_registries``)."""
+    from feast.infra.registry.sql import SqlRegistry
+
+    original = SqlRegistry.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        _REGISTRIES.append(weakref.ref(self))
+
+    SqlRegistry.__init__ = init
+    yield
+    SqlRegistry.__init__ = original
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_feast_registries():
+    """Release, after each test module, the Feast SQL registries its tests opened.
+
+    With ``cache_mode: thread`` (the production yamls) Feast 0.67 registers each registry's exit
+    handler with ``atexit`` and keeps a refresh timer running, so a FeatureStore is never freed and
+    its two SQLAlchemy pools keep their PostgreSQL connections: about three per Redis-backed test,
+    which ran a full session into PostgreSQL's limit of 100 connections.
+    """
+    yield
+    while _REGISTRIES:
+        registry = _REGISTRIES.pop()()
+        if registry is None:
+            continue
+        atexit.unregister(registry._exit_handler)
+        timer = getattr(registry, "registry_refresh_thread", None)
+        if timer is not None:
+            timer.cancel()
+        registry.write_engine.dispose()
+        registry.read_engine.dispose()
 
 
 @pytest.fixture(scope="session")
