@@ -2,7 +2,7 @@
 
 Runs ``run_encode`` with the deterministic counting LLM (liber_features.testing) and then
 rewrites the long-term memory table, as ``liber encode`` does; prints the summary as JSON.
-SIGTERM ends it as it ends ``liber encode``: ``sys.exit(143)`` inside the run.
+SIGTERM ends it as it ends ``liber encode``: exit 143, between ledger writes (ledger/stopping.py).
 
     python tests/encode_worker.py LEDGER_URL CALLS_FILE [--schema S] [--llm-id ID] [--lease S]
         [--batch-size N] [--delay S] [--table PATH] [--start-at EPOCH_S]
@@ -14,13 +14,14 @@ With ``--ray`` it is a Ray driver (``run_ray_encode``) whose actors each hold a 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import json
 import signal
-import sys
 import time
 
 from liber_features.features.memory import refresh_memory_table
+from liber_features.ledger.stopping import exit_on_sigterm
 from liber_features.ledger.store import Ledger
 from liber_features.testing import CountingLLM, HashEncoder, fake_backends
 from liber_features.uil.interest import EncodeConfig, run_encode
@@ -41,7 +42,8 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--actor-cpus", type=float, default=1.0)
     a = p.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as liber_features.cli.main.encode
+    exit_on_sigterm()  # as liber_features.cli.main.encode
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that sees it hang asks where
     ledger = Ledger(a.ledger, schema=a.schema)
     time.sleep(max(0.0, a.start_at - time.time()))
     cfg = EncodeConfig(batch_size=a.batch_size, lease_s=a.lease)

@@ -95,7 +95,14 @@ def test_sigterm_ends_the_run_as_failed_keeping_committed_batches(ledger, tmp_pa
         assert worker.poll() is None, worker.communicate()[1][-2000:]
         time.sleep(0.05)
     worker.terminate()
-    assert worker.wait(timeout=30) == 143
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # hung: show where (encode_worker dumps its threads on SIGUSR1)
+        worker.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        worker.kill()
+        pytest.fail("the worker ignored SIGTERM for 30 s:\n" + worker.communicate()[1][-6000:])
+    assert worker.returncode == 143
     kept = done_count(ledger)
     assert kept % 3 == 0 and 3 <= kept < PARTS  # whole batches of 3, none of them lost
     with ledger.engine.connect() as conn:

@@ -166,16 +166,16 @@ def _table_path(repo: str, name: str) -> Path:
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
            max_new_tokens, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
-    import signal
-
     from liber_features.cli.progress import EncodeProgress
     from liber_features.features.memory import refresh_memory_table
     from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
+    from liber_features.ledger.stopping import exit_on_sigterm
     from liber_features.uil.interest import EncodeConfig
 
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
-    # as failed instead of leaving it "running" forever. Committed batches are kept either way.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # as failed instead of leaving it "running" forever. Committed batches are kept either way;
+    # a signal that arrives inside a ledger write waits for it (ledger/stopping.py).
+    exit_on_sigterm()
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     if table:  # a data dir of another ledger is refused now, not after hours of encoding

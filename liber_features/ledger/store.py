@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from liber_features.errors import ConfigError, LedgerError
 from liber_features.ledger import migrate
+from liber_features.ledger.stopping import critical
 
 # The tables live in ``tables.py``; they are re-exported here because every reader and writer
 # of the ledger names them next to ``Ledger`` (``from liber_features.ledger.store import Ledger, partitions``).
@@ -144,9 +145,13 @@ class Ledger:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """One transaction: everything inside commits together or not at all."""
+        """One transaction: everything inside commits together or not at all.
+
+        A SIGTERM arriving meanwhile waits for the commit (stopping.py): cut inside this
+        generator's ``__enter__``, it would leave the transaction open and the write lock held.
+        """
         try:
-            with self.engine.begin() as conn:
+            with critical(), self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger write failed on {self.safe_url()}: "

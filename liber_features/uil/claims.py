@@ -25,6 +25,7 @@ from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.engine import Connection
 
 from liber_features.errors import LiberError
+from liber_features.ledger.stopping import critical
 from liber_features.ledger.store import Ledger, claims, now_us
 from liber_features.ledger.store import partitions as parts_t
 from liber_features.ledger.store import runs as runs_t
@@ -56,7 +57,8 @@ class Lease:
 
         Every write that touches this run's claims goes through here, commits included.
         """
-        with self._write, self.ledger.begin() as conn:
+        # critical() first: a SIGTERM arriving while the lock is taken waits for the commit.
+        with critical(), self._write, self.ledger.begin() as conn:
             yield conn
 
     def claim(self, ids: list[int]) -> set[int]:
