@@ -91,6 +91,9 @@ class LiberSettings(BaseSettings):
     registry_url: SecretStr | None = Field(
         None, json_schema_extra=_read_by_yaml("redis", "ray"),
         description="SQLAlchemy URL of Feast's SQL registry")
+    serve_token: SecretStr | None = Field(
+        None, description="bearer token `liber serve` requires on `POST /score` and `GET /users/…` "
+                          "(as `--token`; unset: open)")
     text_encoder: str | None = Field(
         None, description="transformers text-encoder folder of `liber encode` (default: packaged "
                           "all-MiniLM-L6-v2)")

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Every variable, a non-default value for it, and the parsed value it must give (exact).
 OVERRIDES = {
     "LIBER_ADMIN_TOKEN": ("t0ken", SecretStr("t0ken")),
+    "LIBER_SERVE_TOKEN": ("s3rve", SecretStr("s3rve")),
     "LIBER_CACHE_DIR": ("/srv/liber/cache", Path("/srv/liber/cache")),
     "LIBER_DATA_DIR": ("/srv/liber/data", Path("/srv/liber/data")),
     "LIBER_DEBUG": ("1", True),
@@ -62,7 +63,7 @@ def test_the_defaults(clean_env, tmp_path):
     assert [name for name, v in s.model_dump().items() if v is None] == [
         "admin_token", "data_dir", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key",
         "ml_latest_small", "ray_storage_path", "redis_cluster_connection", "redis_connection", "redis_url",
-        "registry_url", "text_encoder"]
+        "registry_url", "serve_token", "text_encoder"]
 
 
 @pytest.mark.parametrize("name", sorted(OVERRIDES))

@@ -263,18 +263,24 @@ def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
               help="after a failed online read, answer without the store this long, then probe it (0: off)")
 @click.option("--admin-token", default=setting_default("admin_token"),
               help="bearer token of POST /admin/reload [env LIBER_ADMIN_TOKEN; unset: reload is off]")
+@click.option("--token", default=setting_default("serve_token"),
+              help="bearer token required by POST /score and GET /users/... [env LIBER_SERVE_TOKEN; "
+                   "unset: open]; /healthz and /metrics stay open")
 def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, ledger_schema, host, port,
-              access_log, workers, deadline_ms, max_in_flight, max_queue, store_retry_ms, admin_token) -> None:
+              access_log, workers, deadline_ms, max_in_flight, max_queue, store_retry_ms, admin_token,
+              token) -> None:
     """Serve POST /score, GET /users/{id}/interests, /healthz, /metrics and POST /admin/reload over HTTP.
 
     Logs to stderr: where it listens, one line per request (unless --no-access-log) and errors.
     """
     import gc
     import os
+    import signal
 
     import uvicorn
 
     from liber_features.serving.admission import Limits
+    from liber_features.serving.reload import reload_in_background
     from liber_features.serving.server import ServeConfig, build_app, load_scorer, serve
     from liber_features.serving.service import configure_logging, listening_line, log
 
@@ -282,7 +288,8 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
     config = ServeConfig(model_dir=str(model_dir), repo=str(repo), fetch=fetch, timeout_ms=timeout_ms,
                          on_store_error=on_store_error, store_retry_ms=store_retry_ms,
                          limits=Limits(deadline_ms=deadline_ms, max_in_flight=max_in_flight, max_queue=max_queue),
-                         ledger_schema=ledger_schema, admin_token=admin_token, access_log=access_log)
+                         ledger_schema=ledger_schema, admin_token=admin_token, token=token,
+                         access_log=access_log)
     scorer = load_scorer(config)  # a bad model or repo fails here, before any worker starts
     ledger = open_ledger(ledger_url, ledger_schema) if ledger_url else None
     config = config.model_copy(update={"ledger_url": ledger.url if ledger is not None else None})
@@ -302,6 +309,8 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
     # waits that long); after gc.freeze() it takes 0.01 ms.
     gc.collect()
     gc.freeze()
+    # `kill -HUP`: reload the model directory off to the side and swap (serving/reload.py).
+    signal.signal(signal.SIGHUP, lambda *_: reload_in_background(app.state.slot))
     # uvloop + httptools when installed (uvicorn's "auto" picks them; they come with Feast).
     # uvicorn's own access log stays off: ours (service.AccessLog) has the time taken.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -8,18 +8,23 @@ and passed the check replaces it, in one attribute assignment. A request reads `
 once, so it is scored wholly by the old model or wholly by the new one. A model that fails to load
 or whose card disagrees is refused with the reason, and the old one keeps serving.
 
+``kill -HUP`` on ``liber serve`` reloads the served model directory the same way (a deploy that
+replaced the directory's files, or a symlink moved to a new one): :func:`reload_in_background`,
+called from the process's SIGHUP handler. With several workers uvicorn's supervisor would answer
+SIGHUP by restarting them all, dropping their open connections; ``serving.server`` overrides
+that: the supervisor loads and checks the model itself, then announces it like a reload below.
+
 With several worker processes, ``POST /admin/reload`` reaches one of them: that worker reloads,
 then records the new model directory and a generation number in a small JSON file (written to a
 temp name and renamed, so a reader never sees half of it) in the server's run directory. Every
 worker watches that file (a ``stat`` every ``poll_s`` in a daemon thread) and reloads the same
 way when the generation moves. A worker whose reload fails keeps its model and logs why.
 
-The admin token is compared in constant time and never logged.
+The admin token is checked in ``serving.auth`` (constant time, never logged).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -30,16 +35,9 @@ from typing import Any
 
 from liber_features.errors import LiberError
 
-__all__ = ["ScorerSlot", "token_matches"]
+__all__ = ["ScorerSlot", "reload_in_background"]
 
 log = logging.getLogger("liber.serve")
-
-
-def token_matches(header: str | None, token: str) -> bool:
-    """``Authorization: Bearer <token>``, compared in constant time."""
-    if not header or not header.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
 
 
 class ScorerSlot:
@@ -111,3 +109,18 @@ class ScorerSlot:
             return False
         log.info("reloaded %s (announced by another worker)", note["model_dir"])
         return True
+
+
+def reload_in_background(slot: ScorerSlot, why: str = "SIGHUP") -> threading.Thread:
+    """Reload the slot's model directory in a daemon thread (a signal handler must return at once)."""
+    def run() -> None:
+        try:
+            slot.reload()
+        except LiberError as exc:
+            log.warning("%s: reload of %s refused, the old model keeps serving: %s", why, slot.model_dir, exc)
+            return
+        log.info("%s: reloaded %s (generation %d)", why, slot.model_dir, slot.generation)
+
+    t = threading.Thread(target=run, name="liber-reload", daemon=True)
+    t.start()
+    return t

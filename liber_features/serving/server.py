@@ -8,7 +8,7 @@ store and Redis connections, nothing mutable shared. The parent loads the model 
 bad model or an unreachable repo fails the command before any worker starts.
 
 The parent creates a run directory (removed on exit) holding: the workers' settings
-(``serve.json``, mode 0600: it may carry the ledger URL and the admin token), prometheus_client's
+(``serve.json``, mode 0600: it may carry the ledger URL and the tokens), prometheus_client's
 multiprocess files (``PROMETHEUS_MULTIPROC_DIR``: ``/metrics`` answers the sum over workers) and
 the reload announcement that lets one worker's ``/admin/reload`` reach them all
 (``liber_features.serving.reload``).
@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from liber_features.serving.admission import Limits
+from liber_features.serving.reload import ScorerSlot, reload_in_background
 
 __all__ = ["CONFIG_ENV", "ServeConfig", "app_from_env", "build_app", "load_scorer", "serve"]
 
@@ -46,6 +47,7 @@ class ServeConfig(BaseModel):
     ledger_url: SecretStr | None = None
     ledger_schema: str | None = None
     admin_token: SecretStr | None = None
+    token: SecretStr | None = None
     access_log: bool = True
     reload_file: str | None = None
     multiprocess_metrics: bool = False
@@ -66,7 +68,6 @@ def load_scorer(config: ServeConfig, model_dir: str | None = None):
 
 def build_app(config: ServeConfig, scorer=None):
     """The app of one worker: its scorer (loaded here unless given) in a reloadable slot."""
-    from liber_features.serving.reload import ScorerSlot
     from liber_features.serving.service import create_app
 
     ledger = None
@@ -77,9 +78,8 @@ def build_app(config: ServeConfig, scorer=None):
     slot = ScorerSlot(scorer or load_scorer(config), config.model_dir,
                       loader=lambda d: load_scorer(config, d), shared=config.reload_file)
     slot.follow()
-    token = config.admin_token.get_secret_value() if config.admin_token is not None else None
-    return create_app(slot, ledger, limits=config.limits, admin_token=token,
-                      multiprocess_metrics=config.multiprocess_metrics)
+    return create_app(slot, ledger, limits=config.limits, admin_token=_plain(config.admin_token),
+                      token=_plain(config.token), multiprocess_metrics=config.multiprocess_metrics)
 
 
 def app_from_env():
@@ -115,11 +115,30 @@ def serve(config: ServeConfig, host: str, port: int, workers: int) -> None:
         # a directory already named instead of making its own.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = str(metrics)
         # uvloop + httptools when installed (uvicorn's "auto"). uvicorn's access log stays off:
-        # ours (service.AccessLog) has the time taken.
-        uvicorn.run("liber_features.serving.server:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level="warning", access_log=False)
+        # ours (service.AccessLog) has the time taken. What uvicorn.run does for workers > 1,
+        # with our supervisor (SIGHUP reloads instead of restarting every worker).
+        ucfg = uvicorn.Config("liber_features.serving.server:app_from_env", factory=True, host=host,
+                              port=port, workers=workers, log_level="warning", access_log=False)
+        slot = ScorerSlot(None, config.model_dir, loader=lambda d: load_scorer(config, d),
+                          shared=config.reload_file)
+        _supervisor(ucfg, slot).run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _supervisor(ucfg, slot: ScorerSlot):
+    """uvicorn's process supervisor whose SIGHUP loads ``slot``'s model, checks it and announces it.
+
+    The workers follow the announcement (``ScorerSlot.follow``) and swap without dropping a
+    connection; a model that fails the check is refused in the supervisor and never reaches them.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            reload_in_background(slot)
+
+    return Supervisor(ucfg, sockets=[ucfg.bind_socket()])
 
 
 def _dump(config: ServeConfig) -> str:
@@ -127,7 +146,10 @@ def _dump(config: ServeConfig) -> str:
     import json
 
     data = config.model_dump(mode="json")
-    for key in ("ledger_url", "admin_token"):
-        value = getattr(config, key)
-        data[key] = value.get_secret_value() if value is not None else None
+    for key in ("ledger_url", "admin_token", "token"):
+        data[key] = _plain(getattr(config, key))
     return json.dumps(data)
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None

@@ -7,6 +7,8 @@
   (``serving.interests``). An unreachable online store answers 503 naming the store, never 500.
 - ``GET /healthz`` (model loaded, store reachable) and ``GET /metrics`` (Prometheus; with several
   worker processes, prometheus_client's multiprocess mode sums them, ``_exposition``).
+- With a serve token (``--token``), ``/score`` and ``/users/…`` need ``Authorization: Bearer
+  <token>`` (``serving.auth``: 401 without it, 403 with a wrong one); ``/healthz`` stays open.
 - ``POST /admin/reload`` ``{model_dir?}`` with ``Authorization: Bearer <admin token>``: load and
   check a model off to the side, then swap (``liber_features.serving.reload``); 401 without the
   header, 403 with a wrong token or none configured, 409 naming why a model was refused.
@@ -40,8 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from liber_features.errors import LiberError
 from liber_features.redact import redact_text
 from liber_features.serving.admission import STAMP, TIMEOUT_HEADER, Admission, Limits, Shed, ShedEarly, started_at
+from liber_features.serving.auth import RequireToken, token_matches
 from liber_features.serving.interests import Interests, user_interests
-from liber_features.serving.reload import ScorerSlot, token_matches
+from liber_features.serving.reload import ScorerSlot
 from liber_features.serving.scorer import LiberScorer
 
 __all__ = ["AccessLog", "ScoreRequest", "ScoreResponse", "configure_logging", "create_app",
@@ -186,11 +189,12 @@ def _model_name(scorer) -> str:
 
 
 def create_app(scorer: LiberScorer | ScorerSlot, ledger=None, *, limits: Limits | None = None,
-               admin_token: str | None = None, multiprocess_metrics: bool = False):
+               admin_token: str | None = None, token: str | None = None, multiprocess_metrics: bool = False):
     """The FastAPI app around a loaded scorer (or a :class:`ScorerSlot` that can swap it), optionally
     the ledger (for interests), with its ``AccessLog``. ``limits``: deadline and in-flight bound;
-    ``admin_token``: enables ``/admin/reload`` (none: it answers 403); ``multiprocess_metrics``:
-    ``/metrics`` sums every worker process (``_exposition``)."""
+    ``admin_token``: enables ``/admin/reload`` (none: it answers 403); ``token``: required by
+    ``/score`` and ``/users/…`` (``serving.auth``); ``multiprocess_metrics``: ``/metrics`` sums
+    every worker process (``_exposition``)."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse
     from prometheus_client import CONTENT_TYPE_LATEST
@@ -292,8 +296,13 @@ def create_app(scorer: LiberScorer | ScorerSlot, ledger=None, *, limits: Limits 
         return _counted(m, "/admin/reload", JSONResponse(
             {"model": _model_name(new), "model_dir": slot.model_dir, "generation": slot.generation}))
 
-    # Innermost first: AccessLog (added last) wraps ShedEarly, so a shed request is logged too.
+    # Innermost first: AccessLog (added last) wraps RequireToken and ShedEarly, so refused and shed
+    # requests are logged too; the token is checked before a queue slot is taken.
     app.add_middleware(ShedEarly, admission=admission, paths=frozenset({"/score"}),
                        on_shed=lambda: (m["requests"].labels("/score", "503").inc(), m["shed"].inc()))
+    if token is not None:
+        app.add_middleware(RequireToken, token=token, prefixes=("/score", "/users/"), on_refused=lambda path, status:
+                           m["requests"].labels("/score" if path == "/score" else "/users/interests",
+                                                str(status)).inc())
     app.add_middleware(AccessLog)
     return app
