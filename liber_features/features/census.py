@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from liber_features.errors import LedgerError
 from liber_features.features.memory import encoder_version, latest_versions
 from liber_features.features.repo import LONG_TERM_VIEW
 from liber_features.ledger.store import Ledger
@@ -134,10 +133,7 @@ def online_census(store: FeatureStore, ledger: Ledger, users: list[str],
 def census_of_ledger(store: FeatureStore, ledger: Ledger) -> OnlineCensus:
     """:func:`online_census` of every user of the ledger, counting its newest encode's version
     (``liber status --online``)."""
-    try:
-        versions = latest_versions(ledger)
-    except LedgerError:  # nothing encoded yet: no row online can be this ledger's
-        versions = None
+    versions = latest_versions(ledger, required=False)  # None: nothing encoded, no row can be ours
     with ledger.engine.connect() as conn:
         users = sorted(conn.execute(select(cache_t.c.user_id)).scalars())
     return online_census(store, ledger, users, versions)

@@ -36,23 +36,43 @@ from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import vectors as vec_t
 
 __all__ = ["encoder_version", "latest_versions", "memory_table", "refresh_memory_table",
-           "write_memory_table"]
+           "versions_of", "write_memory_table"]
 
 
 def encoder_version(prompt_version: str, llm_id: str, encoder_id: str) -> str:
     return hashlib.sha256(f"{prompt_version}\x1f{llm_id}\x1f{encoder_id}".encode()).hexdigest()[:12]
 
 
-def latest_versions(ledger: Ledger) -> tuple[str, str, str]:
-    """(prompt_version, llm_id, encoder_id) of the newest successful encode run."""
+def latest_versions(ledger: Ledger, *, required: bool = True) -> tuple[str, str, str] | None:
+    """(prompt_version, llm_id, encoder_id) of the newest successful encode run.
+
+    What the ledger encodes *now* — not necessarily what a table holds: during a migration each
+    user keeps their newest complete version (``_chosen_vectors``); a model names the version it
+    was trained on with :func:`versions_of`. ``required=False``: None when nothing was encoded.
+    """
     with ledger.engine.connect() as conn:
         row = conn.execute(select(runs_t.c.params).where(
             runs_t.c.kind == "encode", runs_t.c.status == "ok").order_by(runs_t.c.id.desc())
             .limit(1)).first()
     if row is None:
+        if not required:
+            return None
         raise LedgerError("no successful encode run in this ledger: run `liber encode` first")
     p = json.loads(row.params)
     return p["prompt_version"], p["llm_id"], p["encoder_id"]
+
+
+def versions_of(ledger: Ledger, version: str) -> tuple[str, str, str]:
+    """The (prompt_version, llm_id, encoder_id) whose :func:`encoder_version` is ``version``,
+    among the vectors this ledger holds: what a table written from it actually contains."""
+    q = (select(int_t.c.prompt_version, int_t.c.llm_id, vec_t.c.encoder_id).distinct()
+         .select_from(int_t.join(vec_t, vec_t.c.interest_id == int_t.c.id)))
+    with ledger.engine.connect() as conn:
+        for triple in conn.execute(q):
+            if encoder_version(*triple) == version:
+                return tuple(triple)
+    raise LedgerError(f"encoder version {version} is not in {ledger.describe()}: "
+                      "the table was written from another ledger")
 
 
 def _version_order(ledger: Ledger) -> dict[tuple[str, str, str], int]:

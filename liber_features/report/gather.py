@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from liber_features.features.census import ONLINE_BATCH as census_batch
+from liber_features.features.memory import latest_versions
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import interests as int_t
@@ -63,16 +64,6 @@ def _data(conn) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
                            .group_by(q_t.c.field, q_t.c.reason)
                            .order_by(func.count().desc(), q_t.c.field, q_t.c.reason).limit(5)).all()
     return data, [(r.field, r.reason, int(r.n)) for r in reasons]
-
-
-def _versions(conn) -> tuple[str, str, str] | None:
-    """The newest successful encode run's (prompt_version, llm_id, encoder_id), if any."""
-    row = conn.execute(select(runs_t.c.params).where(runs_t.c.kind == "encode", runs_t.c.status == "ok")
-                       .order_by(runs_t.c.id.desc()).limit(1)).first()
-    if row is None:
-        return None
-    p = json.loads(row.params)
-    return p["prompt_version"], p["llm_id"], p["encoder_id"]
 
 
 def _cost(conn, data: dict[str, int]) -> dict[str, Any]:
@@ -198,7 +189,7 @@ def gather(ledger: Ledger, *, repo: Path | None, model_dir: Path | None, evaluat
             cache_t.outerjoin(parts_t, parts_t.c.user_id == cache_t.c.user_id))
             .group_by(cache_t.c.user_id)).all())
         seals = np.fromiter(conn.execute(select(parts_t.c.sealed_at_us)).scalars(), dtype=np.int64)
-        versions = _versions(conn)
+        versions = latest_versions(ledger, required=False)
         cost = _cost(conn, data)
         vecs = _newest_vectors(conn, versions)
         timelines = _timelines(conn, users, versions, n_users)

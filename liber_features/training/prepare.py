@@ -19,7 +19,7 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
 
     A data directory holding another ledger's files is refused (``replace``: dropped first).
     """
-    from liber_features.features.memory import latest_versions, refresh_memory_table
+    from liber_features.features.memory import latest_versions, refresh_memory_table, versions_of
     from liber_features.features.repo import (
         LONG_TERM_VIEW,
         LiberFeatureConfig,
@@ -32,7 +32,6 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
 
     ledger = Ledger(ledger_url, schema=ledger_schema)
     shape = LiberFeatureConfig.from_env()
-    versions = latest_versions(ledger)
     # Every user in their newest complete version, as `liber encode` writes it (the builder refuses
     # a table that mixes versions mid-migration: one model, one vector space).
     refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
@@ -41,6 +40,10 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
     store = open_store(repo)
     apply_repo(store, repo)
     ts = build_training_set(ledger, store, SampleConfig(label_threshold=label_threshold), shape)
+    # The versions of the vectors trained on, not of the newest encode run: after a partial
+    # migration run (--limit, or --users that completes nobody) the two differ, and a card naming
+    # the newer one would describe vectors the model never saw (the scorer then refuses it).
+    versions = versions_of(ledger, ts.encoder_version) if ts.encoder_version else latest_versions(ledger)
     c = ts.counts
     say(f"training set: {c['samples']} samples of {c['users']} users "
         + ", ".join(f"{s} {c[s]['samples']} ({c[s]['positives']} positive)" for s in
@@ -54,8 +57,13 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
 def checkpoint_meta(ts, result, versions, ledger) -> dict[str, Any]:
     import numpy as np
 
+    from liber_features.errors import ConfigError
     from liber_features.features.memory import encoder_version
     from liber_features.features.repo import RANKER_SERVICE
+
+    if ts.encoder_version and encoder_version(*versions) != ts.encoder_version:
+        raise ConfigError(f"versions {versions} are not those of the training set's vectors "
+                          f"({ts.encoder_version}): take them from versions_of(ledger, ts.encoder_version)")
 
     train_ts = ts.ts_us[ts.mask("train")]
 
