@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from modelkit import encoded_repo, movielens_users
 
+from liber_features.features.memory import versions_of
 from liber_features.features.repo import LiberFeatureConfig
 from liber_features.model.card import ModelCard
 from liber_features.model.inputs import INPUT_NAMES
@@ -40,7 +41,8 @@ def trained(tmp_path_factory):
         r = train(ts, text, TrainConfig(backbone=backbone, liber="both", epochs=2, batch_size=64,
                                         device="cpu"), log=lambda _m: None)
         out[backbone] = r
-    return ts, out, tmp
+    # The versions of the vectors trained on, as `liber train` names them on the card.
+    return ts, out, versions_of(ledger, ts.encoder_version)
 
 
 def one_user(ts, i, items):
@@ -59,9 +61,9 @@ def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_pat
     from encoders.ctr.export import export_onnx, torch_scores
     from liber_features.training.prepare import checkpoint_meta
 
-    ts, results, _ = trained
+    ts, results, versions = trained
     r = results[backbone]
-    meta = checkpoint_meta(ts, r, ("pv1", "fake:hash@1", "fake-hash-enc@1"), _Ledger())
+    meta = checkpoint_meta(ts, r, versions, _Ledger())
     card = export_onnx(r.model, meta, tmp_path)
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == list(INPUT_NAMES)
@@ -98,9 +100,9 @@ def test_checkpoint_round_trips_under_weights_only_and_refuses_pickled_objects(t
     from liber_features.errors import ConfigError
     from liber_features.training.prepare import checkpoint_meta
 
-    ts, results, _ = trained
+    ts, results, versions = trained
     r = results["din"]
-    meta = checkpoint_meta(ts, r, ("pv1", "fake:hash@1", "fake-hash-enc@1"), _Ledger())
+    meta = checkpoint_meta(ts, r, versions, _Ledger())
     feeds = one_user(ts, int(np.flatnonzero(ts.partition_count >= 2)[0]), np.arange(2, 40, dtype=np.int64))
     save_checkpoint(r.model, meta, tmp_path / "new")
     model, back = load_checkpoint(tmp_path / "new")
