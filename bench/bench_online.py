@@ -78,9 +78,8 @@ def write_users(store, card, n: int, seed: int = 0) -> list[str]:
     users = [f"bench-u{i}" for i in range(n)]
     now = pd.Timestamp(datetime.now(UTC))
 
-    def vectors(counts) -> list[np.ndarray]:  # M x D per user, slots beyond its count zero
-        return [np.where(np.arange(M)[:, None] < c, rng.standard_normal((M, D)), 0).astype(np.float32).ravel()
-                for c in counts]
+    def vectors(counts) -> list[np.ndarray]:  # min(count, M) x D per user: only filled slots are stored
+        return [rng.standard_normal((min(int(c), M), D)).astype(np.float32).ravel() for c in counts]
 
     for lo in range(0, n, 1000):
         chunk = users[lo:lo + 1000]

@@ -10,7 +10,8 @@ needs no database connection. So apply with the environment of the ledger whose 
 read; liber commands given ``--ledger`` set it for the definitions they load themselves.
 
 - ``user_long_term_memory``: one row per (user, sealed partition) in the offline Parquet; online
-  holds the newest row, i.e. the last M partition summary/shift vectors, flattened M×D float32.
+  holds the newest row, i.e. the last min(count, M) partition summary/shift vectors, flattened
+  (only filled slots: at most M×D float32).
 - ``user_short_term_cache``: the current unsealed cache, pushed online as it changes
   (``user_short_term_cache_push``); its Parquet is the batch source for training joins.
 - ``liber_ranker_v1``: both views; the versioned name is what rankers pin.
@@ -70,13 +71,14 @@ user_long_term_memory = FeatureView(
             name="summary_vectors",
             dtype=Array(Float32),
             vector_length=SHAPE.vector_length,
-            description="M×D interest-summary vectors, slot 0 newest, zero-padded.",
+            description="Interest-summary vectors of the last min(partition_count, M) partitions, "
+                        "slot 0 newest, flattened (at most M×D floats: only filled slots).",
         ),
         Field(
             name="shift_vectors",
             dtype=Array(Float32),
             vector_length=SHAPE.vector_length,
-            description="M×D interest-shift vectors, aligned with summary_vectors.",
+            description="Interest-shift vectors, aligned with summary_vectors.",
         ),
         Field(
             name="recent_item_ids",

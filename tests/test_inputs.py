@@ -92,3 +92,26 @@ def test_model_card_refuses_other_reserved_rows_and_broken_vocabularies(tmp_path
         (tmp_path / CARD_FILE).write_text(json.dumps({**raw, **change}))
         with pytest.raises(ConfigError, match=error):
             ModelCard.load(tmp_path)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])  # none, one, M, more than M
+def test_only_filled_slots_are_padded_to_m_at_read_and_equal_the_old_padded_layout(count):
+    M, D = 2, 3
+    k = min(count, M)
+    filled = np.arange(1, k * D + 1, dtype=np.float32)
+    padded = np.zeros(M * D, dtype=np.float32)
+    padded[:k * D] = filled
+
+    def feeds(vectors):
+        return user_inputs(user_id="b", user_vocab=USERS, item_vocab=ITEMS, memory_slots=M, vector_dim=D,
+                           history_length=3, summary_vectors=vectors, shift_vectors=vectors,
+                           partition_count=count, recent_item_ids=None, cache_item_ids=None)
+
+    new, old = feeds(filled), feeds(padded)
+    assert new["summary"].tolist() == [padded.reshape(M, D).tolist()] == old["summary"].tolist()
+    assert new["shift"].tolist() == old["shift"].tolist()
+    assert new["partition_count"].tolist() == [count]
+    # A float too many, and a whole slot too few (where that is not the padded length either).
+    for wrong in [np.ones(k * D + 1, dtype=np.float32)] + ([np.ones(D, dtype=np.float32)] if k == M else []):
+        with pytest.raises(VectorShapeError, match=rf"{wrong.size} floats, expected min\(partition_count, M\)"):
+            feeds(wrong)

@@ -147,17 +147,18 @@ def test_new_text_encoder_reuses_texts_without_llm_calls(filled):
         assert conn.execute(select(vectors).where(vectors.c.encoder_id == "other@2")).all()
 
 
-def test_memory_table_slots_newest_first_zero_padded(filled):
+def test_memory_table_slots_newest_first_only_filled(filled):
     s = run_encode(filled, FakeLLM(), FakeEncoder(), progress=False)
     t = memory_table(filled, memory_slots=2, vector_dim=4,
                      versions=(s.prompt_version, s.llm_id, FakeEncoder.encoder_id))
     df = to_frame(t).sort_values(["user_id", "sealed_at"]).reset_index(drop=True)
     assert list(df.user_id) == ["a", "a", "a", "b"]
     assert list(df.partition_count) == [1, 2, 3, 1]
-    vec = np.stack(df.summary_vectors.to_list()).reshape(4, 2, 4)
-    assert vec.dtype == np.float32
-    assert np.all(vec[0, 1] == 0) and np.all(vec[3, 1] == 0)  # padding
-    assert np.array_equal(vec[1, 1], vec[0, 0]) and np.array_equal(vec[2, 1], vec[1, 0])
+    # Only the filled slots are stored: min(count, M)×D floats, no zero padding.
+    assert [len(v) for v in df.summary_vectors] == [4, 8, 8, 4] == [len(v) for v in df.shift_vectors]
+    vec = [np.asarray(v).reshape(-1, 4) for v in df.summary_vectors]
+    assert all(v.dtype == np.float32 and np.all(v != 0) for v in vec)
+    assert np.array_equal(vec[1][1], vec[0][0]) and np.array_equal(vec[2][1], vec[1][0])  # slot 0 newest
     assert df.latest_shift[0] == FIRST_SHIFT and df.latest_shift[1].startswith("shift#")
     assert df.sealed_at.is_monotonic_increasing
     assert df.encoder_version.nunique() == 1

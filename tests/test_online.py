@@ -205,7 +205,9 @@ def test_wrong_vector_length_is_refused_before_any_write(repo):
     store = repo.apply()
     rows = sample_long_term(["good", "bad"], NOW)
     rows.at[1, "shift_vectors"] = rows.at[1, "shift_vectors"][:-1]
-    with pytest.raises(VectorShapeError, match=r"user_id='bad'.*shift_vectors.*3071.*3072"):
+    # 3 partitions at M = 8, D = 384: 3×384 floats, only the filled slots.
+    with pytest.raises(VectorShapeError,
+                       match=r"user_id=.bad.*shift_vectors has 1151 floats, expected 1152 \(min\(partition_count"):
         write_online(store, LONG_TERM_VIEW, rows)
     assert online(store, ["good"], service=False)[f"{LONG_TERM_VIEW}__summary_vectors"] == [None]
 

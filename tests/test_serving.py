@@ -222,7 +222,8 @@ def test_wrong_shaped_value_is_an_error_or_degrades(world, own_redis):
     fetch.client.hset(fetch.key("1"), _mmh3(f"{LONG_TERM_VIEW}:summary_vectors"),
                       Value(float_list_val=FloatList(val=[1.0, 2.0])).SerializeToString())
     raising = LiberScorer.load(world["model_dir"], world["repo"].root, store=store)
-    with pytest.raises(OnlineStoreError, match="wrong-shaped value.*2 floats, expected M×D = 3×4"):
+    with pytest.raises(OnlineStoreError,
+                       match=r"wrong-shaped value.*2 floats, expected min\(partition_count, M\)×D = 3×4 = 12"):
         raising.score("1", ["1"])
     degrading = LiberScorer.load(world["model_dir"], world["repo"].root, store=store,
                                  config=ScorerConfig(on_store_error="degrade"))

@@ -1,7 +1,9 @@
 """The long-term memory table: ledger → one row per (user_id, sealed_at) for Feast.
 
-Row for partition ``j`` of a user holds the vectors of partitions ``j, j-1, …, j-M+1`` (slot 0
-= newest, zero-padded when the user has fewer), flattened to ``M×D`` float32, the partition
+Row for partition ``j`` of a user holds the vectors of partitions ``j, j-1, …, j-k+1`` with
+``k = min(j+1, M)`` (slot 0 = newest), flattened to ``k×D`` float32 — only the filled slots: at
+K = 50 on ml-latest-small the median user has one partition, and zero padding to M×D made 7/8 of
+their online bytes zeros (``model.inputs`` pads to M×D when it reads them) — the partition
 count ``j+1``, the newest summary/shift texts, and ``recent_item_ids``: the last L item ids of
 partitions ``0..j`` in stream order. The short-term cache holds only what came after partition
 ``j``, so a ranker's behaviour history (``liber_features.model.inputs.history_items``) is
@@ -173,9 +175,14 @@ def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int, history_
         # order): its created_at is the newest of them, so the online sync sees the change.
         created[i] = max(r.created_us, created[i - 1]) if i > start else r.created_us
 
+    filled = np.minimum(count, M)  # slots per row
+
     def vec_column(a: np.ndarray) -> pa.Array:
-        offsets = np.arange(0, (n + 1) * M * D, M * D, dtype=np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(a.reshape(-1)))
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(filled * D, out=offsets[1:])
+        keep = np.arange(M)[None, :] < filled[:, None]  # (n, M): the filled slots, newest first
+        return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(a[keep].reshape(-1))).cast(
+            pa.list_(pa.float32()))
 
     ts = pa.timestamp("us", tz="UTC")
     return pa.table({
@@ -200,8 +207,14 @@ def write_memory_table(table: pa.Table, path: str | Path, ledger: Ledger | None 
     path = Path(path)
     if ledger is not None:
         table = stamp(table, ledger)
+    # zstd without dictionaries on the vectors: a row's M-slot window repeats the vectors of the
+    # rows before it, which zstd's window finds (dictionary pages overflow on float32 values).
+    # Measured on the K = 50 ledger (bench/bench_memory.py): 2.9 KB per partition instead of
+    # snappy's 9.1 KB; DuckDB and pyarrow, Feast's readers, both read zstd.
+    vectors = {"summary_vectors", "shift_vectors"}
     with atomic_write(path) as f:
-        pq.write_table(table, f)
+        pq.write_table(table, f, compression="zstd",
+                       use_dictionary=[c for c in table.column_names if c not in vectors])
     return path
 
 
@@ -227,7 +240,7 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
     """Pandas view with float32 vector arrays (pyarrow's default would give float64 lists)."""
     df = table.drop_columns(["summary_vectors", "shift_vectors"]).to_pandas()
     for col in ("summary_vectors", "shift_vectors"):
-        flat = table[col].combine_chunks()
-        width = len(flat[0]) if len(flat) else 0
-        df[col] = list(flat.values.to_numpy().reshape(-1, width)) if width else []
+        flat = table[col].combine_chunks()  # rows differ in length: min(count, M)×D each
+        values, offsets = flat.values.to_numpy(), flat.offsets.to_numpy()
+        df[col] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     return df

@@ -8,7 +8,8 @@ Feast alone loses LIBER data three ways; each is closed here or in the sync stat
   (new ``encoder_version``, same ``sealed_at``), a cache changed within the same second. Our Redis
   writer drops only *older* rows, in Feast's own layout (``features/redis_layout.py``: entity key,
   murmur3 field names, ValueProto/Timestamp values), pipelined: ~8x ``write_to_online_store``.
-- Feast never checks vector length: :func:`validate_vectors` runs before every write.
+- Feast never checks vector length: :func:`validate_vectors` runs before every write (a vector
+  field holds min(partition_count, M)×D floats; M×D, the zero-padded layout of 0.1, is still read).
 Other online stores (SQLite: last write wins already) are written through Feast's API.
 """
 
@@ -48,7 +49,7 @@ def store_errors(what: str) -> Iterator[None]:
 
 
 def _vector_fields(view: FeatureView) -> dict[str, int]:
-    """Float32-list fields → registered ``vector_length``, else M×D from the environment."""
+    """Float32-list fields → registered ``vector_length`` (M×D), else M×D from the environment."""
     from feast.types import Array, Float32
 
     fallback = LiberFeatureConfig.from_env().vector_length
@@ -56,21 +57,31 @@ def _vector_fields(view: FeatureView) -> dict[str, int]:
 
 
 def validate_vectors(df: pd.DataFrame, view: FeatureView) -> None:
-    """Check every vector's length before any write (Feast does not), naming the bad user and field."""
+    """Check every vector's length before any write (Feast does not), naming the bad user and field.
+
+    A row with ``partition_count`` c holds min(c, M)×D floats (only filled slots); M×D, the
+    zero-padded rows of 0.1, stay valid so an old table can be written back while it is rebuilt.
+    """
     join_key = view.join_keys[0]
-    for name, expected in _vector_fields(view).items():
+    shape = LiberFeatureConfig.from_env()
+    for name, longest in _vector_fields(view).items():
         if name not in df.columns:
             raise VectorShapeError(f"{view.name}: column {name!r} is missing")
         lengths = np.fromiter(
             (len(v) if isinstance(v, (list, tuple, np.ndarray)) else -1 for v in df[name]), np.int64, len(df)
         )
-        bad = np.flatnonzero(lengths != expected)
+        dim = longest // shape.memory_slots if longest % shape.memory_slots == 0 else shape.vector_dim
+        slots = longest // dim
+        counts = (df["partition_count"].fillna(0).to_numpy(dtype=np.int64) if "partition_count" in df.columns
+                  else np.full(len(df), slots))
+        filled = np.minimum(np.maximum(counts, 0), slots) * dim
+        bad = np.flatnonzero((lengths != filled) & (lengths != longest))
         if bad.size:
             i = int(bad[0])
             raise VectorShapeError(
                 f"{join_key}={df[join_key].iloc[i]!r}: {view.name}.{name} has "
-                f"{'no vector' if lengths[i] < 0 else f'{lengths[i]} floats'}, expected {expected} "
-                f"(M×D of the registered view); {bad.size} bad row(s), nothing written"
+                f"{'no vector' if lengths[i] < 0 else f'{lengths[i]} floats'}, expected {filled[i]} "
+                f"(min(partition_count, M)×D of the registered view); {bad.size} bad row(s), nothing written"
             )
 
 

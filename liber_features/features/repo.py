@@ -88,7 +88,7 @@ class LiberFeatureConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     memory_slots: int = Field(8, ge=1, le=1024)
-    """M: partitions kept per user (slot 0 = newest, zero-padded when fewer). Env LIBER_MEMORY_SLOTS."""
+    """M: partitions kept per user (slot 0 = newest; only filled slots are stored). Env LIBER_MEMORY_SLOTS."""
 
     vector_dim: int = Field(384, ge=1, le=65536)
     """D: text-encoder output dimension. Env LIBER_VECTOR_DIM."""
@@ -98,8 +98,13 @@ class LiberFeatureConfig(BaseModel):
 
     @property
     def vector_length(self) -> int:
-        """Length of one flattened M×D vector field (``summary_vectors``, ``shift_vectors``)."""
+        """Longest a flattened vector field (``summary_vectors``, ``shift_vectors``) may be: M×D."""
         return self.memory_slots * self.vector_dim
+
+    def filled_length(self, partition_count: int) -> int:
+        """Floats a vector field holds for a user with ``partition_count`` partitions: only the
+        filled slots, min(count, M)×D (the model inputs pad to M×D at read time)."""
+        return min(max(int(partition_count), 0), self.memory_slots) * self.vector_dim
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LiberFeatureConfig:
@@ -241,12 +246,10 @@ def sample_long_term(
     """One long-term row per user, random float32 vectors in the first ``partition_count`` slots."""
     shape = shape or LiberFeatureConfig.from_env()
     rng = np.random.default_rng(seed)
-    filled = min(partition_count, shape.memory_slots) * shape.vector_dim
+    filled = shape.filled_length(partition_count)
 
-    def vectors() -> list[np.ndarray]:
-        out = np.zeros((len(users), shape.vector_length), dtype=np.float32)
-        out[:, :filled] = rng.standard_normal((len(users), filled), dtype=np.float32)
-        return list(out)
+    def vectors() -> list[np.ndarray]:  # only the filled slots, as memory_table writes them
+        return list(rng.standard_normal((len(users), filled), dtype=np.float32))
 
     return pd.DataFrame({
         "user_id": list(users),

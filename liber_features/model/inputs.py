@@ -1,7 +1,8 @@
 """One definition of every model input, shared by the training-set builder and the online scorer.
 
-A LIBER ranker reads, for one user, what ``liber_ranker_v1`` serves: the last M partition summary
-and shift vectors (flattened M×D, slot 0 newest), ``partition_count``, ``recent_item_ids`` (last L
+A LIBER ranker reads, for one user, what ``liber_ranker_v1`` serves: the last min(count, M)
+partition summary and shift vectors (flattened k×D, slot 0 newest: only the filled slots are
+stored; here, and only here, they are padded to M), ``partition_count``, ``recent_item_ids`` (last L
 items of the sealed partitions) and ``cache_item_ids`` (the unsealed short-term cache). This module
 turns those values — whether they come from a Feast point-in-time join, an online read, or the
 Redis fast path — into the exact arrays the model takes, so training and serving cannot drift:
@@ -64,19 +65,24 @@ def user_inputs(*, user_id: str, user_vocab: UserVocab, item_vocab: ItemVocab,
     """One user's side of the model inputs (U = 1), from the values ``liber_ranker_v1`` serves.
 
     Missing long-term values (a user with no encoded partition) give zero vectors and count 0 —
-    masks, never a fallback row. Vector lengths are checked: a wrong-shaped value is an error, not
-    a silently reshaped one.
+    masks, never a fallback row. A vector field holds min(count, M)×D floats, or M×D zero-padded
+    (the layout of 0.1, still read: both give the same block). Vector lengths are checked: a
+    wrong-shaped value is an error, not a silently reshaped one.
     """
     M, D = memory_slots, vector_dim
+    filled = min(max(int(partition_count or 0), 0), M)
 
     def block(flat) -> np.ndarray:
+        out = np.zeros((1, M, D), dtype=np.float32)
         if flat is None:
-            return np.zeros((1, M, D), dtype=np.float32)
+            return out
         a = np.asarray(flat, dtype=np.float32)
-        if a.size != M * D:
+        if a.size not in (filled * D, M * D):
             raise VectorShapeError(f"user {user_id!r}: a memory vector has {a.size} floats, expected "
-                                   f"M×D = {M}×{D} = {M * D}")
-        return a.reshape(1, M, D)
+                                   f"min(partition_count, M)×D = {filled}×{D} = {filled * D}")
+        k = a.size // D
+        out[0, :k] = a.reshape(k, D)
+        return out
 
     hist = item_vocab.index(history_items(recent_item_ids, cache_item_ids, history_length))
     return {
