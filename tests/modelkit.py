@@ -52,19 +52,34 @@ def write_log(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, name: str 
 
 
 def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: int,
-                 shape: LiberFeatureConfig, backend: str = "sqlite") -> tuple[Ledger, Repo, object]:
-    """Ingest + encode (fake LLM) + long-term table + ``feast apply`` on the embedded store."""
+                 shape: LiberFeatureConfig, backend: str = "sqlite",
+                 projection=None) -> tuple[Ledger, Repo, object]:
+    """Ingest + encode (fake LLM) + long-term table + ``feast apply`` on the embedded store.
+
+    ``projection``: the text encoder gives 2·D vectors and the table holds their D′ = D projection
+    — ``"fit"`` fits one on this ledger, a :class:`Projection` (fitted on another) is stored here.
+    """
+    from liber_features.training.fit_projection import fit_projection
+    from liber_features.uil.projection import project_new, save_projection
+
     ledger = Ledger(f"sqlite:///{tmp / 'ledger.db'}")
     ev, cat = write_log(tmp / "in", events, catalog)
     ingest(load_events(ev, cat), ledger, PartitionRule(k=k), progress=False)
-    enc, llm = HashEncoder("fake-hash-enc@1", dim=shape.vector_dim), hash_llm()
+    dim = shape.vector_dim * (2 if projection is not None else 1)
+    enc, llm = HashEncoder("fake-hash-enc@1", dim=dim), hash_llm()
     s = run_encode(ledger, llm, enc, progress=False)
+    versions = (s.prompt_version, llm.llm_id, enc.encoder_id)
+    if projection is not None:
+        if projection == "fit":
+            projection = fit_projection(ledger, shape.vector_dim, versions=versions)
+        save_projection(ledger, projection)
+        project_new(ledger)
+        versions = (*versions[:2], projection.encoder_id)
     repo_dir = tmp / "repo"
     repo_dir.mkdir(exist_ok=True)
     repo = Repo(repo_dir, backend)
     table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
-                         history_length=shape.history_length,
-                         versions=(s.prompt_version, llm.llm_id, enc.encoder_id))
+                         history_length=shape.history_length, versions=versions)
     write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo_dir), ledger)
     append_cache_history(current_caches(ledger), data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo_dir),
                          ledger)

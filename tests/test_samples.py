@@ -77,13 +77,19 @@ def test_same_second_events_never_see_their_own_partition(tmp_path):
     assert ts.counts["samples_with_0_partitions"] == 3 and ts.counts["samples"] == 6
 
 
-@pytest.mark.parametrize("moment_rank", [3, 40, 75, 120])
-def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment_rank):
+@pytest.mark.parametrize("moment_rank,projected", [(3, False), (40, False), (75, False), (120, False),
+                                                   (3, True), (120, True)])
+def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment_rank, projected):
     """Replay real MovieLens events up to a moment; what the online store serves then, turned
     into model inputs by the scorer's code, equals the training builder's inputs for a sample at
-    that moment."""
+    that moment. ``projected``: the text vectors are D = 8 and the views hold their D′ = 4 PCA
+    projection, fitted once on the full ledger and applied to the live one's partitions."""
+    from liber_features.uil.projection import load_projections
+
     events, catalog = movielens_users(["1", "5"])
-    full_ledger, _, full_store = encoded_repo(tmp_path / "full", events, catalog, k=7, shape=SHAPE)
+    full_ledger, _, full_store = encoded_repo(tmp_path / "full", events, catalog, k=7, shape=SHAPE,
+                                              projection="fit" if projected else None)
+    (fitted,) = load_projections(full_ledger) if projected else (None,)
     ts = build_training_set(full_ledger, full_store, SampleConfig(), SHAPE)
     u = "1"
     times = np.sort(np.unique(events[events.user_id == u].timestamp))
@@ -92,7 +98,7 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
 
     # The streaming side: only the events before the moment have happened.
     ledger, _, store = encoded_repo(tmp_path / "live", events[events.timestamp < t], catalog, k=7,
-                                    shape=SHAPE)
+                                    shape=SHAPE, projection=fitted)
     sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
     push_short_term_cache(store, online_caches(ledger))
     row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
@@ -109,3 +115,6 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
     assert online["user_idx"][0] == ts.user_idx[sample]
     assert np.array_equal(online["summary"], summ) and np.array_equal(online["shift"], shift)
     assert ts.partition_count[sample] > 0 or moment_rank == 3  # the moments do exercise memory
+    if projected:  # the table is the projection's, not the 8-d vectors cut to 4
+        assert ts.encoder_version != build_training_set(
+            *encoded_repo(tmp_path / "plain", events, catalog, k=7, shape=SHAPE)[::2]).encoder_version

@@ -115,7 +115,13 @@ def test_card_mismatch_is_refused_naming_both_sides(world, tmp_path):
     with pytest.raises(ConfigError, match=r"model card has \{'M': 3, 'D': 4, 'L': 6\}.*'L': 12\}"):
         LiberScorer.load(world["model_dir"], world["repo"].root, store=world["store"],
                          shape=LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=12))
-    card.history_length, card.encoder_version = 6, "0123456789ab"
+    # A model trained at another D′ (a projection, `liber project --dim 2`): refused by its D.
+    card.history_length, card.vector_dim = 6, 2
+    card.save(bad)
+    with pytest.raises(ConfigError, match=r"model card has \{'M': 3, 'D': 2, 'L': 6\}, the applied repo's "
+                                          r"user_long_term_memory has \{'M': 3, 'D': 4, 'L': 6\}"):
+        LiberScorer.load(bad, world["repo"].root, store=world["store"])
+    card.vector_dim, card.encoder_version = 4, "0123456789ab"
     card.save(bad)
     with pytest.raises(ConfigError, match="encoder_version '0123456789ab'"):
         LiberScorer.load(bad, world["repo"].root, store=world["store"])

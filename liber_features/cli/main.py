@@ -31,6 +31,7 @@ from liber_features.cli.common import (
     use_ledger,
 )
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
+from liber_features.cli.project import COMMANDS as _PROJECT_COMMANDS
 from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
 from liber_features.cli.repo import COMMANDS as _FEAST_COMMANDS
 from liber_features.cli.report import COMMANDS as _REPORT_COMMANDS
@@ -248,7 +249,8 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
         click.echo(json.dumps(result, default=str, sort_keys=True))
 
 
-for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS):
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS,
+                 *_PROJECT_COMMANDS):
     cli.add_command(_command)
 
 

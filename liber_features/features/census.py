@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 
 from liber_features.features.memory import encoder_version, latest_versions
-from liber_features.features.repo import LONG_TERM_VIEW
+from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import interests as int_t
 from liber_features.ledger.store import partitions as parts_t
@@ -133,7 +133,8 @@ def online_census(store: FeatureStore, ledger: Ledger, users: list[str],
 def census_of_ledger(store: FeatureStore, ledger: Ledger) -> OnlineCensus:
     """:func:`online_census` of every user of the ledger, counting its newest encode's version
     (``liber status --online``)."""
-    versions = latest_versions(ledger, required=False)  # None: nothing encoded, no row can be ours
+    # None: nothing encoded, no row can be ours. At the views' D: a D′ table's rows are counted.
+    versions = latest_versions(ledger, required=False, dim=LiberFeatureConfig.from_env().vector_dim)
     with ledger.engine.connect() as conn:
         users = sorted(conn.execute(select(cache_t.c.user_id)).scalars())
     return online_census(store, ledger, users, versions)

@@ -34,6 +34,7 @@ from liber_features.features.ownership import check, stamp
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import interests as int_t
 from liber_features.ledger.store import partitions as parts_t
+from liber_features.ledger.store import projections as proj_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import vectors as vec_t
 
@@ -45,12 +46,14 @@ def encoder_version(prompt_version: str, llm_id: str, encoder_id: str) -> str:
     return hashlib.sha256(f"{prompt_version}\x1f{llm_id}\x1f{encoder_id}".encode()).hexdigest()[:12]
 
 
-def latest_versions(ledger: Ledger, *, required: bool = True) -> tuple[str, str, str] | None:
+def latest_versions(ledger: Ledger, *, required: bool = True,
+                    dim: int | None = None) -> tuple[str, str, str] | None:
     """(prompt_version, llm_id, encoder_id) of the newest successful encode run.
 
     What the ledger encodes *now* — not necessarily what a table holds: during a migration each
     user keeps their newest complete version (``_chosen_vectors``); a model names the version it
     was trained on with :func:`versions_of`. ``required=False``: None when nothing was encoded.
+    ``dim``: as a table at that D holds them (a D′ projection's encoder id in place of its source).
     """
     with ledger.engine.connect() as conn:
         row = conn.execute(select(runs_t.c.params).where(
@@ -61,7 +64,21 @@ def latest_versions(ledger: Ledger, *, required: bool = True) -> tuple[str, str,
             return None
         raise LedgerError("no successful encode run in this ledger: run `liber encode` first")
     p = json.loads(row.params)
-    return p["prompt_version"], p["llm_id"], p["encoder_id"]
+    found = p["prompt_version"], p["llm_id"], p["encoder_id"]
+    return found if dim is None else _at_dim(ledger, found, dim)
+
+
+def _at_dim(ledger: Ledger, versions: tuple[str, str, str], dim: int) -> tuple[str, str, str]:
+    """``versions`` as the table at D holds them: through the newest D′ projection of their text
+    encoder when its vectors are not of D (``uil/projection.py``), unchanged otherwise."""
+    with ledger.engine.connect() as conn:
+        enc_dim = conn.execute(select(vec_t.c.dim).where(vec_t.c.encoder_id == versions[2]).limit(1)).scalar()
+        derived = conn.execute(select(proj_t.c.encoder_id).where(
+            proj_t.c.source_encoder_id == versions[2], proj_t.c.out_dim == dim)
+            .order_by(proj_t.c.created_us.desc()).limit(1)).scalar()
+    if enc_dim in (None, dim) or derived is None:
+        return versions
+    return versions[0], versions[1], derived
 
 
 def versions_of(ledger: Ledger, version: str) -> tuple[str, str, str]:
@@ -94,16 +111,18 @@ def _version_order(ledger: Ledger) -> dict[tuple[str, str, str], int]:
 
 
 def _chosen_vectors(ledger: Ledger, versions: tuple[str, str, str] | None,
-                    users: list[str] | None) -> list[int]:
+                    users: list[str] | None, dim: int) -> list[int]:
     """Vector ids of each user's newest complete version: the longest encoded prefix of the
     user's partitions, ties to the newest version. While the fleet moves to a new LLM, prompt or
     text encoder, a user keeps the old version until the new one covers as much, never vanishes.
+    Only vectors of the views' D count: a D′ projection (``uil/projection.py``) is a version of
+    its own dimension, chosen by setting ``LIBER_VECTOR_DIM`` to D′.
     """
     q = (select(parts_t.c.user_id, parts_t.c.seq, int_t.c.prompt_version, int_t.c.llm_id,
                 vec_t.c.encoder_id, vec_t.c.id)
          .select_from(parts_t.join(int_t, int_t.c.partition_id == parts_t.c.id)
                       .join(vec_t, vec_t.c.interest_id == int_t.c.id))
-         .where(int_t.c.status == "done"))
+         .where(int_t.c.status == "done", vec_t.c.dim == dim))
     if versions:
         q = q.where(int_t.c.prompt_version == versions[0], int_t.c.llm_id == versions[1],
                     vec_t.c.encoder_id == versions[2])
@@ -129,12 +148,24 @@ def _chosen_vectors(ledger: Ledger, versions: tuple[str, str, str] | None,
     return chosen
 
 
+def _no_vectors_at(ledger: Ledger, dim: int) -> None:
+    """Nothing at D, but vectors of another D: say which, and how to get D (not an empty table)."""
+    with ledger.engine.connect() as conn:
+        dims = sorted(conn.execute(select(vec_t.c.dim).distinct()).scalars())
+    if dims:
+        raise VectorShapeError(f"the feature views expect D={dim} (LIBER_VECTOR_DIM); {ledger.describe()} "
+                               f"holds vectors of D={', '.join(map(str, dims))}: set LIBER_VECTOR_DIM to "
+                               f"one of them, or fit a projection with `liber project --dim {dim}`")
+
+
 def memory_table(ledger: Ledger, *, memory_slots: int, vector_dim: int, history_length: int = 50,
                  versions: tuple[str, str, str] | None = None,
                  users: list[str] | None = None) -> pa.Table:
     """Build the long-term memory table (schema in the module docstring): every user once, each
     in their newest complete version (``versions`` restricts it to one version)."""
-    ids = _chosen_vectors(ledger, versions, users)
+    ids = _chosen_vectors(ledger, versions, users, vector_dim)
+    if not ids:
+        _no_vectors_at(ledger, vector_dim)
     q = (select(parts_t.c.user_id, parts_t.c.seq, parts_t.c.sealed_at_us, int_t.c.summary,
                 int_t.c.shift, parts_t.c.events_json, vec_t.c.dim, vec_t.c.summary_vec, vec_t.c.shift_vec,
                 vec_t.c.created_us, int_t.c.prompt_version, int_t.c.llm_id, vec_t.c.encoder_id)
@@ -228,7 +259,12 @@ def refresh_memory_table(ledger: Ledger, path: str | Path, *, memory_slots: int,
     """
     import socket
 
+    from liber_features.uil.projection import project_new
+
     check(Path(path).parent, ledger, replace)
+    # Partitions encoded since a D′ projection was fitted get their D′ vectors first (no LLM call),
+    # so the table at D′ covers as much as the table at D would.
+    project_new(ledger)
     with ledger.lock("memory_table", f"{socket.gethostname()}:{os.getpid()}"):
         table = memory_table(ledger, memory_slots=memory_slots, vector_dim=vector_dim,
                              history_length=history_length)

@@ -39,6 +39,7 @@ from liber_features.ledger.tables import (
     metadata,
     online_sync,
     partitions,
+    projections,
     prompt_audit,
     quarantine,
     runs,
@@ -50,7 +51,7 @@ from liber_features.redact import redact_obj, redact_url
 
 __all__ = [
     "Ledger", "claims", "default_ledger_url", "encode_progress", "events", "interests", "items",
-    "locks", "metadata", "now_us", "online_sync", "partitions", "prompt_audit", "quarantine",
+    "locks", "metadata", "now_us", "online_sync", "partitions", "projections", "prompt_audit", "quarantine",
     "runs", "settings", "user_cache", "vectors",
 ]
 

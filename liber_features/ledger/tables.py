@@ -25,7 +25,7 @@ from sqlalchemy import (
 
 __all__ = [
     "claims", "events", "interests", "items", "locks", "metadata", "online_sync", "partitions",
-    "prompt_audit", "quarantine", "runs", "settings", "user_cache", "vectors",
+    "projections", "prompt_audit", "quarantine", "runs", "settings", "user_cache", "vectors",
 ]
 
 metadata = MetaData()
@@ -131,6 +131,19 @@ vectors = Table(
     Column("shift_vec", LargeBinary, nullable=False),
     Column("created_us", BigInteger, nullable=False),
     UniqueConstraint("interest_id", "encoder_id", name="uq_vector_encoder"),
+)
+projections = Table(
+    "projections", metadata,
+    # D′ projections of a text encoder's vectors (uil/projection.py): the matrix and what it was
+    # fitted on, keyed by the derived encoder id its vectors carry in ``vectors``.
+    Column("encoder_id", String(128), primary_key=True),
+    Column("source_encoder_id", String(128), nullable=False),
+    Column("in_dim", Integer, nullable=False),
+    Column("out_dim", Integer, nullable=False),
+    Column("mean", LargeBinary, nullable=False),  # (in_dim,) float32 little-endian
+    Column("components", LargeBinary, nullable=False),  # (in_dim, out_dim) float32, row-major
+    Column("fitted_on", Text, nullable=False),  # JSON: rule, cut, partitions and vectors used
+    Column("created_us", BigInteger, nullable=False),
 )
 claims = Table(
     "claims", metadata,

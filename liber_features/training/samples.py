@@ -50,7 +50,7 @@ from liber_features.model.vocab import OOV, PAD, ItemVocab, UserVocab
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["SPLITS", "SampleConfig", "TrainingSet", "build_training_set"]
+__all__ = ["SPLITS", "SampleConfig", "TrainingSet", "build_training_set", "train_period_ends"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -120,6 +120,16 @@ def _split(df: pd.DataFrame, cfg: SampleConfig) -> np.ndarray:
     cut1 = np.floor(cfg.train_frac * n)
     cut2 = np.floor((cfg.train_frac + cfg.validation_frac) * n)
     return np.where(pos < cut1, 0, np.where(pos < cut2, 1, 2)).astype(np.int8)
+
+
+def train_period_ends(ledger: Ledger, cfg: SampleConfig | None = None) -> dict[str, int]:
+    """user → time (µs) of the user's first validation or test sample, by the split
+    :func:`build_training_set` makes: the user's training period is everything strictly before
+    it. Users without labelled events have no training period (they are absent)."""
+    ev = _events(ledger)
+    ev = ev[ev.rating.notna()].reset_index(drop=True)
+    held = ev[_split(ev, cfg or SampleConfig()) > 0]
+    return {str(u): int(t) for u, t in held.groupby("user_id", sort=False).ts_us.min().items()}
 
 
 def _visible_counts(store: FeatureStore, df: pd.DataFrame) -> np.ndarray:

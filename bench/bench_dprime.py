@@ -1,0 +1,145 @@
+"""Ranking quality at each stored dimension D′: does a PCA projection of the LIBER vectors keep AUC?
+
+For each D′ in ``--dims`` (384 = no projection, the reference): fit the projection on training-period
+partitions (``liber project``'s fit, stored in a copy of the ledger), build the leak-free training
+set through Feast at ``LIBER_VECTOR_DIM = D′``, train each backbone + LIBER (summary + shift) on the
+CPU with the same seed, and score the test split. The intervals are a paired bootstrap over the
+test *users* (``--boot`` resamples): the same resampled users score every D′, so the interval of
+``AUC(D′) - AUC(384)`` carries the test set's noise once instead of twice.
+
+    .venv/bin/python bench/bench_dprime.py [--ledger sqlite:///.liber/ml50.db] [--dims 384,128,64,32]
+        [--backbones din,dcnv2] [--epochs 10] [--boot 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "data" / "liber-ledgers" / "ml-latest-small-k50.db.gz"
+
+
+def user_bootstrap(y: np.ndarray, users: np.ndarray, preds: dict[int, np.ndarray], n: int, seed: int = 0):
+    """{D′: (AUC, GAUC, (lo, hi) of AUC, (lo, hi) of AUC - AUC(first D′))}, 95 % intervals."""
+    from sklearn.metrics import roc_auc_score
+
+    from encoders.ctr.train import metrics
+
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(users, return_inverse=True)
+    rows_of = [np.flatnonzero(inv == k) for k in range(len(uniq))]
+    ref = next(iter(preds))
+    boots: dict[int, list[float]] = {d: [] for d in preds}
+    for _ in range(n):
+        idx = np.concatenate([rows_of[k] for k in rng.integers(0, len(uniq), len(uniq))])
+        if y[idx].min() == y[idx].max():
+            continue
+        for d, p in preds.items():
+            boots[d].append(roc_auc_score(y[idx], p[idx]))
+    out = {}
+    for d, p in preds.items():
+        m = metrics(y, p, users)
+        diff = np.asarray(boots[d]) - np.asarray(boots[ref])
+        out[d] = {"auc": m["auc"], "gauc": m["gauc"], "logloss": m["logloss"],
+                  "auc_ci": [float(np.percentile(boots[d], 2.5)), float(np.percentile(boots[d], 97.5))],
+                  "delta_auc": m["auc"] - metrics(y, preds[ref], users)["auc"],
+                  "delta_ci": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ledger", help="encoded ledger URL (default: a copy of the shared K=50 one); "
+                                     "the projections fitted are stored in it")
+    ap.add_argument("--dims", default="384,128,64,32", help="D′ values, the first is the reference")
+    ap.add_argument("--backbones", default="din,dcnv2")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--boot", type=int, default=1000)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from encoders.ctr.items import item_vectors
+    from encoders.ctr.train import Batches, TrainConfig, predict, train
+    from encoders.uil.text import TextEncoder
+    from liber_features.ledger.store import Ledger
+    from liber_features.training.fit_projection import fit_projection
+    from liber_features.training.prepare import prepare_training_set
+    from liber_features.uil.projection import project_new, save_projection
+
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    dims = [int(d) for d in args.dims.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        url = args.ledger
+        if url is None:
+            with gzip.open(SHARED) as src, open(root / "ledger.db", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            url = f"sqlite:///{root / 'ledger.db'}"
+        ledger = Ledger(url)
+        preds: dict[str, dict[int, np.ndarray]] = {b: {} for b in args.backbones.split(",")}
+        runs: list[dict] = []
+        item_text = y = users = None
+        for dim in dims:
+            fitted = {}
+            if dim < dims[0]:
+                p = fit_projection(ledger, dim)
+                save_projection(ledger, p)
+                project_new(ledger)
+                fitted = p.fitted_on
+            os.environ["LIBER_VECTOR_DIM"] = str(dim)
+            os.environ["LIBER_DATA_DIR"] = str(root / f"data-{dim}")
+            repo = root / f"repo-{dim}"
+            shutil.copytree(HERE.parent / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "*.db"))
+            t0 = time.perf_counter()
+            _, ts, _ = prepare_training_set(url, None, str(repo), say=lambda _m: None)
+            t_set = time.perf_counter() - t0
+            if item_text is None:
+                item_text = item_vectors(ts.item_vocab, ts.catalog, TextEncoder(device="cpu"))
+            test = np.flatnonzero(ts.mask("test"))
+            if y is None:
+                y, users = ts.label[test], ts.user_ids[test]
+            assert np.array_equal(ts.label[test], y)  # one split, every D′: paired comparisons
+            for backbone in preds:
+                r = train(ts, item_text, TrainConfig(backbone=backbone, liber="both", epochs=args.epochs,
+                                                     device="cpu"), log=lambda _m: None)
+                data = Batches(ts, (ts.summary_table, ts.shift_table), torch.device("cpu"))
+                preds[backbone][dim] = predict(r.model, data, test)
+                run = {"dim": dim, "backbone": backbone, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+                       "seconds": round(r.seconds, 1), "training_set_s": round(t_set, 1),
+                       "encoder_version": ts.encoder_version,
+                       "explained_variance": fitted.get("explained_variance"),
+                       "fit_partitions": fitted.get("partitions"), "test_auc": r.test["auc"]}
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+    print(f"\nbench_dprime {stamp}: test split {len(y):,} samples, {len(set(users))} users; "
+          f"{args.boot} user-bootstrap resamples, 95 % intervals\n")
+    print("| backbone + LIBER | D′ | test AUC [95 % CI] | GAUC | LogLoss | AUC − AUC(384) [95 % CI] |")
+    print("| --- | ---: | --- | ---: | ---: | --- |")
+    results = {}
+    for backbone, by_dim in preds.items():
+        res = user_bootstrap(y, users, by_dim, args.boot)
+        results[backbone] = {str(d): v for d, v in res.items()}
+        for d, v in res.items():
+            print(f"| {backbone} | {d} | {v['auc']:.4f} [{v['auc_ci'][0]:.4f}, {v['auc_ci'][1]:.4f}] | "
+                  f"{v['gauc']:.4f} | {v['logloss']:.4f} | {v['delta_auc']:+.4f} "
+                  f"[{v['delta_ci'][0]:+.4f}, {v['delta_ci'][1]:+.4f}] |")
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "bench_dprime.json").write_text(json.dumps(
+        {"measured_at": stamp, "dims": dims, "boot": args.boot, "runs": runs, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
