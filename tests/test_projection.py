@@ -119,3 +119,36 @@ def test_a_changed_matrix_and_impossible_dims_are_refused(ledger):
         conn.execute(update(projections).values(components=(p.components * 2).astype("<f4").tobytes()))
     with pytest.raises(ConfigError, match="does not match its stored matrix"):
         project_new(ledger)
+
+
+def test_switching_an_online_store_to_d_prime_rewrites_every_user(tmp_path, monkeypatch):
+    """D → D′: the D′ rows are new, so the next plain materialize writes every user at D′."""
+    from modelkit import encoded_repo
+
+    from liber_features.features.memory import write_memory_table
+    from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig, data_file
+    from liber_features.features.sync import sync_view
+
+    monkeypatch.setenv("LIBER_MEMORY_SLOTS", "3")
+    monkeypatch.setenv("LIBER_VECTOR_DIM", "8")
+    monkeypatch.setenv("LIBER_HISTORY_LENGTH", "5")
+    events, catalog = movielens_users(["1", "5", "8"])
+    led, repo, store = encoded_repo(tmp_path, events, catalog, k=10,
+                                    shape=LiberFeatureConfig(memory_slots=3, vector_dim=8, history_length=5))
+    first = sync_view(store, led, LONG_TERM_VIEW)
+    assert first.users_written == 3
+    p = fit_projection(led, 2)
+    save_projection(led, p)
+    project_new(led)
+    table = memory_table(led, memory_slots=3, vector_dim=2, history_length=5)
+    write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo.root), led)
+    monkeypatch.setenv("LIBER_VECTOR_DIM", "2")
+    store = repo.apply()  # `feast apply` at the new D: the view's vector length is 3×2
+    again = sync_view(store, led, LONG_TERM_VIEW)  # no --rebuild
+    assert again.users_written == 3
+    newest = to_frame(table).sort_values("sealed_at").drop_duplicates("user_id", keep="last").set_index("user_id")
+    got = store.get_online_features(features=[f"{LONG_TERM_VIEW}:summary_vectors", f"{LONG_TERM_VIEW}:encoder_version"],
+                                    entity_rows=[{"user_id": u} for u in ("1", "5", "8")]).to_dict()
+    for u, vec, version in zip(("1", "5", "8"), got["summary_vectors"], got["encoder_version"]):
+        assert np.array_equal(np.asarray(vec, np.float32), newest.at[u, "summary_vectors"])
+        assert len(vec) == 3 * 2 and version == newest.at[u, "encoder_version"]
