@@ -3,9 +3,10 @@
 For each D′ in ``--dims`` (384 = no projection, the reference): fit the projection on training-period
 partitions (``liber project``'s fit, stored in a copy of the ledger), build the leak-free training
 set through Feast at ``LIBER_VECTOR_DIM = D′``, train each backbone + LIBER (summary + shift) on the
-CPU with the same seed, and score the test split. The intervals are a paired bootstrap over the
-test *users* (``--boot`` resamples): the same resampled users score every D′, so the interval of
-``AUC(D′) - AUC(384)`` carries the test set's noise once instead of twice.
+CPU with the same seed, and score the test split. The intervals are the evaluation grid's paired
+bootstrap over test *users* (``encoders/ctr/intervals.py``, ``--boot`` resamples): the same
+resampled users score every D′, so the interval of ``AUC(D′) - AUC(384)`` carries the test set's
+noise once instead of twice.
 
     .venv/bin/python bench/bench_dprime.py [--ledger sqlite:///.liber/ml50.db] [--dims 384,128,64,32]
         [--backbones din,dcnv2] [--epochs 10] [--boot 1000]
@@ -29,31 +30,20 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data" / "liber-ledgers" / "ml-latest-small-k50.db.gz"
 
 
-def user_bootstrap(y: np.ndarray, users: np.ndarray, preds: dict[int, np.ndarray], n: int, seed: int = 0):
-    """{D′: (AUC, GAUC, (lo, hi) of AUC, (lo, hi) of AUC - AUC(first D′))}, 95 % intervals."""
-    from sklearn.metrics import roc_auc_score
-
+def compare(y: np.ndarray, users: np.ndarray, preds: dict[int, np.ndarray], n: int) -> dict[int, dict]:
+    """{D′: AUC, GAUC, LogLoss, and ΔAUC / ΔGAUC against the first D′ with paired user-bootstrap
+    95 % intervals (``encoders/ctr/intervals.py``, the evaluation grid's own)."""
+    from encoders.ctr.intervals import paired_user_bootstrap
     from encoders.ctr.train import metrics
 
-    rng = np.random.default_rng(seed)
-    uniq, inv = np.unique(users, return_inverse=True)
-    rows_of = [np.flatnonzero(inv == k) for k in range(len(uniq))]
     ref = next(iter(preds))
-    boots: dict[int, list[float]] = {d: [] for d in preds}
-    for _ in range(n):
-        idx = np.concatenate([rows_of[k] for k in rng.integers(0, len(uniq), len(uniq))])
-        if y[idx].min() == y[idx].max():
-            continue
-        for d, p in preds.items():
-            boots[d].append(roc_auc_score(y[idx], p[idx]))
+    named = {str(d): [p] for d, p in preds.items()}
+    ivs = paired_user_bootstrap(y, users, named, [(str(d), str(ref)) for d in preds if d != ref], n=n)
     out = {}
     for d, p in preds.items():
         m = metrics(y, p, users)
-        diff = np.asarray(boots[d]) - np.asarray(boots[ref])
         out[d] = {"auc": m["auc"], "gauc": m["gauc"], "logloss": m["logloss"],
-                  "auc_ci": [float(np.percentile(boots[d], 2.5)), float(np.percentile(boots[d], 97.5))],
-                  "delta_auc": m["auc"] - metrics(y, preds[ref], users)["auc"],
-                  "delta_ci": [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]}
+                  **({"vs_ref": ivs[f"{d} - {ref}"]} if d != ref else {})}
     return out
 
 
@@ -126,16 +116,18 @@ def main() -> None:
                 print(json.dumps(run), flush=True)
     print(f"\nbench_dprime {stamp}: test split {len(y):,} samples, {len(set(users))} users; "
           f"{args.boot} user-bootstrap resamples, 95 % intervals\n")
-    print("| backbone + LIBER | D′ | test AUC [95 % CI] | GAUC | LogLoss | AUC − AUC(384) [95 % CI] |")
-    print("| --- | ---: | --- | ---: | ---: | --- |")
+    print("| backbone + LIBER | D′ | test AUC | GAUC | LogLoss | ΔAUC vs 384 [95 % CI] | ΔGAUC vs 384 [95 % CI] |")
+    print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
     results = {}
     for backbone, by_dim in preds.items():
-        res = user_bootstrap(y, users, by_dim, args.boot)
+        res = compare(y, users, by_dim, args.boot)
         results[backbone] = {str(d): v for d, v in res.items()}
         for d, v in res.items():
-            print(f"| {backbone} | {d} | {v['auc']:.4f} [{v['auc_ci'][0]:.4f}, {v['auc_ci'][1]:.4f}] | "
-                  f"{v['gauc']:.4f} | {v['logloss']:.4f} | {v['delta_auc']:+.4f} "
-                  f"[{v['delta_ci'][0]:+.4f}, {v['delta_ci'][1]:+.4f}] |")
+            iv = v.get("vs_ref")
+            cells = [f"{iv[k]['delta']:+.4f} [{iv[k]['lo']:+.4f}, {iv[k]['hi']:+.4f}]" for k in ("auc", "gauc")] \
+                if iv else ["–", "–"]
+            print(f"| {backbone} | {d} | {v['auc']:.4f} | {v['gauc']:.4f} | {v['logloss']:.4f} | "
+                  + " | ".join(cells) + " |")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "bench_dprime.json").write_text(json.dumps(
         {"measured_at": stamp, "dims": dims, "boot": args.boot, "runs": runs, "results": results}, indent=1))

@@ -31,17 +31,25 @@ def tiny(tmp_path, monkeypatch):
 def test_evaluate_grid_writes_the_report_and_replays_from_a_saved_set(tiny):
     ledger, repo, tmp = tiny
     args = ["evaluate", "--ledger", ledger.url, "--repo", str(repo.root), "--backbones", "din,dcnv2",
-            "--variants", "none,both,summary,nollm", "--seeds", "0", "--epochs", "1", "--device", "cpu"]
+            "--variants", "none,both,summary,nollm,shuffled,random", "--seeds", "0", "--epochs", "1",
+            "--device", "cpu", "--bootstrap", "50"]
     r = CliRunner().invoke(cli, [*args, "--out", str(tmp / "docs"), "--save-set", str(tmp / "set.npz"), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp / "docs/evaluation.json").read_text())
-    assert len(doc["runs"]) == 8 and len(doc["summary"]) == 8
+    assert len(doc["runs"]) == 12 and len(doc["summary"]) == 12
     assert doc["header"]["k"] == 10 and doc["header"]["m"] == 2 and doc["header"]["llm"] == "fake:hash@1"
     assert doc["header"]["samples"]["samples"] == len(movielens_users(["1", "5", "8"])[0])
-    assert {s["variant"] for s in doc["summary"]} == {"none", "both", "summary", "nollm"}
+    assert {s["variant"] for s in doc["summary"]} == {"none", "both", "summary", "nollm", "shuffled", "random"}
+    # Every variant against the backbone alone, each LIBER variant against each placebo.
+    assert set(doc["intervals"]["din"]) == {
+        "both - none", "summary - none", "nollm - none", "shuffled - none", "random - none",
+        "both - shuffled", "both - random", "summary - shuffled", "summary - random"}
+    iv = doc["intervals"]["dcnv2"]["both - none"]["auc"]
+    assert iv["lo"] <= iv["delta"] <= iv["hi"]
     assert all(s["auc_rel_change_pct"] == 0.0 for s in doc["summary"] if s["variant"] == "none")
     md = (tmp / "docs/evaluation.md").read_text()
-    assert "K = 10; memory slots M = 2; history L = 5" in md and md.count("| din |") == 4 * 2
+    assert "K = 10; memory slots M = 2; history L = 5" in md and md.count("| din |") == 6 * 2 + 9
+    assert "## Is the difference more than noise?" in md and "- din, LIBER summary + shift: " in md
     for png in ("evaluation.png", "evaluation_by_partitions.png"):
         assert (tmp / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The saved set replays the same grid without the ledger or Feast: same numbers on CPU.

@@ -1,11 +1,14 @@
 """The evaluation grid and its report: backbones × LIBER variants × seeds, measured as it falls.
 
 Variants: ``none`` (the backbone alone), ``both`` (UIF over summary + shift vectors), ``summary``
-(summary vectors only) and ``nollm`` (the same fusion over vectors of each partition's own item
-titles and genres through the same text encoder — no generation). Every model selects its epoch on
-validation AUC; the test split is scored once per model. The report gives mean ± std over seeds of
-test AUC, GAUC and LogLoss, the relative AUC change against the backbone alone, and AUC by how
-many partitions the user had at the sample's time (the evidence for *where* LIBER can help).
+(summary vectors only), ``nollm`` (the same fusion over vectors of each partition's own item
+titles and genres through the same text encoder — no generation), and two placebos of the same
+shape (``shuffled``: another user's vectors; ``random``: random unit vectors; ``placebo.py``).
+Every model selects its epoch on validation AUC; the test split is scored once per model. The
+report gives mean ± std over seeds of test AUC, GAUC and LogLoss; ΔAUC and ΔGAUC of each variant
+against its backbone alone, and of each LIBER variant against each placebo, with paired bootstrap
+95 % intervals over test users (``intervals.py``); a lift is claimed only where LIBER is above the
+backbone *and* both placebos. Also AUC by how many partitions the user had at the sample's time.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 
+from encoders.ctr.intervals import paired_user_bootstrap, verdict
 from encoders.ctr.items import partition_item_vectors
+from encoders.ctr.placebo import random_tables, shuffled_tables
 from encoders.ctr.train import Batches, TrainConfig, predict, train
 from liber_features.training.samples import TrainingSet
 
@@ -28,15 +33,18 @@ __all__ = ["PARTITION_BUCKETS", "GridConfig", "run_grid", "write_reports"]
 
 PARTITION_BUCKETS = [(0, 0), (1, 2), (3, 7), (8, 10**9)]
 VARIANT_LABEL = {"none": "backbone alone", "both": "LIBER summary + shift",
-                 "summary": "LIBER summary only", "nollm": "no LLM (item-text partitions)"}
+                 "summary": "LIBER summary only", "nollm": "no LLM (item-text partitions)",
+                 "shuffled": "placebo: another user's vectors", "random": "placebo: random vectors"}
+LIBER_VARIANTS, PLACEBOS = ("both", "summary"), ("shuffled", "random")
 
 
 class GridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backbones: list[str] = Field(default_factory=lambda: ["din", "dcnv2"])
-    variants: list[str] = Field(default_factory=lambda: ["none", "both", "summary", "nollm"])
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    variants: list[str] = Field(default_factory=lambda: list(VARIANT_LABEL))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    bootstrap: int = Field(1000, ge=0, description="user resamples per interval; 0: no intervals")
     epochs: int = 10
     max_train_samples: int | None = None
     device: str | None = None
@@ -47,21 +55,34 @@ def _bucket(counts: np.ndarray) -> list[tuple[str, np.ndarray]]:
              (counts >= lo) & (counts <= hi)) for lo, hi in PARTITION_BUCKETS]
 
 
+def _tables(ts: TrainingSet, item_text: np.ndarray, variants: list[str]) -> dict[str, tuple]:
+    """The memory tables each variant trains on (the LLM's own for none / both / summary)."""
+    out: dict[str, tuple] = {}
+    if "nollm" in variants:
+        out["nollm"] = partition_item_vectors(ts.part_items, ts.item_vocab, item_text, ts.part_users)
+    if "shuffled" in variants:
+        out["shuffled"] = shuffled_tables((ts.summary_table, ts.shift_table), ts.part_users)
+    if "random" in variants:
+        out["random"] = random_tables(ts.summary_table.shape)
+    return out
+
+
 def run_grid(ts: TrainingSet, item_text: np.ndarray, grid: GridConfig, log=print) -> dict[str, Any]:
-    nollm = partition_item_vectors(ts.part_items, ts.item_vocab, item_text, ts.part_users) \
-        if "nollm" in grid.variants else None
+    alt = _tables(ts, item_text, grid.variants)
     test = np.flatnonzero(ts.mask("test"))
     rows = []
+    preds: dict[str, dict[str, list[np.ndarray]]] = {}
     for backbone in grid.backbones:
         for variant in grid.variants:
             for seed in grid.seeds:
                 cfg = TrainConfig(backbone=backbone, liber=variant, seed=seed, epochs=grid.epochs,
                                   max_train_samples=grid.max_train_samples, device=grid.device)
                 log(f"{backbone} / {variant} / seed {seed}")
-                tables = nollm if variant == "nollm" else None
+                tables = alt.get(variant)
                 r = train(ts, item_text, cfg, tables=tables, log=log)
                 p = predict(r.model, Batches(ts, tables or (ts.summary_table, ts.shift_table),
                                              next(r.model.parameters()).device), test)
+                preds.setdefault(backbone, {}).setdefault(variant, []).append(p)
                 by_parts = {}
                 for name, m in _bucket(ts.partition_count[test]):
                     y = ts.label[test][m]
@@ -72,7 +93,40 @@ def run_grid(ts: TrainingSet, item_text: np.ndarray, grid: GridConfig, log=print
                              "test_by_partitions": by_parts})
                 log(f"  test AUC {r.test['auc']:.4f}  GAUC {r.test['gauc']:.4f}  "
                     f"LogLoss {r.test['logloss']:.4f}  ({r.seconds:.0f} s)")
-    return {"rows": rows}
+    return {"rows": rows, "intervals": _intervals(ts, test, preds, grid, log)}
+
+
+def _intervals(ts: TrainingSet, test: np.ndarray, preds: dict, grid: GridConfig, log) -> dict[str, Any]:
+    """backbone → "a - b" → ΔAUC / ΔGAUC with intervals: each variant against the backbone alone,
+    each LIBER variant against each placebo."""
+    if not grid.bootstrap or "none" not in grid.variants:
+        return {}
+    out = {}
+    for backbone, by_variant in preds.items():
+        pairs = [(v, "none") for v in by_variant if v != "none"]
+        pairs += [(v, p) for v in LIBER_VARIANTS for p in PLACEBOS if v in by_variant and p in by_variant]
+        log(f"{backbone}: paired bootstrap over test users, {grid.bootstrap} resamples, {len(pairs)} comparisons")
+        out[backbone] = paired_user_bootstrap(ts.label[test], ts.user_ids[test], by_variant, pairs,
+                                              n=grid.bootstrap)
+    return out
+
+
+def lift_verdict(intervals: dict[str, Any], variant: str) -> str:
+    """A LIBER variant's lift in words: claimed only above the backbone and both placebos."""
+    vs_none = intervals.get(f"{variant} - none")
+    if vs_none is None:
+        return "—"
+    base = verdict(vs_none["auc"])
+    if base != "higher":
+        return f"AUC {base} vs the backbone alone"
+    beaten = [p for p in PLACEBOS if f"{variant} - {p}" in intervals
+              and verdict(intervals[f"{variant} - {p}"]["auc"]) == "higher"]
+    missing = [p for p in PLACEBOS if f"{variant} - {p}" not in intervals]
+    if missing:
+        return f"above the backbone; placebo {', '.join(missing)} not run: no lift claimed"
+    if len(beaten) == len(PLACEBOS):
+        return "lift: above the backbone and both placebos"
+    return "above the backbone, but not above every placebo: no lift claimed"
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,7 +177,8 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
         "grid": grid.model_dump(), "machine": f"{platform.machine()}, {platform.system()}",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    doc = {"header": header, "summary": summary, "runs": results["rows"]}
+    intervals = results.get("intervals", {})
+    doc = {"header": header, "summary": summary, "intervals": intervals, "runs": results["rows"]}
     (out / "evaluation.json").write_text(json.dumps(doc, indent=1, default=str))
 
     # Bar chart: test AUC mean ± std per backbone × variant.
@@ -171,7 +226,7 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
     fig.savefig(out / "evaluation_by_partitions.png", dpi=110)
     plt.close(fig)
 
-    (out / "evaluation.md").write_text(_markdown(header, summary))
+    (out / "evaluation.md").write_text(_markdown(header, summary) + _interval_markdown(intervals, grid))
     return {"json": out / "evaluation.json", "markdown": out / "evaluation.md",
             "chart": out / "evaluation.png", "by_partitions": out / "evaluation_by_partitions.png"}
 
@@ -216,3 +271,28 @@ def _markdown(h: dict[str, Any], summary: list[dict[str, Any]]) -> str:
               "# or: build the set here (--save-set set.npz) and train elsewhere: "
               "liber evaluate --training-set set.npz --device cuda", "```", ""]
     return "\n".join(lines)
+
+
+def _interval_markdown(intervals: dict[str, Any], grid: GridConfig) -> str:
+    if not intervals:
+        return ""
+    lines = ["## Is the difference more than noise?", "",
+             f"Differences of the means over seeds, with paired bootstrap 95 % intervals over test users "
+             f"({grid.bootstrap} resamples; every model scored on the same resampled users). A LIBER lift is "
+             "claimed only where it is above the backbone alone *and* above both placebos (another user's "
+             "vectors; random vectors) — otherwise an extra vector of any content would explain it.", "",
+             "| backbone | comparison | ΔAUC [95 % CI] | ΔGAUC [95 % CI] | in words (AUC) |",
+             "| --- | --- | --- | --- | --- |"]
+    for backbone, pairs in intervals.items():
+        for key, iv in pairs.items():
+            a, b = key.split(" - ")
+            words = verdict(iv["auc"])
+            lines.append(f"| {backbone} | {VARIANT_LABEL[a]} − {VARIANT_LABEL[b]} | "
+                         f"{iv['auc']['delta']:+.4f} [{iv['auc']['lo']:+.4f}, {iv['auc']['hi']:+.4f}] | "
+                         f"{iv['gauc']['delta']:+.4f} [{iv['gauc']['lo']:+.4f}, {iv['gauc']['hi']:+.4f}] | {words} |")
+    lines += ["", "Verdicts:", ""]
+    for backbone, pairs in intervals.items():
+        for v in LIBER_VARIANTS:
+            if f"{v} - none" in pairs:
+                lines.append(f"- {backbone}, {VARIANT_LABEL[v]}: {lift_verdict(pairs, v)}.")
+    return "\n".join(lines) + "\n"

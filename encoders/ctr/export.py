@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from encoders.ctr.backbone import Backbone
-from encoders.ctr.train import BACKBONES, TrainConfig
+from encoders.ctr.train import BACKBONES, TrainConfig, fusion_of
 from liber_features.errors import ConfigError
 from liber_features.model.card import MODEL_FILE, ModelCard, TensorSpec
 from liber_features.model.inputs import INPUT_NAMES
@@ -66,7 +66,7 @@ def load_checkpoint(model_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
     model = BACKBONES[cfg.backbone](
         n_users=UserVocab.from_json(meta["user_vocab"]).size, item_text=ck["item_text"],
         vector_dim=meta["vector_dim"], dim=cfg.dim,
-        liber="both" if cfg.liber == "nollm" else cfg.liber)
+        liber=fusion_of(cfg.liber))
     model.load_state_dict(ck["state"])
     return model.eval(), meta
 

@@ -23,10 +23,19 @@ from encoders.ctr.dcnv2 import DCNv2
 from encoders.ctr.din import DIN
 from liber_features.training.samples import SPLITS, TrainingSet
 
-__all__ = ["BACKBONES", "Batches", "TrainConfig", "TrainResult", "build_model", "metrics", "predict", "train"]
+__all__ = ["BACKBONES", "TABLE_VARIANTS", "Batches", "TrainConfig", "TrainResult", "build_model", "fusion_of",
+           "metrics", "predict", "train"]
 
 BACKBONES: dict[str, type[Backbone]] = {"din": DIN, "dcnv2": DCNv2}
-Variant = Literal["none", "both", "summary", "nollm"]
+Variant = Literal["none", "both", "summary", "nollm", "shuffled", "random"]
+# Variants that are "both" over other tables: no-LLM item-text vectors, and the two placebos
+# (another user's vectors, random unit vectors; encoders/ctr/placebo.py).
+TABLE_VARIANTS = ("nollm", "shuffled", "random")
+
+
+def fusion_of(variant: str) -> str:
+    """The backbone's LIBER input for a grid variant: the table variants fuse like ``both``."""
+    return "both" if variant in TABLE_VARIANTS else variant
 
 
 class TrainConfig(BaseModel):
@@ -35,7 +44,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backbone: Literal["din", "dcnv2"] = "din"
-    liber: Variant = Field("both", description="nollm = 'both' over partition item-text vectors")
+    liber: Variant = Field("both", description="nollm / shuffled / random = 'both' over other tables")
     dim: int = Field(32, ge=4, le=512)
     epochs: int = Field(10, ge=1, le=200)
     patience: int = Field(2, ge=1)
@@ -76,7 +85,7 @@ def build_model(cfg: TrainConfig, ts: TrainingSet, item_text: np.ndarray, vector
     return BACKBONES[cfg.backbone](
         n_users=ts.user_vocab.size, item_text=torch.from_numpy(item_text),
         vector_dim=vector_dim or ts.shape.vector_dim, dim=cfg.dim,
-        liber="both" if cfg.liber == "nollm" else cfg.liber)
+        liber=fusion_of(cfg.liber))
 
 
 class Batches:
@@ -131,7 +140,7 @@ def metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, float]
 
 def train(ts: TrainingSet, item_text: np.ndarray, cfg: TrainConfig,
           tables: tuple[np.ndarray, np.ndarray] | None = None, log=print) -> TrainResult:
-    """Train one model; ``tables`` replaces the LLM memory tables (the ``nollm`` variant)."""
+    """Train one model; ``tables`` replaces the LLM memory tables (the ``TABLE_VARIANTS``)."""
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -94,8 +94,11 @@ def export_cmd(model_dir, as_json) -> None:
 @schema_option
 @repo_option
 @click.option("--backbones", default="din,dcnv2", show_default=True)
-@click.option("--variants", default="none,both,summary,nollm", show_default=True)
-@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--variants", default="none,both,summary,nollm,shuffled,random", show_default=True,
+              help="shuffled / random: placebos of LIBER's shape (another user's vectors; random ones)")
+@click.option("--seeds", default="0,1,2,3,4", show_default=True)
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="user resamples for the paired intervals (0: none)")
 @click.option("--epochs", type=click.IntRange(1, 200), default=10, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None)
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
@@ -106,7 +109,7 @@ def export_cmd(model_dir, as_json) -> None:
 @click.option("--out", "out_dir", default="docs", show_default=True, type=click.Path())
 @replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
-def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, epochs,
+def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, bootstrap, epochs,
                  max_train_samples, device, save_set, training_set, out_dir, replace, as_json) -> None:
     """The evaluation grid: backbones × LIBER variants × seeds → docs/evaluation.{md,json,png}."""
     from encoders.ctr.evaluate import GridConfig, run_grid, write_reports
@@ -124,7 +127,7 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, ep
     if save_set:
         save(save_set, ts, item_text, versions, facts)
     grid = GridConfig(backbones=backbones.split(","), variants=variants.split(","),
-                      seeds=[int(s) for s in seeds.split(",")], epochs=epochs,
+                      seeds=[int(s) for s in seeds.split(",")], epochs=epochs, bootstrap=bootstrap,
                       max_train_samples=max_train_samples, device=device)
     results = run_grid(ts, item_text, grid, log=say)
     paths = write_reports(results, ts, facts, versions, grid, out_dir)
