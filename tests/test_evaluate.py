@@ -27,7 +27,7 @@ def tiny(tmp_path, monkeypatch):
 
 
 @pytest.mark.models
-@pytest.mark.slow  # trains eight models
+@pytest.mark.slow  # trains twelve models
 def test_evaluate_grid_writes_the_report_and_replays_from_a_saved_set(tiny):
     ledger, repo, tmp = tiny
     args = ["evaluate", "--ledger", ledger.url, "--repo", str(repo.root), "--backbones", "din,dcnv2",

@@ -17,7 +17,7 @@ import json
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from encoders.ctr.intervals import paired_user_bootstrap, verdict
 from encoders.ctr.items import partition_item_vectors
 from encoders.ctr.placebo import random_tables, shuffled_tables
-from encoders.ctr.train import Batches, TrainConfig, predict, train
+from encoders.ctr.train import Batches, TrainConfig, Variant, predict, train
 from liber_features.training.samples import TrainingSet
 
 __all__ = ["PARTITION_BUCKETS", "GridConfig", "run_grid", "write_reports"]
@@ -36,13 +36,15 @@ VARIANT_LABEL = {"none": "backbone alone", "both": "LIBER summary + shift",
                  "summary": "LIBER summary only", "nollm": "no LLM (item-text partitions)",
                  "shuffled": "placebo: another user's vectors", "random": "placebo: random vectors"}
 LIBER_VARIANTS, PLACEBOS = ("both", "summary"), ("shuffled", "random")
+BACKBONE_LABEL = {"din": "DIN", "dcnv2": "DCNv2", "lgbm": "LightGBM"}
+_STYLE = {"din": ("o", "--"), "dcnv2": ("s", "-"), "lgbm": ("^", ":")}
 
 
 class GridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backbones: list[str] = Field(default_factory=lambda: ["din", "dcnv2"])
-    variants: list[str] = Field(default_factory=lambda: list(VARIANT_LABEL))
+    backbones: list[Literal["din", "dcnv2", "lgbm"]] = Field(default_factory=lambda: ["din", "dcnv2", "lgbm"])
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANT_LABEL))
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     bootstrap: int = Field(1000, ge=0, description="user resamples per interval; 0: no intervals")
     epochs: int = 10
@@ -75,25 +77,38 @@ def run_grid(ts: TrainingSet, item_text: np.ndarray, grid: GridConfig, log=print
     for backbone in grid.backbones:
         for variant in grid.variants:
             for seed in grid.seeds:
-                cfg = TrainConfig(backbone=backbone, liber=variant, seed=seed, epochs=grid.epochs,
-                                  max_train_samples=grid.max_train_samples, device=grid.device)
                 log(f"{backbone} / {variant} / seed {seed}")
                 tables = alt.get(variant)
-                r = train(ts, item_text, cfg, tables=tables, log=log)
-                p = predict(r.model, Batches(ts, tables or (ts.summary_table, ts.shift_table),
-                                             next(r.model.parameters()).device), test)
+                if backbone == "lgbm":
+                    res, p = _boosted(ts, item_text, variant, tables, seed)
+                else:
+                    cfg = TrainConfig(backbone=backbone, liber=variant, seed=seed, epochs=grid.epochs,
+                                      max_train_samples=grid.max_train_samples, device=grid.device)
+                    r = train(ts, item_text, cfg, tables=tables, log=log)
+                    p = predict(r.model, Batches(ts, tables or (ts.summary_table, ts.shift_table),
+                                                 next(r.model.parameters()).device), test)
+                    res = {k: v for k, v in r.as_dict().items() if k != "config"}
                 preds.setdefault(backbone, {}).setdefault(variant, []).append(p)
                 by_parts = {}
                 for name, m in _bucket(ts.partition_count[test]):
                     y = ts.label[test][m]
                     by_parts[name] = {"samples": int(m.sum()),
                                       "auc": float(roc_auc_score(y, p[m])) if 0 < y.sum() < len(y) else None}
-                rows.append({"backbone": backbone, "variant": variant, "seed": seed,
-                             **{k: v for k, v in r.as_dict().items() if k != "config"},
+                rows.append({"backbone": backbone, "variant": variant, "seed": seed, **res,
                              "test_by_partitions": by_parts})
-                log(f"  test AUC {r.test['auc']:.4f}  GAUC {r.test['gauc']:.4f}  "
-                    f"LogLoss {r.test['logloss']:.4f}  ({r.seconds:.0f} s)")
+                log(f"  test AUC {res['test']['auc']:.4f}  GAUC {res['test']['gauc']:.4f}  "
+                    f"LogLoss {res['test']['logloss']:.4f}  ({res['seconds']:.0f} s)")
     return {"rows": rows, "intervals": _intervals(ts, test, preds, grid, log)}
+
+
+def _boosted(ts: TrainingSet, item_text: np.ndarray, variant: str, tables, seed: int):
+    """The LightGBM backbone (``gbdt.py``): LIBER as affinity features of the variant's tables."""
+    from encoders.ctr.gbdt import train_gbdt
+
+    if variant in ("both", "summary"):
+        own = (ts.summary_table, ts.shift_table)
+        tables = own if variant == "both" else (own[0], np.zeros_like(own[1]))
+    return train_gbdt(ts, item_text, None if variant == "none" else tables, seed=seed)
 
 
 def _intervals(ts: TrainingSet, test: np.ndarray, preds: dict, grid: GridConfig, log) -> dict[str, Any]:
@@ -198,7 +213,7 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
     lo = min(s["auc_mean"] - s["auc_std"] for s in summary)
     hi = max(s["auc_mean"] + s["auc_std"] for s in summary)
     ax.set_ylim(lo - 0.01, hi + 0.006)
-    ax.set_xticks(range(len(backbones)), [b.upper() if b == "din" else "DCNv2" for b in backbones])
+    ax.set_xticks(range(len(backbones)), [BACKBONE_LABEL[b] for b in backbones])
     ax.set_ylabel("test AUC (mean ± std over seeds)")
     ax.set_title(f"Test AUC by backbone and LIBER variant (K={header['k']}, M={header['m']}, "
                  f"{len(grid.seeds)} seeds)")
@@ -213,9 +228,9 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
     colors = {v: f"C{i}" for i, v in enumerate(VARIANT_LABEL)}  # same colours as the bar chart
     for s in summary:
         ys = [s["by_partitions"][n]["auc"] for n in names]
-        ax.plot(range(len(names)), ys, marker="o" if s["backbone"] == "din" else "s",
-                color=colors[s["variant"]], linestyle="-" if s["backbone"] == "dcnv2" else "--",
-                label=f"{'DCNv2' if s['backbone'] == 'dcnv2' else 'DIN'}: {VARIANT_LABEL[s['variant']]}")
+        marker, line = _STYLE[s["backbone"]]
+        ax.plot(range(len(names)), ys, marker=marker, color=colors[s["variant"]], linestyle=line,
+                label=f"{BACKBONE_LABEL[s['backbone']]}: {VARIANT_LABEL[s['variant']]}")
     ax.set_xticks(range(len(names)), [f"{n}\n({summary[0]['by_partitions'][n]['samples']} test samples)"
                                       for n in names], fontsize=8)
     ax.set_xlabel("partitions sealed before the sample (LIBER memory slots filled, capped at M)")

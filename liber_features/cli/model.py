@@ -93,7 +93,8 @@ def export_cmd(model_dir, as_json) -> None:
 @ledger_option
 @schema_option
 @repo_option
-@click.option("--backbones", default="din,dcnv2", show_default=True)
+@click.option("--backbones", default="din,dcnv2,lgbm", show_default=True,
+              help="lgbm: LightGBM with LIBER as affinity features (evaluation only, not exported)")
 @click.option("--variants", default="none,both,summary,nollm,shuffled,random", show_default=True,
               help="shuffled / random: placebos of LIBER's shape (another user's vectors; random ones)")
 @click.option("--seeds", default="0,1,2,3,4", show_default=True)
@@ -112,11 +113,20 @@ def export_cmd(model_dir, as_json) -> None:
 def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, bootstrap, epochs,
                  max_train_samples, device, save_set, training_set, out_dir, replace, as_json) -> None:
     """The evaluation grid: backbones × LIBER variants × seeds → docs/evaluation.{md,json,png}."""
+    from pydantic import ValidationError
+
     from encoders.ctr.evaluate import GridConfig, run_grid, write_reports
     from liber_features.training.prepare import ledger_facts, load_set
     from liber_features.training.prepare import save_set as save
 
     say = (lambda _m: None) if as_json else click.echo
+    try:  # checked before the training set is built: a typo must not cost minutes
+        grid = GridConfig(backbones=backbones.split(","), variants=variants.split(","),
+                          seeds=[int(s) for s in seeds.split(",")], epochs=epochs, bootstrap=bootstrap,
+                          max_train_samples=max_train_samples, device=device)
+    except (ValidationError, ValueError) as exc:
+        errs = exc.errors() if isinstance(exc, ValidationError) else [{"loc": ("seeds",), "msg": str(exc)}]
+        raise click.UsageError("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in errs)) from None
     if training_set:
         ts, item_text, versions, facts = load_set(training_set)
     else:
@@ -126,9 +136,6 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, bo
         item_text, facts = _item_vectors(ts, device), ledger_facts(ledger)
     if save_set:
         save(save_set, ts, item_text, versions, facts)
-    grid = GridConfig(backbones=backbones.split(","), variants=variants.split(","),
-                      seeds=[int(s) for s in seeds.split(",")], epochs=epochs, bootstrap=bootstrap,
-                      max_train_samples=max_train_samples, device=device)
     results = run_grid(ts, item_text, grid, log=say)
     paths = write_reports(results, ts, facts, versions, grid, out_dir)
     emit({"rows": len(results["rows"]), **{k: str(v) for k, v in paths.items()}}, as_json,

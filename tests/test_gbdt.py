@@ -1,0 +1,83 @@
+"""The LightGBM backbone's features (encoders/ctr/gbdt.py): point-in-time, and LIBER as affinities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from modelkit import encoded_repo, movielens_users
+
+from encoders.ctr.gbdt import BASE, LIBER, _prior, gbdt_features, train_gbdt
+from liber_features.features.repo import LiberFeatureConfig
+from liber_features.training.samples import SampleConfig, build_training_set
+
+SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
+
+
+def test_prior_counts_only_earlier_seconds_and_smooths_the_rate():
+    keys = np.array(["a", "a", "a", "a", "b"])
+    ts = np.array([10, 20, 20, 30, 20])
+    y = np.array([1, 0, 1, 1, 0], np.float32)
+    n, rate = _prior(keys, ts, y, prior=0.5)
+    # a@20 (twice): one earlier event (a@10, positive), not each other; a@30 sees all three.
+    assert n.tolist() == [0, 1, 1, 3, 0]
+    assert rate.tolist() == pytest.approx([0.5, 6 / 11, 6 / 11, 7 / 13, 0.5], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def ts(tmp_path_factory):
+    import os
+
+    env = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        events, catalog = movielens_users(["1", "5", "8"])
+        ledger, _, store = encoded_repo(tmp_path_factory.mktemp("gbdt"), events, catalog, k=10, shape=SHAPE)
+        return build_training_set(ledger, store, SampleConfig(), SHAPE)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_liber_affinities_are_cosines_to_the_candidates_text(ts):
+    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 4)).astype(np.float32)
+    text[:2] = 0
+    plain, names0 = gbdt_features(ts, text, None)
+    x, names = gbdt_features(ts, text, (ts.summary_table, ts.shift_table))
+    assert names0[:len(BASE)] == BASE and names[:len(BASE) + len(LIBER)] == BASE + LIBER
+    assert x.shape == (len(ts.label), len(names)) and plain.shape[1] == len(names) - len(LIBER)
+    assert np.array_equal(x[:, :len(BASE)], plain[:, :len(BASE)])
+    col = {n: x[:, i] for i, n in enumerate(names)}
+    assert np.array_equal(col["partition_count"], ts.partition_count.astype(np.float32))
+    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-30)
+    full = int(np.flatnonzero(ts.partition_count >= 3)[0])
+    rows = ts.slot_rows[full]
+    s = ts.summary_table[rows] / np.linalg.norm(ts.summary_table[rows], axis=1, keepdims=True)
+    cos = s @ unit[ts.item_idx[full]]
+    assert col["summary_cos_newest"][full] == pytest.approx(cos[0], abs=1e-6)
+    assert col["summary_cos_max"][full] == pytest.approx(cos.max(), abs=1e-6)
+    assert col["summary_cos_mean"][full] == pytest.approx(cos.mean(), abs=1e-6)
+    empty = np.flatnonzero(ts.partition_count == 0)
+    assert empty.size and not x[empty][:, len(BASE) + 1:len(BASE) + len(LIBER)].any()
+    # The user's prior events: the first sample of each user has none.
+    first = [int(np.flatnonzero(ts.user_ids == u)[np.argmin(ts.ts_us[ts.user_ids == u])]) for u in ("1", "5", "8")]
+    assert col["user_prior_n"][first].tolist() == [0, 0, 0]
+
+
+def test_boosted_backbone_trains_and_scores_the_test_split(ts):
+    from encoders.ctr.train import metrics
+
+    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 4)).astype(np.float32)
+    res, p = train_gbdt(ts, text, (ts.summary_table, ts.shift_table), rounds=30)
+    test = ts.split == 2
+    assert p.shape == (int(test.sum()),) and ((p > 0) & (p < 1)).all()
+    assert res["test"] == metrics(ts.label[test], p, ts.user_ids[test])
+    assert 1 <= res["best_epoch"] <= 30 and set(res["importance"]) == set(res["features"])
+
+
+def test_vectors_of_another_space_are_refused(ts):
+    from liber_features.errors import ConfigError
+
+    text = np.zeros((ts.item_vocab.size, 8), np.float32)
+    with pytest.raises(ConfigError, match=r"memory vectors \(D=4\) in the item text vectors' space \(D=8\)"):
+        gbdt_features(ts, text, (ts.summary_table, ts.shift_table))
