@@ -90,7 +90,7 @@ def private_store(world, port: int):
 
 
 def unconfigure(handler) -> None:
-    """Undo ``serving.service.configure_logging``: later tests see the loggers as they were."""
+    """Undo ``serving.logs.configure_logging``: later tests see the loggers as they were."""
     import logging
 
     serve = logging.getLogger("liber.serve")

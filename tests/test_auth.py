@@ -12,8 +12,9 @@ import pytest
 from servekit import unconfigure
 
 from liber_features.serving.auth import token_matches
+from liber_features.serving.logs import configure_logging
 from liber_features.serving.scorer import LiberScorer
-from liber_features.serving.service import configure_logging, create_app
+from liber_features.serving.service import create_app
 
 TOKEN, ADMIN = "serve-t0ken-81f3", "admin-t0ken-2c9d"
 

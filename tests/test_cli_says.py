@@ -270,7 +270,7 @@ def test_serve_logs_an_access_line_per_request_and_errors(monkeypatch):
     from fastapi.testclient import TestClient
 
     from liber_features.errors import OnlineStoreError
-    from liber_features.serving import service
+    from liber_features.serving import logs, service
 
     outcomes = iter([None, OnlineStoreError("redis://127.0.0.1:1: refused"), RuntimeError("boom")])
 
@@ -282,7 +282,7 @@ def test_serve_logs_an_access_line_per_request_and_errors(monkeypatch):
     card = types.SimpleNamespace(backbone="din", liber="both")
     scorer = types.SimpleNamespace(card=card, fetcher=fetcher, providers=["CPUExecutionProvider"])
     stream = io.StringIO()
-    handler = service.configure_logging(stream=stream)
+    handler = logs.configure_logging(stream=stream)
     try:
         client = TestClient(service.create_app(scorer), raise_server_exceptions=False)
         assert client.get("/healthz").status_code == 200
@@ -306,7 +306,7 @@ def test_serve_logs_an_access_line_per_request_and_errors(monkeypatch):
 
 
 def test_serve_start_line():
-    from liber_features.serving.service import listening_line
+    from liber_features.serving.logs import listening_line
 
     assert listening_line("0.0.0.0", 8080, "models/liber", "din+liber:both", "feature_repo", None) == (
         "listening on http://0.0.0.0:8080 (model models/liber: din+liber:both; repo feature_repo; ledger none)")
@@ -317,7 +317,7 @@ def test_serve_start_line():
 def test_serve_without_access_log_still_logs_errors():
     from fastapi.testclient import TestClient
 
-    from liber_features.serving import service
+    from liber_features.serving import logs, service
 
     def fetch(_ids):
         raise RuntimeError("boom")
@@ -325,7 +325,7 @@ def test_serve_without_access_log_still_logs_errors():
     scorer = types.SimpleNamespace(card=types.SimpleNamespace(backbone="din", liber="both"),
                                    fetcher=types.SimpleNamespace(fetch=fetch, where="x"), providers=[])
     stream = io.StringIO()
-    handler = service.configure_logging(stream=stream, access=False)
+    handler = logs.configure_logging(stream=stream, access=False)
     try:
         client = TestClient(service.create_app(scorer), raise_server_exceptions=False)
         assert client.get("/healthz").status_code == 500

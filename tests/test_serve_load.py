@@ -25,9 +25,10 @@ from servekit import free_port, private_store, start_redis, unconfigure
 from liber_features.errors import ConfigError
 from liber_features.serving.admission import Limits
 from liber_features.serving.breaker import StoreBreaker
+from liber_features.serving.logs import configure_logging
 from liber_features.serving.reload import ScorerSlot
 from liber_features.serving.scorer import LiberScorer, ScorerConfig, ScoreResult
-from liber_features.serving.service import configure_logging, create_app
+from liber_features.serving.service import create_app
 
 ITEMS = ["1", "3", "6"]
 

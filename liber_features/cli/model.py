@@ -290,9 +290,9 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
     import uvicorn
 
     from liber_features.serving.admission import Limits
+    from liber_features.serving.logs import configure_logging, listening_line, log
     from liber_features.serving.reload import reload_in_background
     from liber_features.serving.server import ServeConfig, build_app, load_scorer, serve
-    from liber_features.serving.service import configure_logging, listening_line, log
 
     workers = workers or os.cpu_count() or 1
     config = ServeConfig(model_dir=str(model_dir), repo=str(repo), fetch=fetch, timeout_ms=timeout_ms,
@@ -322,7 +322,7 @@ def serve_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
     # `kill -HUP`: reload the model directory off to the side and swap (serving/reload.py).
     signal.signal(signal.SIGHUP, lambda *_: reload_in_background(app.state.slot))
     # uvloop + httptools when installed (uvicorn's "auto" picks them; they come with Feast).
-    # uvicorn's own access log stays off: ours (service.AccessLog) has the time taken.
+    # uvicorn's own access log stays off: ours (serving.logs.AccessLog) has the time taken.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

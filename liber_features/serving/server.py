@@ -86,7 +86,7 @@ def app_from_env():
     """uvicorn's factory in each worker process: the config the parent wrote, then :func:`build_app`."""
     import gc
 
-    from liber_features.serving.service import configure_logging
+    from liber_features.serving.logs import configure_logging
 
     config = ServeConfig.model_validate_json(Path(os.environ[CONFIG_ENV]).read_text())
     configure_logging(access=config.access_log)
@@ -115,7 +115,7 @@ def serve(config: ServeConfig, host: str, port: int, workers: int) -> None:
         # a directory already named instead of making its own.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["PROMETHEUS_MULTIPROCESS_DIR"] = str(metrics)
         # uvloop + httptools when installed (uvicorn's "auto"). uvicorn's access log stays off:
-        # ours (service.AccessLog) has the time taken. What uvicorn.run does for workers > 1,
+        # ours (serving.logs.AccessLog) has the time taken. What uvicorn.run does for workers > 1,
         # with our supervisor (SIGHUP reloads instead of restarting every worker).
         ucfg = uvicorn.Config("liber_features.serving.server:app_from_env", factory=True, host=host,
                               port=port, workers=workers, log_level="warning", access_log=False)
