@@ -149,6 +149,8 @@ def _table_path(repo: str, name: str) -> Path:
               help="transformers encoder folder (default: packaged all-MiniLM-L6-v2) [env LIBER_TEXT_ENCODER]")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=64, show_default=True)
+@click.option("--domain", default=setting_default("domain"), metavar="movies|products|FILE.toml",
+              help="what the prompts call items and events (default: movies) [env LIBER_DOMAIN]")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast repo whose data dir receives the long-term memory table")
 @click.option("--table/--no-table", default=True, help="write the long-term memory Parquet table")
@@ -164,23 +166,26 @@ def _table_path(repo: str, name: str) -> Path:
               show_default=True, help="with --ray: CPUs per actor (its torch threads)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
-           max_new_tokens, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
+           max_new_tokens, domain, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
     from liber_features.cli.progress import EncodeProgress
     from liber_features.features.memory import refresh_memory_table
     from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
     from liber_features.ledger.stopping import exit_on_sigterm
+    from liber_features.uil.domain import load_domain
     from liber_features.uil.interest import EncodeConfig
+    from liber_features.uil.prompts import PromptConfig
 
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
     # as failed instead of leaving it "running" forever. Committed batches are kept either way;
     # a signal that arrives inside a ledger write waits for it (ledger/stopping.py).
     exit_on_sigterm()
+    prompts = PromptConfig(domain=load_domain(domain))  # a bad template fails now, before any model loads
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     if table:  # a data dir of another ledger is refused now, not after hours of encoding
         own_data_dir(repo, ledger, replace)
-    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users)
+    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users, prompts=prompts)
     # Our own reporter instead of the loop's bar: it also counts calls/s, and writes plain lines
     # when stderr is not a terminal (cli/progress.py).
     shown = None if as_json else EncodeProgress()
