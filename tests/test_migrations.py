@@ -38,6 +38,10 @@ HEARTBEAT = ("worker", "lease_us", "heartbeat_us", "partitions_done", "llm_calls
              "llm_calls_committed", "rejected_commits")
 
 
+#: Columns added after 0.1.0 whose old rows are NULL (checked by test_event_type_columns_start_null).
+ADDED_LATER = {("events", "event_type"), ("events", "label")}
+
+
 def _old(tmp_path: Path) -> Path:
     path = tmp_path / "old.sqlite"
     shutil.copy(FIXTURE, path)
@@ -51,8 +55,8 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         out = {}
         for t in tables:
-            cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})") if r[1] not in HEARTBEAT
-                    or t == "run_heartbeats"]
+            cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})") if (r[1] not in HEARTBEAT
+                    or t == "run_heartbeats") and (t, r[1]) not in ADDED_LATER]
             names = ", ".join(f'"{c}"' for c in cols)
             order = ", ".join(str(i + 1) for i in range(len(cols)))
             out[t] = con.execute(f"SELECT {names} FROM {t} ORDER BY {order}").fetchall()
@@ -95,9 +99,9 @@ def test_old_ledger_upgrades_in_place_with_every_row_kept(tmp_path):
     before = _dump(path)
     beats = {r[0]: r[1:] for r in before.pop("run_heartbeats")}
     ledger = Ledger(f"sqlite:///{path}")
-    assert _revision(ledger) == migrate.head_revision() == "0003"
+    assert _revision(ledger) == migrate.head_revision() == "0005"
     after = _dump(path)
-    assert after.pop("alembic_version") == [("0003",)]
+    assert after.pop("alembic_version") == [("0005",)]
     # 0003 gives the ledger its identity: one settings row more, a UUID4 hex, set once
     (ident,) = [r for r in after["settings"] if r[0] == "ledger_id"]
     after["settings"].remove(ident)
@@ -134,7 +138,7 @@ def test_upgraded_ledger_works_and_a_second_open_is_a_no_op(tmp_path):
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     assert set(seen) == {"SELECT", "PRAGMA"}  # reads only: no lock, no DDL, no writes
-    assert _revision(again) == "0003"
+    assert _revision(again) == "0005"
     assert again.counts()["ledger_events"] == 80
     assert again.ledger_id == ledger.ledger_id  # the identity is written once, never again
 
@@ -236,7 +240,7 @@ def test_workers_opening_one_ledger_together_all_succeed(tmp_path, start):
     path = _old(tmp_path) if start == "old" else tmp_path / "new.sqlite"
     opened, errors = _open_together(lambda: Ledger(f"sqlite:///{path}"))
     assert errors == [] and len(opened) == 4
-    assert {_revision(x) for x in opened} == {"0003"}
+    assert {_revision(x) for x in opened} == {"0005"}
     with opened[0].engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
         assert conn.execute(text("SELECT count(*) FROM events")).scalar() == (70 if start == "old" else 0)
@@ -278,7 +282,7 @@ def test_old_postgres_ledger_upgrades_in_its_schema_with_every_row_kept(unique_n
                                       "WHERE table_name = 'alembic_version'")).scalars().all()
             beat = conn.execute(select(*(runs.c[c] for c in HEARTBEAT[3:])).where(runs.c.id == 2)).one()
         assert counts == {**COUNTS, "settings": 2}  # + the ledger_id of revision 0003
-        assert unique_name in where and _revision(ledger) == "0003"
+        assert unique_name in where and _revision(ledger) == "0005"
         assert tuple(beat) == (8, 12, 12, 0)
         got = ingest(event_log(users=8, per_user=10), ledger, PartitionRule(k=3), progress=False)
         assert (got.accepted, got.run_id) == (10, 6)
@@ -292,9 +296,24 @@ def test_postgres_workers_opening_a_new_schema_together_all_succeed(unique_name)
     opened, errors = _open_together(lambda: Ledger(PG_URL, schema=unique_name))
     try:
         assert errors == [] and len(opened) == 4
-        assert {_revision(x) for x in opened} == {"0003"}
+        assert {_revision(x) for x in opened} == {"0005"}
     finally:
         for x in opened[1:]:
             x.engine.dispose()
         if opened:
             opened[0].drop_schema()
+
+
+def test_event_type_columns_start_null(tmp_path):
+    """0005 adds events.event_type and events.label: nullable, NULL on every row already there."""
+    path = _old(tmp_path)
+    n = len(_dump(path)["events"])
+    Ledger(f"sqlite:///{path}").engine.dispose()
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute("SELECT event_type, label FROM events").fetchall()
+        info = {r[1]: (r[2], r[3]) for r in con.execute("PRAGMA table_info(events)")}
+    finally:
+        con.close()
+    assert n > 0 and rows == [(None, None)] * n
+    assert info["event_type"] == ("VARCHAR(32)", 0) and info["label"] == ("FLOAT", 0)
