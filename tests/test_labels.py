@@ -130,3 +130,13 @@ def test_describe() -> None:
     assert LabelRule.parse("events").describe() == (
         "click/cart/purchase positive, impression without a later positive negative")
     assert LabelRule.parse("sampled:purchase:2").describe() == "purchase positive, 2 sampled negatives each (seed 0)"
+
+
+def test_liber_train_refuses_a_malformed_rule_before_opening_the_ledger(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from liber_features.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["train", "--label-rule", "stars>=4", "--ledger", f"sqlite:///{tmp_path}/x.db"])
+    assert res.exit_code == 2 and res.stderr.startswith("error: label rule 'stars>=4': expected rating[>=X]")
+    assert not (tmp_path / "x.db").exists()

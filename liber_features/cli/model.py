@@ -37,6 +37,12 @@ repo_option = click.option("--repo", default="feature_repo", show_default=True, 
                            help="Feast feature repo (its data dir receives the long-term table)")
 
 
+label_rule_option = click.option(
+    "--label-rule", default="rating>=4", show_default=True,
+    help="which events are samples: rating>=X | events:click,purchase/impression (unclicked impressions "
+         "negative) | sampled:purchase:4 (4 negatives drawn per positive) | label")
+
+
 @click.command("train")
 @ledger_option
 @schema_option
@@ -50,9 +56,7 @@ repo_option = click.option("--repo", default="feature_repo", show_default=True, 
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None,
               help="train on a random subset (a quick smoke model)")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
-@click.option("--label-rule", default="rating>=4", show_default=True,
-              help="which events are samples: rating>=X | events:click,purchase/impression (unclicked "
-                   "impressions negative) | sampled:purchase:4 (4 negatives drawn per positive) | label")
+@label_rule_option
 @click.option("--out", "out_dir", default="models/liber", show_default=True, type=click.Path())
 @replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
@@ -104,6 +108,7 @@ def export_cmd(model_dir, as_json) -> None:
 @click.option("--epochs", type=click.IntRange(1, 200), default=10, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None)
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
+@label_rule_option
 @click.option("--save-set", type=click.Path(), default=None,
               help="also save the built training set + item vectors (.npz) to train elsewhere")
 @click.option("--training-set", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -112,7 +117,7 @@ def export_cmd(model_dir, as_json) -> None:
 @replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, epochs,
-                 max_train_samples, device, save_set, training_set, out_dir, replace, as_json) -> None:
+                 max_train_samples, device, label_rule, save_set, training_set, out_dir, replace, as_json) -> None:
     """The evaluation grid: backbones × LIBER variants × seeds → docs/evaluation.{md,json,png}."""
     from encoders.ctr.evaluate import GridConfig, run_grid, write_reports
     from liber_features.training.prepare import ledger_facts, load_set
@@ -122,9 +127,11 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, ep
     if training_set:
         ts, item_text, versions, facts = load_set(training_set)
     else:
+        from liber_features.training.labels import LabelRule
+
         use_ledger(ledger_url, ledger_schema)
         ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say,
-                                                    replace=replace)
+                                                    label_rule=LabelRule.parse(label_rule), replace=replace)
         item_text, facts = _item_vectors(ts, device), ledger_facts(ledger)
     if save_set:
         save(save_set, ts, item_text, versions, facts)
