@@ -54,6 +54,15 @@ def test_the_set_of_event_types_is_configurable(tmp_path) -> None:
     assert "refund" in set(loaded.events.event_type)
 
 
+def test_event_types_must_fit_the_ledger_column() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    for bad in (("View",), ("x" * 33,), ("",), ()):
+        with pytest.raises(ValidationError, match="event types must be 1-32 lower-case characters"):
+            LoadConfig(event_types=bad)
+
+
 def test_ingest_keeps_types_and_labels_in_events_partitions_and_caches(tmp_path, ledger) -> None:
     s = ingest(_load(tmp_path), ledger, PartitionRule(k=3), progress=False)
     assert (s.accepted, s.partitions_sealed, s.cached_events) == (5, 1, 2)
@@ -95,3 +104,13 @@ def test_liber_ingest_takes_the_set_of_event_types(tmp_path) -> None:
     assert out.exit_code == 0, out.output
     got = json.loads(out.output.strip().splitlines()[-1])
     assert (got["accepted"], got["quarantined"]) == (4, 3)  # impression, click, cart out; refund in
+
+
+def test_liber_ingest_refuses_an_event_type_the_ledger_cannot_hold(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from liber_features.cli.main import cli
+
+    out = CliRunner().invoke(cli, ["ingest", "--events", "x.csv", "--event-types", "view," + "y" * 33,
+                                   "--ledger", f"sqlite:///{tmp_path}/l.db"])
+    assert out.exit_code == 2 and "event types are at most 32 characters: yyy" in out.output

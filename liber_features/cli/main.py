@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from liber_features.cli.common import (
+    EventTypes,
     IdList,
     LiberGroup,
     RatingRange,
@@ -60,7 +61,7 @@ def cli(debug: bool) -> None:
 @click.option("--rating-range", type=RatingRange(), default=None,
               help="valid ratings; others are quarantined (default: 0.5,5 for plain CSV/Parquet "
                    "logs and ml-latest, 1,5 for ml-100k and ml-1m)")
-@click.option("--event-types", type=IdList(), default=None, help="valid values of an event_type column "
+@click.option("--event-types", type=EventTypes(), default=None, help="valid values of an event_type column "
               "(default: view,click,cart,purchase,rating,impression); others are quarantined")
 @click.option("--push/--no-push", default=False,
               help="push changed short-term caches to the Feast online store (--repo)")
@@ -70,7 +71,7 @@ def cli(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
            ledger_schema: str | None, k: int, max_span_s: float | None,
-           rating_range: tuple[float, float] | None, event_types: list[str] | None, push: bool, repo: str,
+           rating_range: tuple[float, float] | None, event_types: tuple[str, ...] | None, push: bool, repo: str,
            replace: bool, as_json: bool) -> None:
     """Validate events, partition them (UBSP) and record everything in the ledger."""
     from liber_features.ingest.events import LoadConfig, load_events
@@ -80,7 +81,7 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
 
     cfg = {"rating_min": rating_range[0], "rating_max": rating_range[1]} if rating_range else {}
     if event_types:
-        cfg["event_types"] = tuple(t.lower() for t in event_types)
+        cfg["event_types"] = event_types
     loaded = load_events(events_path, catalog_path, LoadConfig(**cfg))
     if loaded.catalog is None:
         click.echo("warning: no catalog (--catalog): item ids are not checked against one, and "

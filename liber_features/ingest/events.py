@@ -60,12 +60,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from liber_features.errors import InputError
 from liber_features.ingest.catalog import id_text, load_catalog, read_catalog, read_parquet, require_columns
 from liber_features.ingest.delimited import Delimited, read_delimited
-from liber_features.ingest.feedback import EVENT_TYPES, event_types, labels
+from liber_features.ingest.feedback import EVENT_TYPE_CHARS, EVENT_TYPES, event_types, labels
 from liber_features.ingest.quarantine import QUARANTINE_COLUMNS, RowChecks
 from liber_features.ledger.fieldrules import ID_MAX_CHARS, id_problems
 
@@ -114,6 +114,15 @@ class LoadConfig(BaseModel):
     epochs (a 1969 date is almost always a sign error or a missing value written as -1)."""
     event_types: tuple[str, ...] = EVENT_TYPES
     """The valid values of an ``event_type`` column (lower case); other values are quarantined."""
+
+    @field_validator("event_types")
+    @classmethod
+    def _types_fit_the_ledger(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Compared lower-case; stored in events.event_type, VARCHAR(32) (PostgreSQL enforces it).
+        bad = [t for t in value if not t or t != t.strip().lower() or len(t) > EVENT_TYPE_CHARS]
+        if bad or not value:
+            raise ValueError(f"event types must be 1-{EVENT_TYPE_CHARS} lower-case characters, got {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> LoadConfig:
