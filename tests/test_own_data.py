@@ -89,7 +89,8 @@ def test_a_shop_log_from_files_to_scores(tmp_path, small_models, monkeypatch):
         sealed = got["partitions_sealed"]
 
         got = liber("encode", "--domain", "products", "--repo", str(repo.root), "--batch-size", "32")
-        assert (got["partitions_done"], got["failed"], got["prompt_version"]) == (sealed, 0, "69d872c8d3cd")
+        assert (got["partitions_done"], got["failed"], got["prompt_version"], got["domain"]) == (
+            sealed, 0, "69d872c8d3cd", "products")
         ledger = Ledger(url)
         with ledger.engine.connect() as conn:
             pid = conn.execute(select(partitions.c.id).where(partitions.c.user_id == "u00",
