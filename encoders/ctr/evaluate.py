@@ -118,7 +118,8 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
         "k": facts["k"], "m": ts.shape.memory_slots, "l": ts.shape.history_length,
         "d": ts.shape.vector_dim,
         "split": "per user in (time, event id) order: first 80 % train, next 10 % validation, last 10 % test",
-        "label": "rating >= 4", "prompt_version": versions[0], "llm": versions[1],
+        # The set's own label rule; a set saved before label rules existed was labelled by rating.
+        "label": ts.counts.get("label_rule", "rating >= 4"), "prompt_version": versions[0], "llm": versions[1],
         "text_encoder": versions[2], "encode": facts, "samples": ts.counts,
         "grid": grid.model_dump(), "machine": f"{platform.machine()}, {platform.system()}",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
