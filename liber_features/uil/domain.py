@@ -121,6 +121,9 @@ class Domain(BaseModel):
             problems.append(f"a template writes the data fence '{_FENCE_WORD}': the code places it")
         if any("{" in t or "}" in t for t in self.event_text.values()):
             problems.append("event_text values are plain text, without placeholders")
+        # Ingest stores event types lower-case: a 'Purchase' key here would never match one.
+        if odd := sorted({t for t in [*self.event_text, *self.event_rank] if t != t.strip().lower() or not t}):
+            problems.append(f"event types in event_text / event_rank must be lower-case: {odd}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
