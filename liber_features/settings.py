@@ -58,6 +58,9 @@ class LiberSettings(BaseSettings):
         None, description="offline Parquet tables of the feature views; relative = relative to the Feast repo "
                           "(default: `data/ledger-<key>`, one folder per ledger: the key hashes "
                           "`LIBER_LEDGER_URL` and `LIBER_LEDGER_SCHEMA`)")
+    domain: str | None = Field(
+        None, description="catalog domain of the LLM prompts (as `liber encode --domain`): `movies` (default), "
+                          "`products`, or a TOML template file; part of the prompt version")
     debug: bool = Field(False, description="`liber` prints the traceback of an unexpected error (as `--debug`)")
     feast_project: str | None = Field(
         None, description="Feast project name used by liber commands instead of the yaml's `project`")

@@ -55,7 +55,8 @@ FIXTURES = _lay_out_fixtures()
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 CONFIG = LoadConfig(now=NOW)
 EVENT_DTYPES = {"event_id": "object", "user_id": "object", "item_id": "object",
-                "ts": "datetime64[us, UTC]", "rating": "float64", "row": "int64"}  # fmt: skip
+                "ts": "datetime64[us, UTC]", "rating": "float64", "event_type": "object", "label": "float64",
+                "row": "int64"}  # fmt: skip
 QUARANTINE_DTYPES = {"source": "object", "row": "int64", "field": "object", "reason": "object",
                      "raw": "object"}  # fmt: skip
 

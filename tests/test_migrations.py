@@ -39,6 +39,10 @@ HEARTBEAT = ("worker", "lease_us", "heartbeat_us", "partitions_done", "llm_calls
              "llm_calls_committed", "rejected_commits")
 
 
+#: Columns added after 0.1.0 whose old rows are NULL (checked by test_event_type_columns_start_null).
+ADDED_LATER = {("events", "event_type"), ("events", "label")}
+
+
 def _old(tmp_path: Path) -> Path:
     path = tmp_path / "old.sqlite"
     shutil.copy(FIXTURE, path)
@@ -52,8 +56,8 @@ def _dump(path: Path) -> dict[str, list[tuple]]:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         out = {}
         for t in tables:
-            cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})") if r[1] not in HEARTBEAT
-                    or t == "run_heartbeats"]
+            cols = [r[1] for r in con.execute(f"PRAGMA table_info({t})") if (r[1] not in HEARTBEAT
+                    or t == "run_heartbeats") and (t, r[1]) not in ADDED_LATER]
             names = ", ".join(f'"{c}"' for c in cols)
             order = ", ".join(str(i + 1) for i in range(len(cols)))
             out[t] = con.execute(f"SELECT {names} FROM {t} ORDER BY {order}").fetchall()
@@ -300,3 +304,18 @@ def test_postgres_workers_opening_a_new_schema_together_all_succeed(unique_name)
             x.engine.dispose()
         if opened:
             opened[0].drop_schema()
+
+
+def test_event_type_columns_start_null(tmp_path):
+    """0005 adds events.event_type and events.label: nullable, NULL on every row already there."""
+    path = _old(tmp_path)
+    n = len(_dump(path)["events"])
+    Ledger(f"sqlite:///{path}").engine.dispose()
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute("SELECT event_type, label FROM events").fetchall()
+        info = {r[1]: (r[2], r[3]) for r in con.execute("PRAGMA table_info(events)")}
+    finally:
+        con.close()
+    assert n > 0 and rows == [(None, None)] * n
+    assert info["event_type"] == ("VARCHAR(32)", 0) and info["label"] == ("FLOAT", 0)

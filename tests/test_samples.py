@@ -118,3 +118,52 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
     if projected:  # the table is the projection's, not the 8-d vectors cut to 4
         assert ts.encoder_version != build_training_set(
             *encoded_repo(tmp_path / "plain", events, catalog, k=7, shape=SHAPE)[::2]).encoder_version
+
+
+def test_implicit_feedback_samples_see_every_event_and_equal_online_inputs(tmp_path):
+    """Purchases positive with sampled negatives on a views-and-purchases log: the histories hold the
+    unlabelled views (the online cache holds them too), and a sample's inputs equal what the online
+    store gives the scorer at that moment; a sampled negative shares its positive's inputs and split."""
+    from shoplog import shop_log
+
+    from liber_features.training.labels import LabelRule
+
+    events, catalog = shop_log(users=3)
+    rule = LabelRule.parse("sampled:purchase:2")
+    full_ledger, _, full_store = encoded_repo(tmp_path / "full", events, catalog, k=7, shape=SHAPE)
+    ts = build_training_set(full_ledger, full_store, SampleConfig(labels=rule), SHAPE)
+    pos = np.flatnonzero(ts.label == 1)
+    assert len(pos) == (events.event_type == "purchase").sum() and ts.counts["label_rule"] == rule.describe()
+    assert ts.counts["sampled_negatives"] == len(ts.label) - len(pos) > len(pos)
+    # Negatives stand at their positive's moment, with its inputs, in its split.
+    sizes = []
+    for i in pos[:30]:
+        same = np.flatnonzero((ts.user_ids == ts.user_ids[i]) & (ts.ts_us == ts.ts_us[i]))
+        sizes.append(len(same))
+        assert len(set(ts.split[same])) == 1 and len(set(ts.label[same])) == (len(same) > 1) + 1
+        assert all(ts.hist_idx[j].tolist() == ts.hist_idx[i].tolist() for j in same)
+    assert sizes.count(3) >= 25  # a user's first purchases may find a pool too small
+    views = {ts.item_vocab[x] for x in events.item_id[events.event_type == "view"]}
+    bought = {ts.item_vocab[x] for x in events.item_id[events.event_type == "purchase"]}
+    assert set(ts.hist_idx[pos].ravel()) & (views - bought)  # unlabelled views are in the histories
+
+    u = "u01"
+    i = int(pos[np.flatnonzero(ts.user_ids[pos] == u)[-2]])
+    t_s = ts.ts_us[i] / 1e6
+    seconds = events.timestamp.map(lambda x: int(x) if x.isdigit() else int(pd.Timestamp(x).timestamp()))
+    live = events[seconds < t_s]
+    ledger, _, store = encoded_repo(tmp_path / "live", live, catalog, k=7, shape=SHAPE)
+    sync_view(store, ledger, LONG_TERM_VIEW)
+    push_short_term_cache(store, online_caches(ledger))
+    row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
+                                    entity_rows=[{"user_id": u}], full_feature_names=True).to_dict()
+    lt, st = f"{LONG_TERM_VIEW}__", f"{SHORT_TERM_VIEW}__"
+    online = user_inputs(
+        user_id=u, user_vocab=ts.user_vocab, item_vocab=ts.item_vocab, memory_slots=2, vector_dim=4,
+        history_length=5, summary_vectors=row[lt + "summary_vectors"][0],
+        shift_vectors=row[lt + "shift_vectors"][0], partition_count=row[lt + "partition_count"][0],
+        recent_item_ids=row[lt + "recent_item_ids"][0], cache_item_ids=row[st + "cache_item_ids"][0])
+    summ, shift = ts.vectors(ts.slot_rows[i][None])
+    assert online["partition_count"][0] == ts.partition_count[i] > 0
+    assert online["hist_idx"][0].tolist() == ts.hist_idx[i].tolist()
+    assert np.array_equal(online["summary"], summ) and np.array_equal(online["shift"], shift)

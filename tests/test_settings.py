@@ -24,6 +24,7 @@ OVERRIDES = {
     "LIBER_CACHE_DIR": ("/srv/liber/cache", Path("/srv/liber/cache")),
     "LIBER_DATA_DIR": ("/srv/liber/data", Path("/srv/liber/data")),
     "LIBER_DEBUG": ("1", True),
+    "LIBER_DOMAIN": ("products", "products"),
     "LIBER_FEAST_PROJECT": ("team_b_recs", "team_b_recs"),
     "LIBER_HISTORY_LENGTH": ("7", 7),
     "LIBER_LEDGER_SCHEMA": ("liber_a", "liber_a"),
@@ -61,7 +62,7 @@ def test_the_defaults(clean_env, tmp_path):
     assert s.data_dir is None and data_dir_for(s) == Path("data") / ledger_key(None, None)
     assert s.debug is False
     assert [name for name, v in s.model_dump().items() if v is None] == [
-        "admin_token", "data_dir", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key",
+        "admin_token", "data_dir", "domain", "feast_project", "ledger_schema", "ledger_url", "llm", "llm_api_key",
         "ml_latest_small", "ray_storage_path", "redis_cluster_connection", "redis_connection", "redis_url",
         "registry_url", "serve_token", "text_encoder"]
 

@@ -35,7 +35,7 @@ PARTITION_BUCKETS = [(0, 0), (1, 2), (3, 7), (8, 10**9)]
 VARIANT_LABEL = {"none": "backbone alone", "both": "LIBER summary + shift",
                  "summary": "LIBER summary only", "nollm": "no LLM (item-text partitions)",
                  "shuffled": "placebo: another user's vectors", "random": "placebo: random vectors"}
-LIBER_VARIANTS, PLACEBOS = ("both", "summary"), ("shuffled", "random")
+LLM_VARIANTS, PLACEBOS = ("both", "summary"), ("shuffled", "random")
 BACKBONE_LABEL = {"din": "DIN", "dcnv2": "DCNv2", "lgbm": "LightGBM"}
 _STYLE = {"din": ("o", "--"), "dcnv2": ("s", "-"), "lgbm": ("^", ":")}
 
@@ -119,7 +119,7 @@ def _intervals(ts: TrainingSet, test: np.ndarray, preds: dict, grid: GridConfig,
     out = {}
     for backbone, by_variant in preds.items():
         pairs = [(v, "none") for v in by_variant if v != "none"]
-        pairs += [(v, p) for v in LIBER_VARIANTS for p in PLACEBOS if v in by_variant and p in by_variant]
+        pairs += [(v, p) for v in LLM_VARIANTS for p in PLACEBOS if v in by_variant and p in by_variant]
         log(f"{backbone}: paired bootstrap over test users, {grid.bootstrap} resamples, {len(pairs)} comparisons")
         out[backbone] = paired_user_bootstrap(ts.label[test], ts.user_ids[test], by_variant, pairs,
                                               n=grid.bootstrap)
@@ -187,7 +187,8 @@ def write_reports(results: dict[str, Any], ts: TrainingSet, facts: dict[str, Any
         "k": facts["k"], "m": ts.shape.memory_slots, "l": ts.shape.history_length,
         "d": ts.shape.vector_dim,
         "split": "per user in (time, event id) order: first 80 % train, next 10 % validation, last 10 % test",
-        "label": "rating >= 4", "prompt_version": versions[0], "llm": versions[1],
+        # The set's own label rule; a set saved before label rules existed was labelled by rating.
+        "label": ts.counts.get("label_rule", "rating >= 4"), "prompt_version": versions[0], "llm": versions[1],
         "text_encoder": versions[2], "encode": facts, "samples": ts.counts,
         "grid": grid.model_dump(), "machine": f"{platform.machine()}, {platform.system()}",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -307,7 +308,7 @@ def _interval_markdown(intervals: dict[str, Any], grid: GridConfig) -> str:
                          f"{iv['gauc']['delta']:+.4f} [{iv['gauc']['lo']:+.4f}, {iv['gauc']['hi']:+.4f}] | {words} |")
     lines += ["", "Verdicts:", ""]
     for backbone, pairs in intervals.items():
-        for v in LIBER_VARIANTS:
+        for v in LLM_VARIANTS:
             if f"{v} - none" in pairs:
                 lines.append(f"- {backbone}, {VARIANT_LABEL[v]}: {lift_verdict(pairs, v)}.")
     return "\n".join(lines) + "\n"

@@ -164,6 +164,20 @@ class IdList(click.ParamType):
         return ids
 
 
+class EventTypes(IdList):
+    """``view,Purchase`` → ``("view", "purchase")``: the valid values of an ``event_type`` column."""
+
+    name = "TYPE,TYPE,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        from liber_features.ingest.feedback import EVENT_TYPE_CHARS
+
+        types = tuple(t.lower() for t in super().convert(value, param, ctx))
+        if too_long := [t for t in types if len(t) > EVENT_TYPE_CHARS]:
+            self.fail(f"event types are at most {EVENT_TYPE_CHARS} characters: {', '.join(too_long)}", param, ctx)
+        return types
+
+
 class RatingRange(click.ParamType):
     """``MIN,MAX`` → ``(min, max)`` floats with ``MIN < MAX``."""
 

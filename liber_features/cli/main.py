@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from liber_features.cli.common import (
+    EventTypes,
     IdList,
     LiberGroup,
     RatingRange,
@@ -61,6 +62,8 @@ def cli(debug: bool) -> None:
 @click.option("--rating-range", type=RatingRange(), default=None,
               help="valid ratings; others are quarantined (default: 0.5,5 for plain CSV/Parquet "
                    "logs and ml-latest, 1,5 for ml-100k and ml-1m)")
+@click.option("--event-types", type=EventTypes(), default=None, help="valid values of an event_type column "
+              "(default: view,click,cart,purchase,rating,impression); others are quarantined")
 @click.option("--push/--no-push", default=False,
               help="push changed short-term caches to the Feast online store (--repo)")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
@@ -69,8 +72,8 @@ def cli(debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
            ledger_schema: str | None, k: int, max_span_s: float | None,
-           rating_range: tuple[float, float] | None, push: bool, repo: str, replace: bool,
-           as_json: bool) -> None:
+           rating_range: tuple[float, float] | None, event_types: tuple[str, ...] | None, push: bool, repo: str,
+           replace: bool, as_json: bool) -> None:
     """Validate events, partition them (UBSP) and record everything in the ledger."""
     from liber_features.ingest.events import LoadConfig, load_events
     from liber_features.ingest.job import ingest as run_ingest
@@ -78,6 +81,8 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
     from liber_features.ledger.store import Ledger
 
     cfg = {"rating_min": rating_range[0], "rating_max": rating_range[1]} if rating_range else {}
+    if event_types:
+        cfg["event_types"] = event_types
     loaded = load_events(events_path, catalog_path, LoadConfig(**cfg))
     if loaded.catalog is None:
         click.echo("warning: no catalog (--catalog): item ids are not checked against one, and "
@@ -150,6 +155,8 @@ def _table_path(repo: str, name: str) -> Path:
               help="transformers encoder folder (default: packaged all-MiniLM-L6-v2) [env LIBER_TEXT_ENCODER]")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=64, show_default=True)
+@click.option("--domain", default=setting_default("domain"), metavar="movies|products|FILE.toml",
+              help="what the prompts call items and events (default: movies) [env LIBER_DOMAIN]")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(),
               help="Feast repo whose data dir receives the long-term memory table")
 @click.option("--table/--no-table", default=True, help="write the long-term memory Parquet table")
@@ -165,23 +172,26 @@ def _table_path(repo: str, name: str) -> Path:
               show_default=True, help="with --ray: CPUs per actor (its torch threads)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
-           max_new_tokens, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
+           max_new_tokens, domain, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
     """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
     from liber_features.cli.progress import EncodeProgress
     from liber_features.features.memory import refresh_memory_table
     from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
     from liber_features.ledger.stopping import exit_on_sigterm
+    from liber_features.uil.domain import load_domain
     from liber_features.uil.interest import EncodeConfig
+    from liber_features.uil.prompts import PromptConfig
 
     # A plain `kill` (SIGTERM) should end the run like Ctrl-C: the ledger then records the run
     # as failed instead of leaving it "running" forever. Committed batches are kept either way;
     # a signal that arrives inside a ledger write waits for it (ledger/stopping.py).
     exit_on_sigterm()
+    prompts = PromptConfig(domain=load_domain(domain))  # a bad template fails now, before any model loads
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     if table:  # a data dir of another ledger is refused now, not after hours of encoding
         own_data_dir(repo, ledger, replace)
-    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users)
+    cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users, prompts=prompts)
     # Our own reporter instead of the loop's bar: it also counts calls/s, and writes plain lines
     # when stderr is not a terminal (cli/progress.py).
     shown = None if as_json else EncodeProgress()
@@ -191,7 +201,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     finally:
         if shown is not None:
             shown.close()
-    summary["ledger"] = ledger.safe_url()
+    summary["ledger"], summary["domain"] = ledger.safe_url(), prompts.domain.name
     if table:
         # Every user in their newest complete version (not only this run's): users not yet
         # re-encoded under a new LLM/prompt/encoder keep their rows. Locked: workers may race.

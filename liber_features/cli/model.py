@@ -37,6 +37,12 @@ repo_option = click.option("--repo", default="feature_repo", show_default=True, 
                            help="Feast feature repo (its data dir receives the long-term table)")
 
 
+label_rule_option = click.option(
+    "--label-rule", default="rating>=4", show_default=True,
+    help="which events are samples: rating>=X | events:click,purchase/impression (unclicked impressions "
+         "negative) | sampled:purchase:4 (4 negatives drawn per positive) | label")
+
+
 @click.command("train")
 @ledger_option
 @schema_option
@@ -50,19 +56,22 @@ repo_option = click.option("--repo", default="feature_repo", show_default=True, 
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None,
               help="train on a random subset (a quick smoke model)")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
+@label_rule_option
 @click.option("--out", "out_dir", default="models/liber", show_default=True, type=click.Path())
 @replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, dim,
-              max_train_samples, device, out_dir, replace, as_json) -> None:
+              max_train_samples, device, label_rule, out_dir, replace, as_json) -> None:
     """Train one backbone (+ LIBER) on the ledger's leak-free training set; save a checkpoint."""
     from encoders.ctr.export import save_checkpoint
     from encoders.ctr.train import TrainConfig, train
+    from liber_features.training.labels import LabelRule
 
     say = (lambda _m: None) if as_json else click.echo
+    rule = LabelRule.parse(label_rule)  # a malformed rule fails before the ledger is opened
     use_ledger(ledger_url, ledger_schema)
     ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say,
-                                                replace=replace)
+                                                label_rule=rule, replace=replace)
     cfg = TrainConfig(backbone=backbone, liber=variant, epochs=epochs, seed=seed, dim=dim,
                       device=device, max_train_samples=max_train_samples)
     result = train(ts, _item_vectors(ts, device), cfg, log=say)
@@ -71,8 +80,8 @@ def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, 
           "test_gauc": round(result.test["gauc"], 4), "test_logloss": round(result.test["logloss"], 4),
           "validation_auc": round(result.validation["auc"], 4), "epochs": result.epochs_run,
           "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
-          "samples_per_s": round(result.samples_per_s), "peak_rss_mb": round(result.peak_rss_mb)},
-         as_json, f"trained {backbone} (LIBER: {variant})")
+          "samples_per_s": round(result.samples_per_s), "peak_rss_mb": round(result.peak_rss_mb),
+          "label_rule": rule.describe()}, as_json, f"trained {backbone} (LIBER: {variant})")
 
 
 @click.command("export")
@@ -103,6 +112,7 @@ def export_cmd(model_dir, as_json) -> None:
 @click.option("--epochs", type=click.IntRange(1, 200), default=10, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None)
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
+@label_rule_option
 @click.option("--save-set", type=click.Path(), default=None,
               help="also save the built training set + item vectors (.npz) to train elsewhere")
 @click.option("--training-set", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -111,7 +121,8 @@ def export_cmd(model_dir, as_json) -> None:
 @replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, bootstrap, epochs,
-                 max_train_samples, device, save_set, training_set, out_dir, replace, as_json) -> None:
+                 max_train_samples, device, label_rule, save_set, training_set, out_dir, replace,
+                 as_json) -> None:
     """The evaluation grid: backbones × LIBER variants × seeds → docs/evaluation.{md,json,png}."""
     from pydantic import ValidationError
 
@@ -130,9 +141,11 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, bo
     if training_set:
         ts, item_text, versions, facts = load_set(training_set)
     else:
+        from liber_features.training.labels import LabelRule
+
         use_ledger(ledger_url, ledger_schema)
         ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say,
-                                                    replace=replace)
+                                                    label_rule=LabelRule.parse(label_rule), replace=replace)
         item_text, facts = _item_vectors(ts, device), ledger_facts(ledger)
     if save_set:
         save(save_set, ts, item_text, versions, facts)

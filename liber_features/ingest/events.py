@@ -7,11 +7,15 @@ Events frame (accepted rows, sorted by ``user_id, ts, event_id``, index 0..n-1):
     item_id   str
     ts        datetime64[us, UTC]
     rating    float64              NaN when there is no rating/weight column or the cell is empty
+    event_type object (str | None) view, purchase, …; None when untyped (see ``feedback``)
+    label     float64              an explicit 1.0 / 0.0 label; NaN when none (see ``feedback``)
     row       int64                0-based data row in the source (header, blank lines not counted)
 
 A derived ``event_id`` is the first 16 hex digits of
 ``sha1(f"{user_id}\\x1f{item_id}\\x1f{ts_microseconds}")``: the same user, the same item and the
-same microsecond are the same event, whatever the rating, so a re-sent row is a duplicate.
+same microsecond are the same event, whatever the rating, so a re-sent row is a duplicate. A
+typed event appends ``\x1f{event_type}`` to that key: a view and a purchase of one item in one
+second are two events. Untyped logs (GroupLens) keep their ids.
 
 Quarantine frame (one row per rejected input row, in row order)::
 
@@ -23,7 +27,8 @@ failing one wins: the line could not be read (invalid bytes for the encoding, a 
 wrong number of fields: see ``delimited``), user_id null/empty, user_id too long or holding a
 control character, the same for item_id, timestamp empty or unparseable, timestamp before
 ``LoadConfig.earliest`` or in the future, rating not a number / not finite / out of range,
-event_id empty / too long / control characters, item not in the catalog (only when a catalog is
+event_id empty / too long / control characters, event_type not in the configured set, label
+not 0 or 1, item not in the catalog (only when a catalog is
 known). Id rules (1–128 characters for users and items, 1–64 for event ids, no control
 characters) live in ``fieldrules``; reason and raw are capped there too.
 
@@ -36,9 +41,10 @@ unreadable, header undecodable, required column missing) raises ``InputError``.
 Layouts (``detect_layout``): a directory holding ``ratings.csv`` (ml-latest, ml-latest-small),
 ``u.data`` (ml-100k) or ``ratings.dat`` (ml-1m) brings its own catalog (``movies.csv``,
 ``u.item``, ``movies.dat``; none if absent). A plain ``.csv``/``.parquet`` log has ``user_id``,
-``item_id``, ``timestamp`` (alias ``ts``), optional ``rating`` (alias ``weight``) and optional
-``event_id``; its ratings must lie in 0.5–5 (GroupLens' scale) unless ``LoadConfig`` gives a
-range. Timestamps: numbers are epoch seconds (int or float); text is ISO-8601; naive times are UTC.
+``item_id``, ``timestamp`` (alias ``ts``), optional ``rating`` (alias ``weight``), optional
+``event_id``, optional ``event_type`` (alias ``event``) and optional ``label`` (``feedback``);
+its ratings must lie in 0.5–5 (GroupLens' scale) unless ``LoadConfig`` gives a range.
+Timestamps: numbers are epoch seconds (int or float); text is ISO-8601; naive times are UTC.
 Valid times lie in [``LoadConfig.earliest`` (default 1970-01-01 UTC: no negative epochs), now +
 ``future_tolerance_s``]; an epoch in milliseconds lands far in the future and the
 reason says so.
@@ -54,11 +60,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from liber_features.errors import InputError
 from liber_features.ingest.catalog import id_text, load_catalog, read_catalog, read_parquet, require_columns
 from liber_features.ingest.delimited import Delimited, read_delimited
+from liber_features.ingest.feedback import EVENT_TYPE_CHARS, EVENT_TYPES, event_types, labels
 from liber_features.ingest.quarantine import QUARANTINE_COLUMNS, RowChecks
 from liber_features.ledger.fieldrules import ID_MAX_CHARS, id_problems
 
@@ -67,7 +74,7 @@ __all__ = [
     "iter_time_slices", "load_catalog", "load_events",
 ]  # fmt: skip
 
-EVENT_COLUMNS = ("event_id", "user_id", "item_id", "ts", "rating", "row")
+EVENT_COLUMNS = ("event_id", "user_id", "item_id", "ts", "rating", "event_type", "label", "row")
 
 #: directory layout → (events file, catalog file); the events file identifies the layout.
 _DIR_LAYOUTS = {
@@ -82,7 +89,8 @@ _RATING_RANGES = {"ml-latest": (0.5, 5.0), "ml-100k": (1.0, 5.0), "ml-1m": (1.0,
 #: canonical field → accepted source column names (first present wins) for plain logs.
 PLAIN_ALIASES = {
     "user_id": ("user_id",), "item_id": ("item_id",), "ts": ("timestamp", "ts"),
-    "rating": ("rating", "weight"), "event_id": ("event_id",),
+    "rating": ("rating", "weight"), "event_id": ("event_id",), "event_type": ("event_type", "event"),
+    "label": ("label",),
 }  # fmt: skip
 _NAN_WORDS = ("nan", "+nan", "-nan")
 _Columns = dict[str, str | None]  # canonical field → source column (None: the input has none)
@@ -104,6 +112,17 @@ class LoadConfig(BaseModel):
     earliest: datetime = datetime(1970, 1, 1, tzinfo=UTC)
     """Timestamps before this are quarantined; naive means UTC. The default refuses negative
     epochs (a 1969 date is almost always a sign error or a missing value written as -1)."""
+    event_types: tuple[str, ...] = EVENT_TYPES
+    """The valid values of an ``event_type`` column (lower case); other values are quarantined."""
+
+    @field_validator("event_types")
+    @classmethod
+    def _types_fit_the_ledger(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Compared lower-case; stored in events.event_type, VARCHAR(32) (PostgreSQL enforces it).
+        bad = [t for t in value if not t or t != t.strip().lower() or len(t) > EVENT_TYPE_CHARS]
+        if bad or not value:
+            raise ValueError(f"event types must be 1-{EVENT_TYPE_CHARS} lower-case characters, got {list(value)}")
+        return value
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> LoadConfig:
@@ -213,14 +232,16 @@ def load_events(
     if given is not None:
         checks.fail(given == "", "event_id", "event_id is empty")
         _check_id(checks, given, "event_id")
+    kind = event_types(checks, _column(raw, columns, "event_type"), config.event_types)
+    label = labels(checks, _column(raw, columns, "label"))
     if catalog is not None:
         checks.fail(~item.isin(catalog["item_id"]), "item_id", "item '{}' not in catalog", item)
 
     ok = checks.reason.isna()
     accepted = pd.DataFrame({
-        "event_id": given[ok] if given is not None else _derive_ids(user[ok], item[ok], ts[ok]),
+        "event_id": given[ok] if given is not None else _derive_ids(user[ok], item[ok], ts[ok], kind[ok]),
         "user_id": user[ok], "item_id": item[ok], "ts": ts[ok], "rating": rating[ok],
-        "row": raw.index[ok].astype("int64"),
+        "event_type": kind[ok], "label": label[ok], "row": raw.index[ok].astype("int64"),
     })  # fmt: skip
     repeated = accepted["event_id"].duplicated(keep="first")  # index is input order
     events = accepted[~repeated].sort_values(["user_id", "ts", "event_id"], kind="stable")
@@ -348,9 +369,17 @@ def _is_number_dtype(values: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
 
 
-def _derive_ids(user: pd.Series, item: pd.Series, ts: pd.Series) -> pd.Series:
+def _column(raw: pd.DataFrame, columns: _Columns, field: str) -> pd.Series | None:
+    """The source column of an optional field (None when the layout or the file has none)."""
+    name = columns.get(field)
+    return raw[name] if name is not None else None
+
+
+def _derive_ids(user: pd.Series, item: pd.Series, ts: pd.Series, kind: pd.Series) -> pd.Series:
     micros = ts.dt.tz_convert(None).to_numpy().astype("datetime64[us]").astype("int64")
     keys = user + "\x1f" + item + "\x1f" + pd.Series(micros, index=ts.index).astype(str)
+    typed = kind.notna()
+    keys[typed] = keys[typed] + "\x1f" + kind[typed].astype(str)
     # sha1 has no vectorised form in pandas/arrow; this comprehension is the one per-row step.
     return pd.Series([hashlib.sha1(k.encode()).hexdigest()[:16] for k in keys], index=keys.index,
                      dtype=object)  # fmt: skip

@@ -138,6 +138,9 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
         users = list(groups)
         ids, items_, ratings = (ev["event_id"].to_numpy(), ev["item_id"].to_numpy(),
                                 ev["rating"].to_numpy(dtype="float64"))
+        # Implicit feedback (ingest/feedback.py); a frame without the columns is untyped, unlabelled.
+        kinds = ev["event_type"].to_numpy() if "event_type" in ev else np.full(len(ev), None, object)
+        labels = ev["label"].to_numpy(dtype="float64") if "label" in ev else np.full(len(ev), np.nan)
         # disable=None: tqdm shows the bar on a terminal only.
         bar = tqdm(total=len(ev), unit="ev", desc="ingest",
                    disable=None if progress is None else not progress)
@@ -155,15 +158,18 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
                         continue
                     batch = [CachedEvent(ts_us=int(ts_us[i]), event_id=str(ids[i]),
                                          item_id=str(items_[i]),
-                                         rating=None if np.isnan(ratings[i]) else float(ratings[i]))
+                                         rating=None if np.isnan(ratings[i]) else float(ratings[i]),
+                                         event_type=None if pd.isna(kinds[i]) else str(kinds[i]))
                              for i in rows]
+                    label_of = {str(ids[i]): None if np.isnan(labels[i]) else float(labels[i]) for i in rows}
                     out = advance(states[user], batch, rule)
                     s.accepted += len(batch)
                     s.late += out.late
                     s.users += 1
                     s.partitions_sealed += len(out.sealed)
                     new_events += [{"event_id": e.event_id, "user_id": user, "item_id": e.item_id,
-                                    "ts_us": e.ts_us, "rating": e.rating, "run_id": run_id}
+                                    "ts_us": e.ts_us, "rating": e.rating, "run_id": run_id,
+                                    "event_type": e.event_type, "label": label_of[e.event_id]}
                                    for e in batch]
                     new_parts += [_partition_row(p, run_id) for p in out.sealed]
                     new_states.append(out.state)

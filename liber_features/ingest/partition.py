@@ -55,14 +55,18 @@ class CachedEvent:
     event_id: str
     item_id: str = field(compare=False)
     rating: float | None = field(compare=False, default=None)
+    event_type: str | None = field(compare=False, default=None)  # view, purchase, …; None: untyped
 
     def to_row(self) -> list:
-        return [self.event_id, self.item_id, self.ts_us, self.rating]
+        # An untyped event keeps the four-field row of the ledgers written before event types.
+        row = [self.event_id, self.item_id, self.ts_us, self.rating]
+        return row if self.event_type is None else [*row, self.event_type]
 
     @classmethod
     def from_row(cls, row: list) -> CachedEvent:
-        event_id, item_id, ts_us, rating = row
-        return cls(ts_us=int(ts_us), event_id=event_id, item_id=item_id, rating=rating)
+        event_id, item_id, ts_us, rating, *typed = row
+        return cls(ts_us=int(ts_us), event_id=event_id, item_id=item_id, rating=rating,
+                   event_type=typed[0] if typed else None)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,8 @@ class SealedPartition:
         h = hashlib.sha256(f"{self.user_id}\x1f{self.seq}".encode())
         for e in self.events:
             h.update(f"\x1e{e.event_id}\x1f{e.item_id}\x1f{e.ts_us}\x1f{e.rating}".encode())
+            if e.event_type is not None:  # untyped partitions keep the hashes they always had
+                h.update(f"\x1f{e.event_type}".encode())
         return h.hexdigest()[:32]
 
 

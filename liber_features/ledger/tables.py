@@ -59,6 +59,10 @@ events = Table(
     Column("ts_us", BigInteger, nullable=False),
     Column("rating", Float),
     Column("run_id", Integer, nullable=False),
+    # Implicit feedback (revision 0005): view, purchase, … and an explicit 0/1 label; NULL when the
+    # log has none (GroupLens ratings). Read by the training label rules.
+    Column("event_type", String(32)),
+    Column("label", Float),
 )
 items = Table(
     "items", metadata,
@@ -75,7 +79,8 @@ partitions = Table(
     Column("end_us", BigInteger, nullable=False),
     Column("sealed_at_us", BigInteger, nullable=False, index=True),
     Column("n_events", Integer, nullable=False),
-    Column("events_json", Text, nullable=False),  # [[event_id, item_id, ts_us, rating], ...]
+    # [[event_id, item_id, ts_us, rating], ...]; a typed event appends its event_type
+    Column("events_json", Text, nullable=False),
     Column("content_hash", String(32), nullable=False),
     Column("rule", String(8), nullable=False),
     Column("run_id", Integer, nullable=False),

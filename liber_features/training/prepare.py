@@ -14,10 +14,11 @@ __all__ = ["checkpoint_meta", "ledger_facts", "load_set", "prepare_training_set"
 
 
 def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo: str,
-                         label_threshold: float = 4.0, say=print, replace: bool = False):
+                         label_rule=None, say=print, replace: bool = False):
     """Ledger → long-term offline table → ``feast apply`` → :class:`TrainingSet` (+ versions).
 
-    A data directory holding another ledger's files is refused (``replace``: dropped first).
+    A data directory holding another ledger's files is refused (``replace``: dropped first);
+    ``label_rule`` (a ``training.labels.LabelRule``) defaults to rating >= 4.
     """
     from liber_features.features.memory import latest_versions, refresh_memory_table, versions_of
     from liber_features.features.repo import (
@@ -28,6 +29,7 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
         open_store,
     )
     from liber_features.ledger.store import Ledger
+    from liber_features.training.labels import LabelRule
     from liber_features.training.samples import SampleConfig, build_training_set
 
     ledger = Ledger(ledger_url, schema=ledger_schema)
@@ -39,7 +41,7 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
                          history_length=shape.history_length, replace=replace)
     store = open_store(repo)
     apply_repo(store, repo)
-    ts = build_training_set(ledger, store, SampleConfig(label_threshold=label_threshold), shape)
+    ts = build_training_set(ledger, store, SampleConfig(labels=label_rule or LabelRule()), shape)
     # The versions of the vectors trained on, not of the newest encode run: after a partial
     # migration run (--limit, or --users that completes nobody) the two differ, and a card naming
     # the newer one would describe vectors the model never saw (the scorer then refuses it).
@@ -50,7 +52,8 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
                     ("train", "validation", "test")))
     say(f"  {c['users_with_0_partitions']} users / {c['samples_with_0_partitions']} samples with 0 "
         f"partitions (masked), {c['samples_with_empty_history']} samples with an empty history, "
-        f"{c['unlabelled']} events without a rating")
+        f"{c['unlabelled']} events without a "
+        + ("rating" if ts.counts["label_rule"].startswith("rating") else f"label under the rule {c['label_rule']}"))
     return ledger, ts, versions
 
 

@@ -1,27 +1,31 @@
-"""The training set: the ledger's rating events as point-in-time-correct, leak-free samples.
+"""The training set: the ledger's labelled events as point-in-time-correct, leak-free samples.
 
-A sample is one rating event (user, item, t); its label is ``rating >= label_threshold``. Each
-user's events, in ``(ts, event_id)`` order, are split in time: the first 80 % train, the next
-10 % validation, the last 10 % test (``split`` sets the cut points; the cut is ``floor(frac * n)``).
+A sample is (user, candidate item, t, label); which events become samples and their labels is the
+label rule's (``labels.LabelRule``): by default every rated event, label ``rating >= 4``; or
+purchases/clicks against unclicked impressions; or positives with sampled negatives; or explicit
+labels. Each user's samples, in ``(ts, event_id)`` order, are split in time: the first 80 % train,
+the next 10 % validation, the last 10 % test (``split`` sets the cut points; the cut is
+``floor(frac * n)``; a sampled negative takes its positive's split).
 
 What the sample sees, with the definitions the online path uses (``liber_features.model.inputs``):
 
 - **Long-term memory** comes through Feast: ``partition_count`` of ``user_long_term_memory`` by a
   point-in-time join at ``t - 1 µs``. Feast's join is inclusive (≤); MovieLens has many ratings in
   the same second, and the summary of a partition sealed at ``t`` may have been written from this
-  very rating — so only partitions sealed *strictly* before ``t`` are visible, and since every
+  very event — so only partitions sealed *strictly* before ``t`` are visible, and since every
   event of a partition is at or before its seal time, no visible partition holds an event at or
   after ``t``. The vectors are then gathered per partition from the view's offline source (slot 0
   of each row), so memory stays O(partitions × D) instead of O(samples × M × D).
 - **Behaviour history**: ``history_items(recent_item_ids, cache)`` — the visible row's last L
-  sealed items, then the cache as it stood at ``t``: the user's events before ``t`` that no
+  sealed items, then the cache as it stood at ``t``: the user's events before ``t`` (every event,
+  labelled or not: the online cache holds them all) that no
   partition sealed before ``t`` holds, in ``(ts, event_id)`` order. That is what an online read
   (long-term row + pushed cache) returns at the same moment.
-- **Candidate**: the rated item's index (its text vector lives with the model).
+- **Candidate**: the sample's item index (its text vector lives with the model).
 
 Nothing is dropped silently: a sample with no partitions gets ``partition_count = 0`` (masked
-slots) and one with no history an all-PAD history; events without a rating cannot be labelled and
-are counted in ``counts["unlabelled"]``.
+slots) and one with no history an all-PAD history; events the rule does not label are history
+only, counted in ``counts["unlabelled"]``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from liber_features.ledger.store import items as items_t
 from liber_features.ledger.store import partitions as parts_t
 from liber_features.model.inputs import history_items, pad_history
 from liber_features.model.vocab import OOV, PAD, ItemVocab, UserVocab
+from liber_features.training.labels import LabelRule, label_samples
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -60,7 +65,7 @@ class SampleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    label_threshold: float = Field(4.0, description="label = rating >= this")
+    labels: LabelRule = Field(LabelRule(), description="which events are samples, and their labels")
     train_frac: float = Field(0.8, gt=0, lt=1)
     validation_frac: float = Field(0.1, ge=0, lt=1)
 
@@ -109,8 +114,10 @@ class TrainingSet:
 def _events(ledger: Ledger) -> pd.DataFrame:
     with ledger.engine.connect() as conn:
         rows = conn.execute(select(events_t.c.event_id, events_t.c.user_id, events_t.c.item_id,
-                                   events_t.c.ts_us, events_t.c.rating)).all()
-    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts_us", "rating"])
+                                   events_t.c.ts_us, events_t.c.rating, events_t.c.event_type,
+                                   events_t.c.label)).all()
+    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts_us", "rating", "event_type", "label"])
+    df["rating"], df["label"] = df.rating.astype("float64"), df.label.astype("float64")
     return df.sort_values(["user_id", "ts_us", "event_id"], kind="stable").reset_index(drop=True)
 
 
@@ -122,13 +129,22 @@ def _split(df: pd.DataFrame, cfg: SampleConfig) -> np.ndarray:
     return np.where(pos < cut1, 0, np.where(pos < cut2, 1, 2)).astype(np.int8)
 
 
+def _samples(every: pd.DataFrame, cfg: SampleConfig):
+    """(the rule's labelled rows, the samples frame, each sample's split) of the ledger's events."""
+    got = label_samples(every, cfg.labels)
+    ev = pd.DataFrame({"event_id": every.event_id.to_numpy()[got.rows], "user_id": every.user_id.to_numpy()[got.rows],
+                       "item_id": got.item_id, "ts_us": every.ts_us.to_numpy()[got.rows]})
+    # One split per group (a positive and its sampled negatives), cut over the groups in time order.
+    lead = np.r_[True, got.group[1:] != got.group[:-1]]
+    return got, ev, _split(ev[lead].reset_index(drop=True), cfg)[got.group]
+
+
 def train_period_ends(ledger: Ledger, cfg: SampleConfig | None = None) -> dict[str, int]:
     """user → time (µs) of the user's first validation or test sample, by the split
-    :func:`build_training_set` makes: the user's training period is everything strictly before
-    it. Users without labelled events have no training period (they are absent)."""
-    ev = _events(ledger)
-    ev = ev[ev.rating.notna()].reset_index(drop=True)
-    held = ev[_split(ev, cfg or SampleConfig()) > 0]
+    :func:`build_training_set` makes (same label rule, same cut): the user's training period is
+    everything strictly before it. Users without samples have no training period (absent)."""
+    _, ev, split = _samples(_events(ledger), cfg or SampleConfig())
+    held = ev[split > 0]
     return {str(u): int(t) for u, t in held.groupby("user_id", sort=False).ts_us.min().items()}
 
 
@@ -183,12 +199,8 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
     check_sources(store, ledger, [LONG_TERM_VIEW, SHORT_TERM_VIEW])
     cfg, shape = cfg or SampleConfig(), shape or LiberFeatureConfig.from_env()
     M, D, L = shape.memory_slots, shape.vector_dim, shape.history_length
-    ev = _events(ledger)
-    unlabelled = int(ev.rating.isna().sum())
-    ev = ev[ev.rating.notna()].reset_index(drop=True)
-    if ev.empty:
-        raise LedgerError("the ledger holds no rated events to train on: run `liber ingest` first")
-    split = _split(ev, cfg)
+    every = _events(ledger)  # the behaviour the features see; samples are the rule's subset
+    got, ev, split = _samples(every, cfg)
     counts = _visible_counts(store, ev)
     mem = _memory_rows(store, D)
     versions = sorted(set(mem.encoder_version))
@@ -211,7 +223,7 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
         for r in rows:
             event_part[r[0]] = p.seq
 
-    item_vocab = ItemVocab.build(set(catalog.item_id) | set(ev.item_id))
+    item_vocab = ItemVocab.build(set(catalog.item_id) | set(every.item_id))
     user_vocab = UserVocab.build(ev.user_id[split == 0])
 
     # Partition tables: row r >= 1 is one encoded partition (user, seq = partition_count - 1).
@@ -233,8 +245,9 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
     slot_rows = np.zeros((N, M), np.int64)
     hist_idx = np.full((N, L), PAD, np.int64)
     seal_by_user = {u: g.sealed_at_us.to_numpy() for u, g in parts.groupby("user_id", sort=False)}
-    seq_of = ev.event_id.map(event_part).fillna(np.iinfo(np.int64).max).astype(np.int64).to_numpy()
-    ts, ids = ev.ts_us.to_numpy(), ev.item_id.to_numpy()
+    seq_of = every.event_id.map(event_part).fillna(np.iinfo(np.int64).max).astype(np.int64).to_numpy()
+    ts, all_ts, all_ids = ev.ts_us.to_numpy(), every.ts_us.to_numpy(), every.item_id.to_numpy()
+    all_rows = every.groupby("user_id", sort=False).indices
     for u, g in ev.groupby("user_id", sort=False).indices.items():
         # g: this user's rows, already in (ts, event_id) order.
         c = counts[g]
@@ -243,22 +256,28 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
                 s = c - 1 - j
                 slot_rows[g, j] = np.where(s >= 0, first_row[u] + s, 0)
         sealed_before = np.searchsorted(seal_by_user.get(u, np.empty(0, np.int64)), ts[g], side="left")
-        before = np.searchsorted(ts[g], ts[g], side="left")  # events strictly before t
-        seq_g = seq_of[g]
+        ga = all_rows[u]  # every event of the user, in (ts, event_id) order
+        before = np.searchsorted(all_ts[ga], ts[g], side="left")  # events strictly before t
+        seq_g = seq_of[ga]
         for k, i in enumerate(g):
             # The cache at t: events before t that no partition sealed before t holds (ts order).
-            cache = ids[g[np.flatnonzero(seq_g[: before[k]] >= sealed_before[k])[-L:]]]
+            cache = all_ids[ga[np.flatnonzero(seq_g[: before[k]] >= sealed_before[k])[-L:]]]
             hist = history_items(recent.get((u, int(c[k]))), cache, L)
             hist_idx[i] = pad_history(item_vocab.index(hist), L)
 
     item_idx = item_vocab.index(ev.item_id.to_numpy())
     user_idx = user_vocab.index(ev.user_id.to_numpy())
-    label = (ev.rating.to_numpy() >= cfg.label_threshold).astype(np.float32)
-    summary: dict[str, Any] = {"samples": N, "unlabelled": unlabelled, "users": int(ev.user_id.nunique()),
+    label = got.label
+    summary: dict[str, Any] = {"samples": N, "unlabelled": got.counts["unlabelled"],
+                               "users": int(ev.user_id.nunique()),
                                "users_with_0_partitions": int(ev.user_id.nunique() - len(first_row)),
                                "samples_with_0_partitions": int(np.count_nonzero(counts == 0)),
                                "samples_with_empty_history": int(np.count_nonzero(hist_idx[:, -1] == PAD)),
-                               "oov_candidates": int(np.count_nonzero(item_idx == OOV))}
+                               "oov_candidates": int(np.count_nonzero(item_idx == OOV)),
+                               "label_rule": cfg.labels.describe()}
+    if cfg.labels.kind == "sampled":
+        summary["sampled_negatives"] = got.counts["sampled_negatives"]
+        summary["short_negative_pools"] = got.counts["short_pools"]
     for s, name in enumerate(SPLITS):
         m = split == s
         summary[name] = {"samples": int(m.sum()), "positives": int(label[m].sum()),

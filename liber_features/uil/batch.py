@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from liber_features.errors import EncoderError, VectorShapeError
-from liber_features.uil.prompts import FIRST_SHIFT, ItemLine, PromptConfig, shift_messages, summary_messages
+from liber_features.uil.prompts import ItemLine, PromptConfig, first_shift, shift_messages, summary_messages
 from liber_features.uil.types import EncodeSummary, LLMLike, Part, TextEncoderLike
 
 __all__ = ["BatchJob", "BatchOutput", "Finished", "LostBatch", "encode_texts", "run_batch"]
@@ -44,7 +44,7 @@ class BatchOutput:
     """What a generated batch commits, index-aligned with its parts."""
 
     summaries: list[str]
-    shifts: list[str]  # FIRST_SHIFT for a partition 0
+    shifts: list[str]  # the domain's first shift for a partition 0
     tokens: list[list[int]]  # [prompt, completion] per partition, its summary and shift together
     vectors: np.ndarray  # (2n, dim) float32: the n summaries' rows, then the n shifts'
     prompts: list[tuple[int, str, list[dict[str, str]]]]  # (partition id, kind, messages): the audit
@@ -78,9 +78,11 @@ def encode_texts(enc: TextEncoderLike, texts: list[str], s: EncodeSummary) -> np
 
 def _lines(part: Part, catalog: dict[str, tuple[str, str]]) -> list[ItemLine]:
     out = []
-    for _event_id, item_id, ts_us, rating in part.events:
+    # A row is [event id, item, ts µs, rating] and, when the log has event types, the type.
+    for _event_id, item_id, ts_us, rating, *typed in part.events:
         title, cats = catalog.get(item_id, (f"item {item_id}", ""))
-        out.append(ItemLine(title=title, categories=cats, rating=rating, ts_us=ts_us))
+        out.append(ItemLine(title=title, categories=cats, rating=rating, ts_us=ts_us,
+                            event_type=typed[0] if typed else None))
     return out
 
 
@@ -107,7 +109,7 @@ def run_batch(job: BatchJob, llm: LLMLike, enc: TextEncoderLike, p: PromptConfig
     shift_gens = llm.generate(shift_prompts) if need else []
     s.seconds_llm += time.perf_counter() - t0
     s.llm_calls += len(gens) + len(shift_gens)
-    shifts = [FIRST_SHIFT] * len(batch)
+    shifts = [first_shift(p)] * len(batch)
     tokens = [[g.prompt_tokens, g.completion_tokens] for g in gens]
     for i, g in zip(need, shift_gens):
         shifts[i] = _text(g, p.output_chars)

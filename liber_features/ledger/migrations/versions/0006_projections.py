@@ -5,7 +5,7 @@ A projection's vectors are ordinary ``vectors`` rows under a derived encoder id
 and checked, and a refit is a new row (a new id) instead of an edit. Nothing existing changes.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-05
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
