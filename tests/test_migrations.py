@@ -95,9 +95,10 @@ def test_old_ledger_upgrades_in_place_with_every_row_kept(tmp_path):
     before = _dump(path)
     beats = {r[0]: r[1:] for r in before.pop("run_heartbeats")}
     ledger = Ledger(f"sqlite:///{path}")
-    assert _revision(ledger) == migrate.head_revision() == "0003"
+    assert _revision(ledger) == migrate.head_revision() == "0004"
     after = _dump(path)
-    assert after.pop("alembic_version") == [("0003",)]
+    assert after.pop("alembic_version") == [("0004",)]
+    assert after.pop("stream_positions") == []  # 0004 adds the table, empty
     # 0003 gives the ledger its identity: one settings row more, a UUID4 hex, set once
     (ident,) = [r for r in after["settings"] if r[0] == "ledger_id"]
     after["settings"].remove(ident)
@@ -134,7 +135,7 @@ def test_upgraded_ledger_works_and_a_second_open_is_a_no_op(tmp_path):
     finally:
         event.remove(Engine, "before_cursor_execute", record)
     assert set(seen) == {"SELECT", "PRAGMA"}  # reads only: no lock, no DDL, no writes
-    assert _revision(again) == "0003"
+    assert _revision(again) == "0004"
     assert again.counts()["ledger_events"] == 80
     assert again.ledger_id == ledger.ledger_id  # the identity is written once, never again
 
@@ -236,7 +237,7 @@ def test_workers_opening_one_ledger_together_all_succeed(tmp_path, start):
     path = _old(tmp_path) if start == "old" else tmp_path / "new.sqlite"
     opened, errors = _open_together(lambda: Ledger(f"sqlite:///{path}"))
     assert errors == [] and len(opened) == 4
-    assert {_revision(x) for x in opened} == {"0003"}
+    assert {_revision(x) for x in opened} == {"0004"}
     with opened[0].engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
         assert conn.execute(text("SELECT count(*) FROM events")).scalar() == (70 if start == "old" else 0)
@@ -278,7 +279,7 @@ def test_old_postgres_ledger_upgrades_in_its_schema_with_every_row_kept(unique_n
                                       "WHERE table_name = 'alembic_version'")).scalars().all()
             beat = conn.execute(select(*(runs.c[c] for c in HEARTBEAT[3:])).where(runs.c.id == 2)).one()
         assert counts == {**COUNTS, "settings": 2}  # + the ledger_id of revision 0003
-        assert unique_name in where and _revision(ledger) == "0003"
+        assert unique_name in where and _revision(ledger) == "0004"
         assert tuple(beat) == (8, 12, 12, 0)
         got = ingest(event_log(users=8, per_user=10), ledger, PartitionRule(k=3), progress=False)
         assert (got.accepted, got.run_id) == (10, 6)
@@ -292,7 +293,7 @@ def test_postgres_workers_opening_a_new_schema_together_all_succeed(unique_name)
     opened, errors = _open_together(lambda: Ledger(PG_URL, schema=unique_name))
     try:
         assert errors == [] and len(opened) == 4
-        assert {_revision(x) for x in opened} == {"0003"}
+        assert {_revision(x) for x in opened} == {"0004"}
     finally:
         for x in opened[1:]:
             x.engine.dispose()
