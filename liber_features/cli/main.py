@@ -34,6 +34,7 @@ from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
 from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
 from liber_features.cli.repo import COMMANDS as _FEAST_COMMANDS
 from liber_features.cli.report import COMMANDS as _REPORT_COMMANDS
+from liber_features.cli.stream import COMMANDS as _STREAM_COMMANDS
 
 __all__ = ["cli", "main"]
 
@@ -248,7 +249,8 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
         click.echo(json.dumps(result, default=str, sort_keys=True))
 
 
-for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS):
+for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS,
+                 *_STREAM_COMMANDS):
     cli.add_command(_command)
 
 

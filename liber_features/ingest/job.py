@@ -35,7 +35,8 @@ from liber_features.ledger.store import quarantine as quarantine_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 
-__all__ = ["IngestSummary", "Written", "ingest", "load_states", "partition_row", "save_states", "write_events"]
+__all__ = ["IngestSummary", "Written", "check_rule", "ingest", "load_states", "partition_row", "save_states",
+           "write_events"]
 
 
 @dataclass
@@ -60,7 +61,7 @@ class IngestSummary:
         return asdict(self)
 
 
-def _check_rule(ledger: Ledger, rule: PartitionRule) -> None:
+def check_rule(ledger: Ledger, rule: PartitionRule) -> None:
     # Changing K halfway through a user's history would make replay disagree with streaming.
     # The rule is stored once, on first use, and every later run is checked against it — also
     # after a first run that crashed (its partitions exist all the same). A ledger from before
@@ -176,7 +177,7 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
            on_caches: Callable[[list[UserState]], None] | None = None) -> IngestSummary:
     """Partition ``loaded.events`` into the ledger; ``on_caches`` gets the changed users' cache states
     (``features.caches.cache_frame`` turns them into the short-term view's rows)."""
-    _check_rule(ledger, rule)
+    check_rule(ledger, rule)
     started = time.perf_counter()
     run_id = ledger.start_run("ingest", {"source": loaded.source, "layout": loaded.layout,
                                          "rule": rule.model_dump()})

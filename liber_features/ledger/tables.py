@@ -194,6 +194,7 @@ stream_positions = Table(
     Column("source", String(256), primary_key=True),
     Column("shard", String(64), primary_key=True),
     Column("position", Text, nullable=False),
+    Column("position_offset", BigInteger, nullable=False, default=-1, server_default="-1"),  # its integer form
     Column("stream_time_us", BigInteger),
     Column("events_total", BigInteger, nullable=False, default=0, server_default="0"),
     Column("quarantined_total", BigInteger, nullable=False, default=0, server_default="0"),

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(256), primary_key=True),
         sa.Column("shard", sa.String(64), primary_key=True),
         sa.Column("position", sa.Text, nullable=False),
+        sa.Column("position_offset", sa.BigInteger, nullable=False, server_default="-1"),
         sa.Column("stream_time_us", sa.BigInteger),
         sa.Column("events_total", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("quarantined_total", sa.BigInteger, nullable=False, server_default="0"),

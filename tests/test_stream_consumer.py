@@ -1,0 +1,127 @@
+"""The consumer: partitions sealed from a stream equal ``liber ingest`` of the same events, on NATS
+and Redis Streams, into SQLite and PostgreSQL; redeliveries are duplicates; poison is quarantined
+and the stream goes on; the quiet-user sweep; the online flusher's timestamps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+from sqlalchemy import select
+from streamkit import K, broker_url, consume, ledger_rows, movielens_slice, publish
+
+from liber_features.errors import FeatureStoreError
+from liber_features.ingest.job import ingest
+from liber_features.ingest.partition import CachedEvent, PartitionRule, UserState
+from liber_features.ledger.store import Ledger, quarantine, stream_positions
+from liber_features.stream.connect import open_publisher
+from liber_features.stream.flusher import Flusher
+
+pytestmark = [pytest.mark.redis, pytest.mark.nats]
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    """The slice ingested from the file, as ``liber ingest`` does: the reference."""
+    ref = Ledger(f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}")
+    s = ingest(movielens_slice(), ref, PartitionRule(k=K), progress=False)
+    assert (s.accepted, s.partitions_sealed, s.cached_events) == (2_279, 108, 119)
+    return ledger_rows(ref)
+
+
+@pytest.mark.parametrize("broker", ["nats", "redis"])
+def test_stream_equals_file_ingest_and_a_replay_adds_nothing(broker, ledger, replayed):
+    url = broker_url(broker, "eq")
+    assert publish(url, movielens_slice()) == 2_279
+    s = consume(url, ledger)
+    assert (s.fetched, s.accepted, s.duplicates, s.quarantined, s.late, s.partitions_sealed) == (
+        2_279, 2_279, 0, 0, 0, 108)
+    assert ledger_rows(ledger) == replayed
+    # The producer re-sends everything (new broker positions, the same event ids): all duplicates.
+    # (NATS drops re-published ids itself within its window; Redis stores them again.)
+    publish(url, movielens_slice())
+    again = consume(url, ledger, idle_s=0.4)
+    assert (again.accepted, again.partitions_sealed) == (0, 0)
+    assert again.duplicates == (0 if broker == "nats" else 2_279)
+    assert ledger_rows(ledger) == replayed
+    with ledger.engine.connect() as conn:
+        pos = conn.execute(select(stream_positions)).one()
+    assert (pos.events_total, pos.quarantined_total) == (2_279, 0)
+    assert pos.stream_time_us == int(movielens_slice().events["ts"].max().timestamp() * 1e6)
+    assert pos.position.startswith("nats:S_eq_" if broker == "nats" else "redis:s_eq_")
+
+
+@pytest.mark.parametrize("broker", ["nats", "redis"])
+def test_poison_messages_are_quarantined_with_position_and_the_stream_goes_on(broker, tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = broker_url(broker, "poison")
+    head = dataclasses.replace(movielens_slice(), events=movielens_slice().events.iloc[:40])
+    publish(url, head)
+    pub = open_publisher(url)
+    pub.publish([("", "bad1", b"{oops"), ("", "bad2", json.dumps({"user_id": "1", "item_id": "x"}).encode())])
+    pub.close()
+    tail = dataclasses.replace(movielens_slice(), events=movielens_slice().events.iloc[40:100])
+    publish(url, tail)
+    s = consume(url, ledger, batch=25)
+    assert (s.fetched, s.accepted, s.quarantined) == (102, 100, 2)
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(quarantine.c.source, quarantine.c.row, quarantine.c.field,
+                                   quarantine.c.reason, quarantine.c.raw).order_by(quarantine.c.row)).all()
+    assert [(r.field, r.reason, r.raw) for r in rows] == [
+        ("row", "message is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
+                "(char 1)", "{oops"),
+        ("ts", "timestamp is missing", '{"user_id": "1", "item_id": "x"}')]
+    if broker == "nats":  # the stream's sequences 41 and 42: the position names the message
+        assert [(r.source.rsplit(":", 1)[1], r.row) for r in rows] == [("41", 41), ("42", 42)]
+    else:
+        assert all(r.source.startswith("redis:s_poison_") for r in rows)
+    again = consume(url, ledger, idle_s=0.3)  # acked: the poison is never delivered again
+    assert again.fetched == 0
+
+
+def test_quiet_users_are_sealed_by_the_sweep_at_the_stream_clock(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = broker_url("redis", "sweep")
+    pub = open_publisher(url)
+    rows = [("a", 0), ("a", 10), ("b", 20), ("b", 200)]
+    pub.publish([("", f"e{i}", json.dumps({"user_id": u, "item_id": "m", "timestamp": 1_000_000 + t,
+                                            "event_id": f"e{i}"}).encode()) for i, (u, t) in enumerate(rows)])
+    pub.close()
+    s = consume(url, ledger, k=10, max_span_s=50, sweep_every_s=0.01)
+    assert (s.accepted, s.partitions_sealed, s.swept) == (4, 2, 1)
+    parts, caches = ledger_rows(ledger)
+    # b's own next event sealed b by the time rule (at that event); a was quiet: the sweep sealed it
+    # at the stream clock (b's last event), with the same contents its next event would have sealed.
+    assert [(p[0], p[1], p[3], p[4], [e[0] for e in json.loads(p[5])]) for p in parts] == [
+        ("a", 0, 1_000_200_000_000, "time", ["e0", "e1"]),
+        ("b", 0, 1_000_200_000_000, "time", ["e2"])]
+    assert [(c[0], [e[0] for e in json.loads(c[1])]) for c in caches] == [("a", []), ("b", ["e3"])]
+
+
+def _state(user: str, ts: list[int]) -> UserState:
+    return UserState(user, cache=[CachedEvent(t, f"{user}{t}", "m") for t in ts])
+
+
+def test_flusher_writes_strictly_increasing_timestamps_and_keeps_users_after_a_failed_write():
+    frames, fail = [], [True]
+
+    def write(df: pd.DataFrame) -> int:
+        if fail[0]:
+            fail[0] = False
+            raise FeatureStoreError("redis down")
+        frames.append(df)
+        return len(df)
+
+    said: list[str] = []
+    f = Flusher(write, interval_s=0.0, say=said.append)
+    f.add([_state("u", [5_000_000]), _state("v", [7_000_000])])
+    assert f.flush() == 0 and len(said) == 1 and "2 user(s) kept" in said[0]
+    f.add([_state("u", [5_000_000, 5_000_000])])  # the newest time did not move (a tie)
+    assert f.flush() == 2
+    f.add([_state("u", [4_000_000, 5_000_000])])  # a late event: the newest time still 5 s
+    assert f.flush() == 1
+    stamps = [(u, int(t.value // 1000)) for fr in frames for u, t in zip(fr["user_id"], fr["event_timestamp"])]
+    assert stamps == [("u", 5_000_000), ("v", 7_000_000), ("u", 5_000_001)]
+    assert frames[1]["cache_length"].tolist() == [2]
