@@ -37,14 +37,47 @@ def movielens_slice() -> LoadedEvents:
                                quarantine=full.quarantine.iloc[0:0])
 
 
+CREATED: list[tuple[str, str]] = []  # (kind, name) on the shared servers, dropped by drop_created()
+
+
 def broker_url(kind: str, name: str, *, base: str | None = None, **params: str) -> str:
     """A URL for a stream, subject/key and durable/group no other test uses."""
     tag = f"{name}_{uuid.uuid4().hex[:8]}"
+    if base is None:
+        CREATED.append((kind, f"S_{tag}" if kind == "nats" else f"s_{tag}"))
     if kind == "nats":
         query = {"subject": f"s_{tag}", "durable": "d", "ack_wait": "2", **params}
         return f"{base or NATS_URL}/S_{tag}?" + "&".join(f"{k}={v}" for k, v in query.items())
     query = {"stream": f"s_{tag}", "group": "g", "claim_idle": "2", **params}
     return f"{base or REDIS_URL}?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def drop_created() -> None:
+    """Delete the streams tests made on the shared NATS and Redis (shard keys included)."""
+    import asyncio
+
+    import nats
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    names = [n for kind, n in CREATED if kind == "nats"]
+    for kind, name in CREATED:
+        if kind == "redis":
+            r.delete(name, *(f"{name}.{i}" for i in range(4)))
+    CREATED.clear()
+
+    async def drop() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        for name in names:
+            try:
+                await js.delete_stream(name)
+            except nats.js.errors.NotFoundError:
+                pass
+        await nc.close()
+
+    if names:
+        asyncio.run(drop())
 
 
 def publish(url: str, loaded: LoadedEvents, **kw) -> int:

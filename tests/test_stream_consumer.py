@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 from sqlalchemy import select
-from streamkit import K, broker_url, consume, ledger_rows, movielens_slice, publish
+from streamkit import K, broker_url, consume, drop_created, ledger_rows, movielens_slice, publish
 
 from liber_features.errors import FeatureStoreError
 from liber_features.ingest.job import ingest
@@ -22,6 +22,11 @@ from liber_features.stream.flusher import Flusher
 pytestmark = [pytest.mark.redis, pytest.mark.nats]
 
 
+
+@pytest.fixture(autouse=True)
+def _drop_streams():
+    yield
+    drop_created()
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
     """The slice ingested from the file, as ``liber ingest`` does: the reference."""

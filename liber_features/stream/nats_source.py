@@ -99,11 +99,15 @@ class NatsSource(Source):
                                 max_ack_pending=batch, filter_subject=self.cfg.subject)
         sub = await js.pull_subscribe(self.cfg.subject, durable=self.cfg.durable, stream=self.cfg.stream,
                                       config=config)
+        # A durable made earlier keeps its own limit; asking for more than it lets out makes every
+        # fetch wait its whole timeout for messages the server will not send.
+        info = await sub.consumer_info()
+        self._max_batch = info.config.max_ack_pending or batch
         return nc, sub
 
     def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         try:
-            msgs = self._loop.call(self._fetch(max_messages, timeout_s), timeout_s)
+            msgs = self._loop.call(self._fetch(min(max_messages, self._max_batch), timeout_s), timeout_s)
         except Exception as exc:  # the client's errors have no common base; all mean "not now"
             raise BrokerError(f"broker {self.url}: fetch failed: {type(exc).__name__}: {exc}") from None
         out = []
@@ -121,7 +125,7 @@ class NatsSource(Source):
             raise ConnectionError("not connected (reconnecting)")
         try:
             return await self._sub.fetch(n, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except (TimeoutError, nats.errors.TimeoutError):  # no message within timeout_s
             return []
 
     def ack(self, deliveries: list[Delivery]) -> None:
