@@ -62,7 +62,8 @@ def test_unreachable_brokers_are_broker_errors_naming_them():
         open_publisher("redis://:hunter2@127.0.0.1:1/0?stream=s")
 
 
-@pytest.mark.parametrize("url", ["nats://u:hunter2@127.0.0.1:1/S", "redis://:hunter2@127.0.0.1:1/0?stream=s"])
+@pytest.mark.parametrize("url", ["nats://u:hunter2@127.0.0.1:1/S", "redis://:hunter2@127.0.0.1:1/0?stream=s",
+                                 "kafka://u:hunter2@127.0.0.1:1/t?group=g"])
 def test_cli_unreachable_broker_is_one_error_line_exit_2_and_no_ledger(url, tmp_path):
     led = tmp_path / "ledger.db"
     r = CliRunner().invoke(cli, ["stream", "--from", url, "--ledger", f"sqlite:///{led}"])
@@ -74,6 +75,6 @@ def test_cli_unreachable_broker_is_one_error_line_exit_2_and_no_ledger(url, tmp_
     assert r.exit_code == 2 and r.stderr.startswith("error: ")
 
 
-def test_kafka_is_refused_with_a_clear_error_for_now():
-    with pytest.raises(ConfigError, match="Kafka adapter is not part of this build"):
-        open_source("kafka://127.0.0.1:9092/t?group=g", 10)
+def test_unreachable_kafka_is_a_broker_error_naming_it():
+    with pytest.raises(BrokerError, match=r"cannot reach broker kafka://127.0.0.1:1/t\?group=g"):
+        open_source("kafka://127.0.0.1:1/t?group=g", 10)

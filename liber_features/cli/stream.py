@@ -17,7 +17,8 @@ __all__ = ["COMMANDS"]
 @click.command("stream")
 @click.option("--from", "url", required=True,
               help="broker URL: nats://HOST:PORT/STREAM?subject=SUBJ&durable=NAME or "
-                   "redis://HOST:PORT/DB?stream=KEY&group=NAME[&consumer=NAME]")
+                   "redis://HOST:PORT/DB?stream=KEY&group=NAME[&consumer=NAME] or "
+                   "kafka://HOST:PORT/TOPIC?group=NAME")
 @ledger_option
 @schema_option
 @click.option("--k", type=click.IntRange(min=1), default=20, show_default=True,

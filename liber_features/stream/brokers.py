@@ -3,7 +3,7 @@ and the durable consumer, so a command line, a test and a deployment say it the 
 
     nats://[USER:PASS@]HOST[:4222]/STREAM?subject=SUBJ&durable=NAME[&ack_wait=SECONDS]
     redis://[:PASS@]HOST[:6379][/DB]?stream=KEY&group=NAME[&consumer=NAME][&claim_idle=SECONDS]
-    kafka://HOST[:9092]/TOPIC?group=NAME
+    kafka://HOST[:9092]/TOPIC?group=NAME[&session_timeout=SECONDS]
 
 A URL that does not parse, or names an unknown parameter, is a ``ConfigError`` naming the URL with
 its password masked: a typo (``durabel=``) must not silently create a second consumer.
@@ -85,6 +85,9 @@ class KafkaConfig(_Broker):
     port: int = 9092
     topic: str = Field(min_length=1)
     group: str = Field("liber", min_length=1)
+    session_timeout_s: float = Field(10.0, ge=1)
+    """Seconds before the group gives a silent member's partitions to another (librdkafka's default
+    45 s would stall a restarted consumer that long after a crash)."""
 
     @property
     def key(self) -> str:
@@ -97,7 +100,7 @@ BrokerConfig = NatsConfig | RedisStreamConfig | KafkaConfig
 _PARAMS = {
     "nats": {"subject": "subject", "durable": "durable", "ack_wait": "ack_wait_s"},
     "redis": {"stream": "stream", "group": "group", "consumer": "consumer", "claim_idle": "claim_idle_s"},
-    "kafka": {"group": "group"},
+    "kafka": {"group": "group", "session_timeout": "session_timeout_s"},
 }
 
 

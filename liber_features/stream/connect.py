@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from liber_features.errors import ConfigError
 from liber_features.stream.brokers import KafkaConfig, NatsConfig, parse_broker_url
 from liber_features.stream.source import Source
 
@@ -18,11 +17,6 @@ class Publisher(Protocol):
     def close(self) -> None: ...
 
 
-def _no_kafka(cfg: KafkaConfig) -> ConfigError:
-    return ConfigError(f"{cfg.safe_url}: the Kafka adapter is not part of this build yet "
-                       "(NATS JetStream and Redis Streams are); see docs/streaming.md")
-
-
 def open_source(url: str, batch: int) -> Source:
     """A connected consumer for ``url``; ``BrokerError`` naming it when the broker is unreachable."""
     cfg = parse_broker_url(url)
@@ -31,7 +25,9 @@ def open_source(url: str, batch: int) -> Source:
 
         return NatsSource(cfg, batch)
     if isinstance(cfg, KafkaConfig):
-        raise _no_kafka(cfg)
+        from liber_features.stream.kafka_source import KafkaSource
+
+        return KafkaSource(cfg)
     from liber_features.stream.redis_source import RedisSource
 
     return RedisSource(cfg)
@@ -44,7 +40,9 @@ def open_publisher(url: str) -> Publisher:
 
         return NatsPublisher(cfg)
     if isinstance(cfg, KafkaConfig):
-        raise _no_kafka(cfg)
+        from liber_features.stream.kafka_source import KafkaPublisher
+
+        return KafkaPublisher(cfg)
     from liber_features.stream.redis_source import RedisPublisher
 
     return RedisPublisher(cfg)

@@ -120,6 +120,14 @@ class Consumer:
         with ledger.engine.connect() as conn:  # the catalog ingest wrote; none: items are not checked
             known = conn.execute(select(items_t.c.item_id)).scalars().all()
         self.catalog = pd.Series(known, dtype=object) if known else None
+        source.bind_positions(self.stored_positions)
+
+    def stored_positions(self) -> dict[str, int]:
+        """The committed offset of each shard of this source (Kafka partitions), from the ledger."""
+        with self.ledger.engine.connect() as conn:
+            rows = conn.execute(select(positions_t.c.shard, positions_t.c.position_offset)
+                                .where(positions_t.c.source == self.source.key, positions_t.c.shard != "")).all()
+        return {r.shard: int(r.position_offset) for r in rows}
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> StreamSummary:
@@ -194,7 +202,10 @@ class Consumer:
             groups.setdefault(user, []).append(CachedEvent(
                 ts_us=int(ts_us[i]), event_id=eid, item_id=item,
                 rating=None if np.isnan(ratings[i]) else float(ratings[i])))
-        newest = max(batch, key=lambda d: d.offset) if batch else None
+        newest: dict[str, Delivery] = {}  # per shard: the message with the highest offset
+        for d in batch:
+            if d.shard not in newest or d.offset > newest[d.shard].offset:
+                newest[d.shard] = d
         # Heartbeat while committing: the broker must not redeliver a batch that is being committed.
         beat = threading.Timer(1.0, self.source.in_progress, [batch]) if batch else None
         with critical():  # commit and ack together: SIGTERM waits for both (ledger/stopping.py)
@@ -213,10 +224,11 @@ class Consumer:
                     values = {"stream_time_us": clock, "updated_us": now_us(),
                               "events_total": pos.events_total + w.accepted,
                               "quarantined_total": pos.quarantined_total + len(parsed.quarantine)}
-                    if newest is not None and newest.offset > pos.position_offset:
-                        values.update(position=newest.position, position_offset=newest.offset)
+                    if "" in newest and newest[""].offset > pos.position_offset:
+                        values.update(position=newest[""].position, position_offset=newest[""].offset)
                     conn.execute(positions_t.update().where(positions_t.c.source == self.source.key,
                                                             positions_t.c.shard == "").values(**values))
+                    self._save_shards(conn, [d for shard, d in newest.items() if shard])
                     conn.execute(runs_t.update().where(runs_t.c.id == s.run_id).values(heartbeat_us=now_us()))
             finally:
                 if beat is not None:
@@ -235,8 +247,8 @@ class Consumer:
         s.late += w.late
         s.partitions_sealed += w.partitions_sealed + len(swept)
         s.swept += len(swept)
-        if newest is not None:
-            s.position = newest.position
+        if newest:
+            s.position = max(newest.values(), key=lambda d: d.broker_us).position
         if self.flusher is not None:
             self.flusher.add(w.states + swept)
         if self.on_commit is not None and len(ev):
@@ -250,6 +262,19 @@ class Consumer:
             "events_total": 0, "quarantined_total": 0, "updated_us": now_us()}], ["source", "shard"])
         return conn.execute(select(positions_t).where(positions_t.c.source == key, positions_t.c.shard == "")
                             .with_for_update()).one()
+
+    def _save_shards(self, conn, newest: list[Delivery]) -> None:
+        """Per shard (Kafka partition), the newest committed offset: where a consumer resumes."""
+        key = self.source.key
+        for d in newest:
+            self.ledger.insert_ignore(conn, positions_t, [{
+                "source": key, "shard": d.shard, "position": "", "position_offset": -1,
+                "stream_time_us": None, "events_total": 0, "quarantined_total": 0, "updated_us": now_us()}],
+                ["source", "shard"])
+            conn.execute(positions_t.update().where(
+                positions_t.c.source == key, positions_t.c.shard == d.shard,
+                positions_t.c.position_offset < d.offset).values(
+                position=d.position, position_offset=d.offset, updated_us=now_us()))
 
     def _sweep(self, conn, clock: int | None, run_id: int) -> list[UserState]:
         """Seal quiet users' caches (module docstring); the states it changed."""

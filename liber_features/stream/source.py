@@ -9,6 +9,7 @@ committed from being redelivered meanwhile (``in_progress``). Nothing is acked o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ class Delivery:
     data: bytes | None  # the message body; None when the broker lost it (a deleted Redis entry)
     broker_us: int  # when the broker stored it (µs since the epoch): the latency clock's start
     handle: Any = field(default=None, compare=False, repr=False)  # the client's own message object
+    shard: str = ""  # where ``offset`` counts: a Kafka partition; '' for NATS and Redis Streams
 
 
 class Source(ABC):
@@ -33,6 +35,12 @@ class Source(ABC):
     key: str
     #: the URL with its password masked, for messages
     url: str
+
+    def bind_positions(self, stored: Callable[[], dict[str, int]]) -> None:
+        """Give the source the ledger's committed offsets per shard (``stored()``), for a broker
+        whose resume point the ledger keeps (Kafka seeks to them on assignment). Others ignore it:
+        NATS and Redis keep the delivery state of their durable / group themselves."""
+        del stored
 
     @abstractmethod
     def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
