@@ -130,3 +130,42 @@ def test_flusher_writes_strictly_increasing_timestamps_and_keeps_users_after_a_f
     stamps = [(u, int(t.value // 1000)) for fr in frames for u, t in zip(fr["user_id"], fr["event_timestamp"])]
     assert stamps == [("u", 5_000_000), ("v", 7_000_000), ("u", 5_000_001)]
     assert frames[1]["cache_length"].tolist() == [2]
+
+
+@pytest.mark.postgres  # the Feast registry of the Redis repo lives in PostgreSQL
+def test_liber_stream_with_repo_puts_every_users_cache_online(tmp_path, monkeypatch):
+    """The real path: `liber stream --repo` → the existing writer → Redis in Feast's layout, read back
+    through Feast; online equals the ledger's caches for every user."""
+    from click.testing import CliRunner
+    from feastrepo import Repo, cleanup, redis_client
+
+    from liber_features.cli.main import cli
+    from liber_features.features.caches import current_caches
+    from liber_features.features.repo import SHORT_TERM_VIEW
+
+    redis_client()
+    repo = Repo(tmp_path, "redis")
+    for name, value in repo.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LIBER_LEDGER_SCHEMA", raising=False)
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("LIBER_LEDGER_URL", ledger_url)
+    store = repo.apply()
+    try:
+        url = broker_url("redis", "online")
+        publish(url, movielens_slice())
+        r = CliRunner().invoke(cli, ["stream", "--from", url, "--ledger", ledger_url, "--repo", str(repo.root),
+                                     "--until-idle", "1", "--json"])
+        assert r.exit_code == 0, r.stderr
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        assert (summary["accepted"], summary["users_flushed"] >= 12) == (2_279, True)
+        users = sorted(movielens_slice().events["user_id"].unique())
+        got = store.get_online_features(
+            features=[f"{SHORT_TERM_VIEW}:cache_item_ids", f"{SHORT_TERM_VIEW}:cache_length"],
+            entity_rows=[{"user_id": u} for u in users], full_feature_names=True).to_dict()
+        caches = current_caches(Ledger(ledger_url), users).set_index("user_id")
+        assert got[f"{SHORT_TERM_VIEW}__cache_item_ids"] == [list(caches.loc[u, "cache_item_ids"]) for u in users]
+        assert got[f"{SHORT_TERM_VIEW}__cache_length"] == [int(caches.loc[u, "cache_length"]) for u in users]
+        assert sum(got[f"{SHORT_TERM_VIEW}__cache_length"]) == 119  # the slice's unsealed events
+    finally:
+        cleanup(repo)
