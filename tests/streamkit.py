@@ -5,25 +5,29 @@ in-process consume, the ledger's partitions and caches as comparable rows, and a
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from functools import cache
 from pathlib import Path
 
-from conftest import NATS_URL, REDIS_URL, ml_latest_small
-from sqlalchemy import select
+from conftest import NATS_URL, REDIS_URL, REPO, ml_latest_small
+from sqlalchemy import func, select
 
 from liber_features.ingest.events import LoadedEvents, load_events
 from liber_features.ingest.partition import PartitionRule
-from liber_features.ledger.store import Ledger, partitions, user_cache
+from liber_features.ledger.store import Ledger, events, partitions, user_cache
 from liber_features.stream.connect import open_publisher, open_source
 from liber_features.stream.consumer import Consumer, StreamConfig
 from liber_features.stream.producer import produce
 
 K = 20
+TOTAL = 2_279  # events in the slice
 SLICE_USERS = 12  # the first 12 users by id: 2,279 events, 108 partitions at K=20
 
 
@@ -142,3 +146,31 @@ class OwnNats:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+def start(url: str, ledger: Ledger, *args: str) -> subprocess.Popen:
+    """``liber stream`` in its own process (so it can be SIGKILLed)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if ledger.schema:
+        args = (*args, "--ledger-schema", ledger.schema)
+    return subprocess.Popen([sys.executable, "-m", "liber_features.cli", "stream", "--from", url, "--ledger",
+                             ledger.url, "--k", str(K), "--json", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+def assert_each_event_once(ledger: Ledger) -> None:
+    """Lost 0, counted twice 0: the events table, the partitions and the caches hold each event once."""
+    with ledger.engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(events)).scalar()
+        sealed = [e[0] for (j,) in conn.execute(select(partitions.c.events_json)) for e in json.loads(j)]
+        cached = [e[0] for (j,) in conn.execute(select(user_cache.c.cache_json)) for e in json.loads(j)]
+    everything = sealed + cached
+    assert stored == TOTAL and len(everything) == TOTAL and len(set(everything)) == TOTAL
+    assert set(everything) == set(movielens_slice().events["event_id"])

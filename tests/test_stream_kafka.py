@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Producer
 from sqlalchemy import select
-from streamkit import K, consume, ledger_rows, movielens_slice, publish
+from streamkit import K, assert_each_event_once, consume, finish, ledger_rows, movielens_slice, publish, start
 
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
@@ -75,3 +75,30 @@ def test_a_consumer_resumes_where_the_ledger_says_not_where_kafka_says(mock_clus
                                  .where(stream_positions.c.shard != "")).all())
     # the first run started every partition at the beginning (-2), the second after the ledger's offsets
     assert sought == [dict.fromkeys(range(4), -2), {int(p): o + 1 for p, o in done.items()}]
+
+
+@pytest.mark.slow
+def test_kafka_consumer_sigkilled_mid_stream_then_restarted_equals_file_ingest(mock_cluster, tmp_path, replayed,
+                                                                             unique_name):
+    import random
+    import signal
+    import time
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = f"kafka://{mock_cluster}/t_{unique_name}?group=g_{unique_name}&session_timeout=3"
+    publish(url, movielens_slice())
+    rng, committed = random.Random(18), []
+    for _ in range(2):  # killed once it has committed some batches (joining the group takes ~3-6 s)
+        proc = start(url, ledger, "--batch", "5", "--until-idle", "30")
+        deadline = time.monotonic() + 20
+        before = ledger.counts()["ledger_events"] if committed else 0
+        while ledger.counts()["ledger_events"] <= before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.2, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        committed.append(ledger.counts()["ledger_events"])
+    assert 0 < committed[0] < committed[1] < 2_279, committed
+    finish(start(url, ledger, "--batch", "50", "--until-idle", "8"))
+    assert_each_event_once(ledger)
+    assert ledger_rows(ledger) == replayed

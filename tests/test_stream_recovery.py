@@ -5,25 +5,30 @@ in order (one consumer per durable, or one per shard) the partitions equal file 
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO
-from sqlalchemy import func, select
-from streamkit import K, OwnNats, broker_url, drop_created, ledger_rows, movielens_slice, publish
+from streamkit import (
+    TOTAL,
+    K,
+    OwnNats,
+    assert_each_event_once,
+    broker_url,
+    drop_created,
+    finish,
+    ledger_rows,
+    movielens_slice,
+    publish,
+    start,
+)
 
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
-from liber_features.ledger.store import Ledger, events, partitions, user_cache
+from liber_features.ledger.store import Ledger
 
 pytestmark = [pytest.mark.redis, pytest.mark.nats, pytest.mark.slow]
-TOTAL = 2_279
 
 
 
@@ -36,34 +41,6 @@ def replayed(tmp_path_factory):
     ref = Ledger(f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}")
     ingest(movielens_slice(), ref, PartitionRule(k=K), progress=False)
     return ledger_rows(ref)
-
-
-def start(url: str, ledger: Ledger, *args: str) -> subprocess.Popen:
-    """``liber stream`` in its own process (so it can be SIGKILLed)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if ledger.schema:
-        args = (*args, "--ledger-schema", ledger.schema)
-    return subprocess.Popen([sys.executable, "-m", "liber_features.cli", "stream", "--from", url, "--ledger",
-                             ledger.url, "--k", str(K), "--json", *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[dict, str]:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    return json.loads(out.strip().splitlines()[-1]), err
-
-
-def assert_each_event_once(ledger: Ledger) -> None:
-    """Lost 0, counted twice 0: the events table, the partitions and the caches hold each event once."""
-    with ledger.engine.connect() as conn:
-        stored = conn.execute(select(func.count()).select_from(events)).scalar()
-        sealed = [e[0] for (j,) in conn.execute(select(partitions.c.events_json)) for e in json.loads(j)]
-        cached = [e[0] for (j,) in conn.execute(select(user_cache.c.cache_json)) for e in json.loads(j)]
-    everything = sealed + cached
-    assert stored == TOTAL and len(everything) == TOTAL and len(set(everything)) == TOTAL
-    assert set(everything) == set(movielens_slice().events["event_id"])
 
 
 @pytest.mark.parametrize(("broker", "backend"), [("nats", "sqlite"), ("redis", "postgres")])
