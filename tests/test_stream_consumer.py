@@ -56,6 +56,18 @@ def test_stream_equals_file_ingest_and_a_replay_adds_nothing(broker, ledger, rep
     assert (pos.events_total, pos.quarantined_total) == (2_279, 0)
     assert pos.stream_time_us == int(movielens_slice().events["ts"].max().timestamp() * 1e6)
     assert pos.position.startswith("nats:S_eq_" if broker == "nats" else "redis:s_eq_")
+    # liber status names the stream, where it is committed up to, and what it committed
+    from click.testing import CliRunner
+
+    from liber_features.cli.main import cli
+
+    args = ["status", "--json", "--ledger", ledger.url] + (["--ledger-schema", ledger.schema] if ledger.schema else [])
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.stderr
+    (shown,) = json.loads(r.stdout.strip().splitlines()[-1])["streams"]
+    assert (shown["source"], shown["position"], shown["events"], shown["quarantined"], shown["partitions"]) == (
+        pos.source, pos.position, 2_279, 0, {})
+    assert shown["newest_event_at"] == "2018-05-13T10:45:32+00:00"  # the slice's newest event
 
 
 @pytest.mark.parametrize("broker", ["nats", "redis"])
