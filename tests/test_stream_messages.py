@@ -117,3 +117,13 @@ def test_any_valid_message_is_accepted_with_its_values(user, item, secs, rating)
     assert (row["user_id"], row["item_id"]) == (str(user), item)
     assert row["ts"] == pd.Timestamp(secs, unit="s", tz="UTC")
     assert (pd.isna(row["rating"]) if rating is None else row["rating"] == float(rating))
+
+
+def test_a_body_holding_several_values_is_named_alone_not_shifting_the_batch():
+    # The batch is decoded as one JSON array when it can be; '1, 2' would add a value and shift every
+    # later message onto its neighbour's position: the count check sends each body to its own decode.
+    good = {"user_id": "u", "item_id": "m", "timestamp": 1}
+    got = parse_messages(deliveries(good, "1, 2", {**good, "item_id": "n"}), NOW)
+    assert got.events["item_id"].tolist() == ["m", "n"] and got.events["row"].tolist() == [0, 2]
+    assert [(q["row"], q["reason"]) for q in got.quarantine] == [
+        (102, "message is not JSON: Extra data: line 1 column 2 (char 1)")]

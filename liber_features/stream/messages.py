@@ -47,29 +47,51 @@ def position_event_id(position: str) -> str:
     return "pos:" + hashlib.sha1(position.encode()).hexdigest()
 
 
-def _structural(body: bytes | None) -> tuple[dict | None, str, str]:
+_NOT_DECODED = object()  # a body the batch decode did not reach (decode it alone)
+
+
+def _decode_all(bodies: list[bytes | None]) -> list[object]:
+    """Every body's JSON value, in one ``json.loads`` of the batch as an array when every body
+    decodes (the common case: one C call instead of one per message). Any other outcome — a body
+    missing, one that is not JSON, or one holding several values (``1,2``), which shows as a count
+    that does not match — leaves each body to be decoded on its own, so a bad one is named alone."""
+    if all(b is not None for b in bodies):
+        try:
+            values = json.loads(b"[" + b",".join(bodies) + b"]")  # type: ignore[arg-type]
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            values = None
+        if isinstance(values, list) and len(values) == len(bodies):
+            return values
+    return [_NOT_DECODED] * len(bodies)
+
+
+def _structural(body: bytes | None, obj: object = _NOT_DECODED) -> tuple[dict | None, str, str]:
     """(the message's fields, '', '') or (None, field, reason) when it is not a usable object."""
     if body is None:
         return None, "row", "message has no body (the broker lost it)"
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, "row", f"message is not JSON: {exc}"
+    if obj is _NOT_DECODED:
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, "row", f"message is not JSON: {exc}"
     if not isinstance(obj, dict):
         return None, "row", f"message is a JSON {type(obj).__name__}, not an object"
     fields: dict[str, object] = {}
     for field, names in _ALIASES.items():
-        value = next((obj[n] for n in names if n in obj), None)
+        value = obj.get(names[0])
+        if value is None and len(names) > 1:
+            value = obj.get(names[1])
         if value is None:
             if field in _REQUIRED:
                 return None, field, f"{names[0]} is missing"
             continue
+        kind = type(value)
         # bool is an int in Python; JSON true is never an id, a time or a rating
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            return None, field, f"{names[0]} must be a string or a number, got JSON {type(value).__name__}"
-        if field in ("user_id", "item_id", "event_id") and isinstance(value, float):
+        if kind is not str and kind is not int and kind is not float:
+            return None, field, f"{names[0]} must be a string or a number, got JSON {kind.__name__}"
+        if kind is float and field in ("user_id", "item_id", "event_id"):
             return None, field, f"{names[0]} must be a string or an integer, got {value!r}"
-        fields[field] = str(value)
+        fields[field] = value if kind is str else str(value)
     return fields, "", ""
 
 
@@ -85,15 +107,20 @@ def parse_messages(deliveries: list[Delivery], config: LoadConfig | None = None,
     """Accepted rows and quarantine rows of one fetched batch (module docstring)."""
     config = config or LoadConfig()
     quarantine: list[dict] = []
-    rows: dict[int, dict] = {}
+    index: list[int] = []
+    cells: dict[str, list[object]] = {f: [] for f in _ALIASES}
+    decoded = _decode_all([d.data for d in deliveries])
     for i, d in enumerate(deliveries):
-        fields, field, reason = _structural(d.data)
+        fields, field, reason = _structural(d.data, decoded[i])
         if fields is None:
             quarantine.append(_quarantine_row(d, field, reason))
             continue
         fields.setdefault("event_id", position_event_id(d.position))
-        rows[i] = {f: fields.get(f, "") for f in _ALIASES}  # no rating: an empty cell, as in a CSV
-    raw = pd.DataFrame.from_dict(rows, orient="index", columns=list(_ALIASES), dtype=object)
+        index.append(i)
+        for f, column in cells.items():
+            column.append(fields.get(f, ""))  # no rating: an empty cell, as in a CSV
+    raw = pd.DataFrame({f: pd.Series(column, dtype=object) for f, column in cells.items()})
+    raw.index = pd.Index(index, dtype="int64")
     columns = {f: f for f in _ALIASES}
     accepted, checks = check_rows(raw, columns, RATING_RANGE, config, catalog_items)
     bad = checks.reason.notna()
