@@ -13,6 +13,7 @@ on stderr and a non-zero exit, never a traceback.
     ├── VectorShapeError     a vector of the wrong length was about to be written
     ├── FeatureStoreError    Feast / the online store refused or cannot be reached
     │   └── OnlineStoreError an online read failed, timed out or returned a wrong-shaped value
+    ├── BrokerError          a message broker (NATS, Redis Streams, Kafka) is unreachable or refused
     └── MissingDependency    an optional dependency is not installed (names the extra to install)
 
 Row-level problems in input data are *not* exceptions: they go to the quarantine table with the
@@ -32,6 +33,7 @@ __all__ = [
     "VectorShapeError",
     "FeatureStoreError",
     "OnlineStoreError",
+    "BrokerError",
     "MissingDependency",
 ]
 
@@ -77,6 +79,10 @@ class FeatureStoreError(LiberError):
 
 class OnlineStoreError(FeatureStoreError):
     """An online read for scoring failed, timed out or returned a wrong-shaped value; names the store."""
+
+
+class BrokerError(LiberError):
+    """A message broker is unreachable, or refused an operation; names the broker URL (redacted)."""
 
 
 class MissingDependency(LiberError):

@@ -1,6 +1,6 @@
 """Shared fixtures: real services from env vars, one PostgreSQL schema / key prefix per run.
 
-Redis and PostgreSQL tests never skip: if a service is down, they fail with the URL they tried.
+Redis, PostgreSQL and NATS tests never skip: if a service is down, they fail with the URL they tried.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("LIBER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("LIBER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("LIBER_TEST_NATS_URL", "nats://127.0.0.1:4222")
 RUN_ID = uuid.uuid4().hex[:10]
 
 
@@ -78,6 +79,12 @@ def pg_url() -> str:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """The shared NATS server with JetStream (tests name their own streams and durables)."""
+    return NATS_URL
 
 
 @pytest.fixture

@@ -425,8 +425,8 @@ def test_real_ml_latest_small() -> None:
 
 def test_public_api_is_pinned() -> None:
     assert sorted(events_mod.__all__) == sorted([
-        "EVENT_COLUMNS", "PLAIN_ALIASES", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
-        "iter_time_slices", "load_catalog", "load_events",
+        "EVENT_COLUMNS", "PLAIN_ALIASES", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "check_rows",
+        "detect_layout", "iter_time_slices", "load_catalog", "load_events",
     ])  # fmt: skip
 
 

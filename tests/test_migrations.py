@@ -103,6 +103,7 @@ def test_old_ledger_upgrades_in_place_with_every_row_kept(tmp_path):
     assert _revision(ledger) == migrate.head_revision() == HEAD
     after = _dump(path)
     assert after.pop("alembic_version") == [(HEAD,)]
+    assert after.pop("stream_positions") == []  # 0004 adds the table, empty
     # 0003 gives the ledger its identity: one settings row more, a UUID4 hex, set once
     (ident,) = [r for r in after["settings"] if r[0] == "ledger_id"]
     after["settings"].remove(ident)

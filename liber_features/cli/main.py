@@ -36,6 +36,7 @@ from liber_features.cli.project import COMMANDS as _PROJECT_COMMANDS
 from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
 from liber_features.cli.repo import COMMANDS as _FEAST_COMMANDS
 from liber_features.cli.report import COMMANDS as _REPORT_COMMANDS
+from liber_features.cli.stream import COMMANDS as _STREAM_COMMANDS
 
 __all__ = ["cli", "main"]
 
@@ -260,7 +261,7 @@ def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
 
 
 for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS,
-                 *_PROJECT_COMMANDS):
+                 *_PROJECT_COMMANDS, *_STREAM_COMMANDS):
     cli.add_command(_command)
 
 

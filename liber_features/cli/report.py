@@ -61,13 +61,15 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
     """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
-    from liber_features.ledger.runs import run_report
+    from liber_features.ledger.runs import run_report, stream_report
     from liber_features.ledger.store import encode_progress
 
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     report = run_report(ledger)
-    summary = {"ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger), **report}
+    streams = stream_report(ledger)
+    summary = {"ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger), **report,
+               "streams": streams}
     if online:  # this ledger's rows counted, other ledgers' and versions' named (features/census.py)
         from liber_features.features.census import census_of_ledger
         from liber_features.features.repo import open_store
@@ -76,8 +78,12 @@ def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
     if as_json:
         emit(summary, as_json, "")
     else:
-        emit({k: v for k, v in summary.items() if k not in ("runs", "workers")}, as_json,
+        emit({k: v for k, v in summary.items() if k not in ("runs", "workers", "streams")}, as_json,
              f"ledger {ledger.safe_url()}")
+        for st in streams:  # liber stream: where each broker source is committed up to
+            click.echo(f"  stream {st['source']}: {st['events']} events, {st['quarantined']} quarantined, "
+                       f"at {st['position'] or '-'} (newest event {st['newest_event_at'] or '-'}, "
+                       f"last commit {st['last_commit_age_s']} s ago)")
         click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
         click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
                    f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")

@@ -70,8 +70,8 @@ from liber_features.ingest.quarantine import QUARANTINE_COLUMNS, RowChecks
 from liber_features.ledger.fieldrules import ID_MAX_CHARS, id_problems
 
 __all__ = [
-    "EVENT_COLUMNS", "PLAIN_ALIASES", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "detect_layout",
-    "iter_time_slices", "load_catalog", "load_events",
+    "EVENT_COLUMNS", "PLAIN_ALIASES", "QUARANTINE_COLUMNS", "LoadConfig", "LoadedEvents", "check_rows",
+    "detect_layout", "iter_time_slices", "load_catalog", "load_events",
 ]  # fmt: skip
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "ts", "rating", "event_type", "label", "row")
@@ -190,7 +190,37 @@ def load_events(
     catalog, catalog_quarantine = read_catalog(catalog_path) if catalog_path is not None \
         else (None, None)
     raw, columns, rating_null, read = _read_events(path, layout)
+    catalog_items = catalog["item_id"] if catalog is not None else None
+    accepted, checks = check_rows(raw, columns, _RATING_RANGES[layout], config, catalog_items,
+                                  rating_null=rating_null, read=read)
+    repeated = accepted["event_id"].duplicated(keep="first")  # index is input order
+    events = accepted[~repeated].sort_values(["user_id", "ts", "event_id"], kind="stable")
+    return LoadedEvents(
+        source=str(path),
+        layout=layout,
+        events=events.reset_index(drop=True),
+        catalog=catalog,
+        quarantine=checks.frame(raw, str(path)),
+        read=len(raw),
+        duplicates=int(repeated.sum()),
+        catalog_quarantine=catalog_quarantine,
+    )
 
+
+
+def check_rows(raw: pd.DataFrame, columns: dict[str, str | None], rating_range: tuple[float, float],
+               config: LoadConfig, catalog_items: pd.Series | None = None, *,
+               rating_null: pd.Series | None = None, read: Delimited | None = None,
+               ) -> tuple[pd.DataFrame, RowChecks]:
+    """The field rules (module docstring) on a raw frame: (accepted rows in input order, checks).
+
+    ``raw`` is indexed by the row position its quarantine entries name; ``columns`` maps the
+    canonical fields to its columns (None: absent). ``rating_range`` is the layout's, which the
+    config's bounds override. The accepted frame has ``EVENT_COLUMNS`` and is *not* deduplicated:
+    file ingest keeps each id's first row, the stream consumer does the same per batch. Shared by
+    ``load_events`` and the stream's messages (``stream/messages.py``), so a message and a file
+    row pass or fail the same way.
+    """
     checks = RowChecks(raw.index)
     if read is not None:
         checks.fail_rows(read.problems, {src: field for field, src in columns.items() if src})
@@ -222,7 +252,7 @@ def load_events(
         checks.fail(~missing & ~is_number, "rating", "rating '{}' is not a number", rating_raw)
         infinite = ~missing & ~np.isfinite(rating)
         checks.fail(infinite, "rating", "rating '{}' is not finite", rating_raw)
-        low, high = _RATING_RANGES[layout]
+        low, high = rating_range
         low = config.rating_min if config.rating_min is not None else low
         high = config.rating_max if config.rating_max is not None else high
         outside = (rating < low) | (rating > high)
@@ -234,27 +264,15 @@ def load_events(
         _check_id(checks, given, "event_id")
     kind = event_types(checks, _column(raw, columns, "event_type"), config.event_types)
     label = labels(checks, _column(raw, columns, "label"))
-    if catalog is not None:
-        checks.fail(~item.isin(catalog["item_id"]), "item_id", "item '{}' not in catalog", item)
+    if catalog_items is not None:
+        checks.fail(~item.isin(catalog_items), "item_id", "item '{}' not in catalog", item)
 
     ok = checks.reason.isna()
-    accepted = pd.DataFrame({
+    return pd.DataFrame({
         "event_id": given[ok] if given is not None else _derive_ids(user[ok], item[ok], ts[ok], kind[ok]),
         "user_id": user[ok], "item_id": item[ok], "ts": ts[ok], "rating": rating[ok],
         "event_type": kind[ok], "label": label[ok], "row": raw.index[ok].astype("int64"),
-    })  # fmt: skip
-    repeated = accepted["event_id"].duplicated(keep="first")  # index is input order
-    events = accepted[~repeated].sort_values(["user_id", "ts", "event_id"], kind="stable")
-    return LoadedEvents(
-        source=str(path),
-        layout=layout,
-        events=events.reset_index(drop=True),
-        catalog=catalog,
-        quarantine=checks.frame(raw, str(path)),
-        read=len(raw),
-        duplicates=int(repeated.sum()),
-        catalog_quarantine=catalog_quarantine,
-    )
+    }), checks  # fmt: skip
 
 
 def iter_time_slices(events: pd.DataFrame, n: int) -> list[pd.DataFrame]:

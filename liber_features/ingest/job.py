@@ -35,7 +35,8 @@ from liber_features.ledger.store import quarantine as quarantine_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 
-__all__ = ["IngestSummary", "ingest", "load_states"]
+__all__ = ["IngestSummary", "Written", "check_rule", "ingest", "load_states", "partition_row", "save_states",
+           "write_events"]
 
 
 @dataclass
@@ -60,7 +61,7 @@ class IngestSummary:
         return asdict(self)
 
 
-def _check_rule(ledger: Ledger, rule: PartitionRule) -> None:
+def check_rule(ledger: Ledger, rule: PartitionRule) -> None:
     # Changing K halfway through a user's history would make replay disagree with streaming.
     # The rule is stored once, on first use, and every later run is checked against it — also
     # after a first run that crashed (its partitions exist all the same). A ledger from before
@@ -83,7 +84,7 @@ def load_states(conn, user_ids: list[str]) -> dict[str, UserState]:
     return states
 
 
-def _partition_row(p: SealedPartition, run_id: int) -> dict[str, Any]:
+def partition_row(p: SealedPartition, run_id: int) -> dict[str, Any]:
     return {"user_id": p.user_id, "seq": p.seq, "start_us": p.start_us, "end_us": p.end_us,
             "sealed_at_us": p.sealed_at_us, "n_events": len(p.events),
             "events_json": json.dumps([e.to_row() for e in p.events]),
@@ -117,12 +118,69 @@ def _known_ids(conn, event_ids: list[str]) -> set[str]:
     return seen
 
 
+@dataclass
+class Written:
+    """What one ``write_events`` call committed (with its transaction)."""
+
+    accepted: int
+    duplicates: int
+    late: int
+    partitions_sealed: int
+    states: list[UserState]  # the cache states of the users that got new events
+    sealed: list[SealedPartition]
+
+
+def write_events(ledger: Ledger, conn, batch: dict[str, list[CachedEvent]], rule: PartitionRule,
+                 run_id: int, labels: dict[str, float] | None = None) -> Written:
+    """Insert one batch of users' events into the ledger inside the caller's transaction ``conn``:
+    drop ids the ledger holds already (duplicates), advance each user's cache (UBSP), insert the
+    partitions sealed and save the new cache states.
+
+    The one write step of file ingest (a chunk of users) and of the stream consumer (a fetched
+    batch), so replay and streaming partition by the same code. ``batch`` maps a user to events of
+    that user with ids unique within the batch; the caller commits, or rolls everything back.
+    ``labels``: explicit labels by event id (implicit feedback, ``ingest/feedback.py``); none: NULL.
+    """
+    labels = labels or {}
+    seen = _known_ids(conn, [e.event_id for events in batch.values() for e in events])
+    new_events, new_parts, states, sealed = [], [], [], []
+    duplicates = late = accepted = 0
+    current = load_states(conn, sorted(batch))
+    for user in sorted(batch):
+        fresh = [e for e in batch[user] if e.event_id not in seen]
+        duplicates += len(batch[user]) - len(fresh)
+        if not fresh:
+            continue
+        out = advance(current[user], fresh, rule)
+        accepted += len(fresh)
+        late += out.late
+        sealed += out.sealed
+        new_events += [{"event_id": e.event_id, "user_id": user, "item_id": e.item_id,
+                        "ts_us": e.ts_us, "rating": e.rating, "run_id": run_id,
+                        "event_type": e.event_type, "label": labels.get(e.event_id)} for e in fresh]
+        new_parts += [partition_row(p, run_id) for p in out.sealed]
+        states.append(out.state)
+    ledger.insert_ignore(conn, events_t, new_events, ["event_id"])
+    if new_parts:
+        conn.execute(parts_t.insert(), new_parts)
+    save_states(ledger, conn, states, run_id)
+    return Written(accepted, duplicates, late, len(new_parts), states, sealed)
+
+
+def save_states(ledger: Ledger, conn, states: list[UserState], run_id: int) -> None:
+    """Upsert users' cache states (``load_states`` reads them back)."""
+    ledger.upsert(conn, cache_t, [{
+        "user_id": st.user_id, "next_seq": st.next_seq, "last_seal_us": st.last_seal_us,
+        "cache_json": json.dumps([e.to_row() for e in st.cache]), "n_cached": len(st.cache),
+        "late_total": st.late_total, "updated_run": run_id} for st in states], ["user_id"])
+
+
 def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_users: int = 256,
            progress: bool | None = None,
            on_caches: Callable[[list[UserState]], None] | None = None) -> IngestSummary:
     """Partition ``loaded.events`` into the ledger; ``on_caches`` gets the changed users' cache states
     (``features.caches.cache_frame`` turns them into the short-term view's rows)."""
-    _check_rule(ledger, rule)
+    check_rule(ledger, rule)
     started = time.perf_counter()
     run_id = ledger.start_run("ingest", {"source": loaded.source, "layout": loaded.layout,
                                          "rule": rule.model_dump()})
@@ -147,44 +205,21 @@ def ingest(loaded: LoadedEvents, ledger: Ledger, rule: PartitionRule, *, chunk_u
         touched: list[UserState] = []
         for start in range(0, len(users), chunk_users):
             chunk = users[start:start + chunk_users]
+            batch = {user: [CachedEvent(ts_us=int(ts_us[i]), event_id=str(ids[i]), item_id=str(items_[i]),
+                                        rating=None if np.isnan(ratings[i]) else float(ratings[i]),
+                                        event_type=None if pd.isna(kinds[i]) else str(kinds[i]))
+                            for i in groups[user]] for user in chunk}
+            label_of = {str(ids[i]): float(labels[i]) for u in chunk for i in groups[u] if not np.isnan(labels[i])}
             with ledger.begin() as conn:
-                seen = _known_ids(conn, [ids[i] for u in chunk for i in groups[u]])
-                states = load_states(conn, chunk)
-                new_events, new_parts, new_states = [], [], []
-                for user in chunk:
-                    rows = [i for i in groups[user] if ids[i] not in seen]
-                    s.duplicates += len(groups[user]) - len(rows)
-                    if not rows:
-                        continue
-                    batch = [CachedEvent(ts_us=int(ts_us[i]), event_id=str(ids[i]),
-                                         item_id=str(items_[i]),
-                                         rating=None if np.isnan(ratings[i]) else float(ratings[i]),
-                                         event_type=None if pd.isna(kinds[i]) else str(kinds[i]))
-                             for i in rows]
-                    label_of = {str(ids[i]): None if np.isnan(labels[i]) else float(labels[i]) for i in rows}
-                    out = advance(states[user], batch, rule)
-                    s.accepted += len(batch)
-                    s.late += out.late
-                    s.users += 1
-                    s.partitions_sealed += len(out.sealed)
-                    new_events += [{"event_id": e.event_id, "user_id": user, "item_id": e.item_id,
-                                    "ts_us": e.ts_us, "rating": e.rating, "run_id": run_id,
-                                    "event_type": e.event_type, "label": label_of[e.event_id]}
-                                   for e in batch]
-                    new_parts += [_partition_row(p, run_id) for p in out.sealed]
-                    new_states.append(out.state)
-                ledger.insert_ignore(conn, events_t, new_events, ["event_id"])
+                w = write_events(ledger, conn, batch, rule, run_id, label_of)
                 # The run's heartbeat: a killed ingest shows as stale in `liber status`.
                 conn.execute(runs_t.update().where(runs_t.c.id == run_id).values(heartbeat_us=now_us()))
-                if new_parts:
-                    conn.execute(parts_t.insert(), new_parts)
-                ledger.upsert(conn, cache_t, [{
-                    "user_id": st.user_id, "next_seq": st.next_seq,
-                    "last_seal_us": st.last_seal_us,
-                    "cache_json": json.dumps([e.to_row() for e in st.cache]),
-                    "n_cached": len(st.cache), "late_total": st.late_total,
-                    "updated_run": run_id} for st in new_states], ["user_id"])
-            touched += new_states
+            s.accepted += w.accepted
+            s.duplicates += w.duplicates
+            s.late += w.late
+            s.users += len(w.states)
+            s.partitions_sealed += w.partitions_sealed
+            touched += w.states
             bar.update(sum(len(groups[u]) for u in chunk))
         bar.close()
         if on_caches is not None and touched:

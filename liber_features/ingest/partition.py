@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["PartitionRule", "CachedEvent", "UserState", "SealedPartition", "Advance", "advance"]
+__all__ = ["PartitionRule", "CachedEvent", "UserState", "SealedPartition", "Advance", "advance", "seal_quiet"]
 
 
 class PartitionRule(BaseModel):
@@ -160,3 +160,22 @@ def advance(state: UserState, new_events: Iterable[CachedEvent], rule: Partition
         late_total=state.late_total + late,
     )
     return Advance(state=new_state, sealed=sealed, late=late)
+
+
+def seal_quiet(state: UserState, now_us: int, rule: PartitionRule) -> Advance:
+    """The time rule for a user who went quiet: seal the cache if its oldest event is more than
+    ``max_span_s`` before ``now_us`` (the stream's clock, the newest event time it has seen).
+
+    ``advance`` fires the time rule only when the user's next event arrives; a stream cannot wait
+    for that. The seal is stamped ``now_us`` (when the stream knew the rule held), so its contents
+    equal what the next event would have sealed, and its seal time is no later. ``state`` is not
+    modified; nothing happens without a time rule or when the rule does not hold.
+    """
+    span = rule.max_span_s
+    if span is None or not state.cache or now_us - state.cache[0].ts_us <= span * 1_000_000:
+        return Advance(state=state, sealed=[], late=0)
+    stamp = now_us if state.last_seal_us is None else max(now_us, state.last_seal_us)
+    part = SealedPartition(state.user_id, state.next_seq, tuple(state.cache), stamp, "time")
+    new_state = UserState(user_id=state.user_id, next_seq=state.next_seq + 1, last_seal_us=stamp,
+                          cache=[], late_total=state.late_total)
+    return Advance(state=new_state, sealed=[part], late=0)

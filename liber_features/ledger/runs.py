@@ -1,5 +1,5 @@
 """Runs as the ledger sees them: live, finished, failed or stale, per-worker counts, and settings
-fixed on first use (the partition rule).
+fixed on first use (the partition rule); where each broker stream was committed up to.
 
 A run that was SIGKILLed (or lost its host) stays ``running`` in ``runs`` forever; its heartbeat
 (``runs.heartbeat_us``, stamped every lease/3 while it works) tells it apart: older than its lease
@@ -10,6 +10,7 @@ before heartbeats got theirs from migration ``0002``.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -17,8 +18,9 @@ from sqlalchemy import select
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import settings as settings_t
+from liber_features.ledger.store import stream_positions as pos_t
 
-__all__ = ["run_report", "fix_setting"]
+__all__ = ["run_report", "fix_setting", "stream_report"]
 
 
 def _state(status: str, heartbeat_us: int, lease_us: int, now: int) -> str:
@@ -63,3 +65,24 @@ def fix_setting(ledger: Ledger, key: str, value: Any) -> Any:
             "set_us": now_us()}], ["key"])
         stored = conn.execute(select(settings_t.c.value).where(settings_t.c.key == key)).scalar_one()
     return json.loads(stored)
+
+
+def stream_report(ledger: Ledger) -> list[dict[str, Any]]:
+    """One line per broker source ``liber stream`` consumed (``stream_positions``): its newest
+    committed position (per Kafka partition too), events and quarantined messages committed, the
+    newest event time, and how long ago it last committed (a stopped or stuck consumer shows here)."""
+    now = now_us()
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(pos_t).order_by(pos_t.c.source, pos_t.c.shard)).all()
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.shard == "":
+            out[r.source] = {
+                "source": r.source, "position": r.position or None, "events": r.events_total,
+                "quarantined": r.quarantined_total,
+                "newest_event_at": None if r.stream_time_us is None else
+                datetime.fromtimestamp(r.stream_time_us / 1e6, UTC).isoformat(),
+                "last_commit_age_s": round((now - r.updated_us) / 1e6, 1), "partitions": {}}
+        elif r.source in out:
+            out[r.source]["partitions"][r.shard] = r.position
+    return list(out.values())

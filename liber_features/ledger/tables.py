@@ -25,7 +25,8 @@ from sqlalchemy import (
 
 __all__ = [
     "claims", "events", "interests", "items", "locks", "metadata", "online_sync", "partitions",
-    "projections", "prompt_audit", "quarantine", "runs", "settings", "user_cache", "vectors",
+    "projections", "prompt_audit", "quarantine", "runs", "settings", "stream_positions", "user_cache",
+    "vectors",
 ]
 
 metadata = MetaData()
@@ -201,4 +202,20 @@ prompt_audit = Table(
     Column("run_id", Integer, nullable=False),
     Column("created_us", BigInteger, nullable=False),
     UniqueConstraint("partition_id", "prompt_version", "llm_id", "kind", name="uq_prompt_audit"),
+)
+
+
+stream_positions = Table(
+    "stream_positions", metadata,
+    # Per broker source (``nats:STREAM:DURABLE``, ``redis:KEY:GROUP``) and shard (a Kafka partition;
+    # '' otherwise): the newest position committed with its events, in the same transaction, before
+    # the broker is acked. ``stream_time_us`` is the newest event time seen (the quiet-user sweep's clock).
+    Column("source", String(256), primary_key=True),
+    Column("shard", String(64), primary_key=True),
+    Column("position", Text, nullable=False),
+    Column("position_offset", BigInteger, nullable=False, default=-1, server_default="-1"),  # its integer form
+    Column("stream_time_us", BigInteger),
+    Column("events_total", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("quarantined_total", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("updated_us", BigInteger, nullable=False),
 )

@@ -7,7 +7,7 @@ already there is an untyped, unlabelled event â€” which is exactly what it was â
 migration is needed and a MovieLens ledger reads as before.
 
 Revision ID: 0005
-Revises: 0003 (another branch adds 0004; a merge rechains this revision onto it)
+Revises: 0004
 Create Date: 2026-12-05
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
