@@ -181,3 +181,33 @@ def test_liber_stream_with_repo_puts_every_users_cache_online(tmp_path, monkeypa
         assert sum(got[f"{SHORT_TERM_VIEW}__cache_length"]) == 119  # the slice's unsealed events
     finally:
         cleanup(repo)
+
+
+def test_event_types_and_labels_travel_like_file_ingest(tmp_path):
+    """Implicit feedback (ingest/feedback.py) through a broker: the same ids, types and labels in the
+    events table, and the same partitions, as file ingest of the same log."""
+    from liber_features.ingest.events import load_events
+    from liber_features.ledger.store import events
+
+    log = tmp_path / "shop.csv"
+    log.write_text("user_id,item_id,timestamp,event_type,label\n" + "".join(
+        f"u{i % 2},p{i},{1_000_000 + i},{('view', 'cart', 'purchase')[i % 3]},{'' if i % 3 else i % 2}\n"
+        for i in range(9)))
+    loaded = load_events(log)
+    ref = Ledger(f"sqlite:///{tmp_path / 'ref.db'}")
+    ingest(loaded, ref, PartitionRule(k=2), progress=False)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = broker_url("redis", "typed")
+    publish(url, loaded)
+    s = consume(url, ledger, k=2)
+    assert (s.accepted, s.quarantined) == (9, 0)
+
+    def rows(led):
+        with led.engine.connect() as conn:
+            return conn.execute(select(events.c.event_id, events.c.event_type, events.c.label)
+                                .order_by(events.c.event_id)).all()
+
+    assert rows(ledger) == rows(ref)
+    assert [r.event_type for r in rows(ledger)].count("purchase") == 3
+    assert sorted(r.label for r in rows(ledger) if r.label is not None) == [0.0, 0.0, 1.0]
+    assert ledger_rows(ledger) == ledger_rows(ref)

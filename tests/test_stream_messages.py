@@ -127,3 +127,15 @@ def test_a_body_holding_several_values_is_named_alone_not_shifting_the_batch():
     assert got.events["item_id"].tolist() == ["m", "n"] and got.events["row"].tolist() == [0, 2]
     assert [(q["row"], q["reason"]) for q in got.quarantine] == [
         (102, "message is not JSON: Extra data: line 1 column 2 (char 1)")]
+
+
+def test_event_type_and_label_follow_the_feedback_rules():
+    got = parse_messages(deliveries(
+        {"user_id": "u", "item_id": "m", "timestamp": 1, "event": "Purchase", "label": True},
+        {"user_id": "u", "item_id": "m", "timestamp": 2, "event_type": "view", "label": 0},
+        {"user_id": "u", "item_id": "m", "timestamp": 3, "event_type": "teleport"},
+        {"user_id": "u", "item_id": "m", "timestamp": 4, "label": 2},
+    ), NOW)
+    assert got.events["event_type"].tolist() == ["purchase", "view"]
+    assert got.events["label"].tolist() == [1.0, 0.0]
+    assert [(q["row"], q["field"]) for q in got.quarantine] == [(103, "event_type"), (104, "label")]

@@ -1,7 +1,8 @@
 """Broker messages → event rows, under the same field rules as file ingest (``events.check_rows``).
 
 A message is one JSON object: ``user_id``, ``item_id``, ``timestamp`` (alias ``ts``; epoch seconds or
-ISO-8601), optional ``rating`` (alias ``weight``) and ``event_id``; other keys are ignored, so a
+ISO-8601), optional ``rating`` (alias ``weight``), ``event_id``, ``event_type`` (alias ``event``) and
+``label`` (0 / 1, also JSON true / false; ``ingest.feedback``); other keys are ignored, so a
 producer may add its own metadata. A message without ``event_id`` gets its broker position as id
 (``nats:STREAM:SEQ``, ``redis:KEY:ENTRY-ID``; a sha1 of it past 64 characters): a redelivery of it is
 then the same event. A bad message — not JSON, not an object, a missing or mistyped field, any rule
@@ -88,6 +89,9 @@ def _structural(body: bytes | None, obj: object = _NOT_DECODED) -> tuple[dict | 
                 return None, field, f"{names[0]} is missing"
             continue
         kind = type(value)
+        if kind is bool and field == "label":  # JSON true / false: a label's natural form
+            fields[field] = "true" if value else "false"
+            continue
         # bool is an int in Python; JSON true is never an id, a time or a rating
         if kind is not str and kind is not int and kind is not float:
             return None, field, f"{names[0]} must be a string or a number, got JSON {kind.__name__}"

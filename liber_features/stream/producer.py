@@ -53,10 +53,18 @@ def encode_events(events: pd.DataFrame, shards: int = 1) -> list[tuple[str, str,
     order = events.sort_values(["ts", "user_id", "event_id"], kind="stable")
     ts_us = ((order["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy()
     ratings = order["rating"].to_numpy(dtype="float64")
+    # Implicit feedback (ingest/feedback.py) travels when the log has it: without it a typed,
+    # labelled log would reach the ledger untyped and unlabelled, unlike its file ingest.
+    kinds = order["event_type"].to_numpy() if "event_type" in order else None
+    labels = order["label"].to_numpy(dtype="float64") if "label" in order else None
     out = []
     for i, (eid, user, item) in enumerate(zip(order["event_id"], order["user_id"], order["item_id"])):
         body = {"event_id": eid, "user_id": user, "item_id": item, "timestamp": _time_text(int(ts_us[i])),
                 "rating": None if np.isnan(ratings[i]) else float(ratings[i])}
+        if kinds is not None and not pd.isna(kinds[i]):
+            body["event_type"] = str(kinds[i])
+        if labels is not None and not np.isnan(labels[i]):
+            body["label"] = int(labels[i])
         suffix = str(shard_of(user, shards)) if shards > 1 else ""
         out.append((suffix, eid, json.dumps(body, separators=(",", ":")).encode()))
     return out
