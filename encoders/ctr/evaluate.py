@@ -292,7 +292,7 @@ def _markdown(h: dict[str, Any], summary: list[dict[str, Any]]) -> str:
 def _interval_markdown(intervals: dict[str, Any], grid: GridConfig) -> str:
     if not intervals:
         return ""
-    lines = ["## Is the difference more than noise?", "",
+    lines = ["", "## Is the difference more than noise?", "",
              f"Differences of the means over seeds, with paired bootstrap 95 % intervals over test users "
              f"({grid.bootstrap} resamples; every model scored on the same resampled users). A LIBER lift is "
              "claimed only where it is above the backbone alone *and* above both placebos (another user's "
