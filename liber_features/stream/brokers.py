@@ -52,6 +52,11 @@ class NatsConfig(_Broker):
     """The durable consumer's name: processes naming the same one share its messages."""
     ack_wait_s: float = Field(30.0, gt=0)
     """Seconds before an unacked message is redelivered (a dead consumer's, at the latest)."""
+    ordered: bool = True
+    """Keep stream order across a consumer's death: while another holds unacked messages of the
+    durable, hand batches back until they are redelivered (``nats_source``). One process per
+    durable; ``ordered=0`` lets several share a durable, and a user's events may then reach the
+    ledger out of order (docs/streaming.md)."""
 
     @property
     def key(self) -> str:
@@ -98,7 +103,7 @@ BrokerConfig = NatsConfig | RedisStreamConfig | KafkaConfig
 
 # URL query parameter → config field, per scheme
 _PARAMS = {
-    "nats": {"subject": "subject", "durable": "durable", "ack_wait": "ack_wait_s"},
+    "nats": {"subject": "subject", "durable": "durable", "ack_wait": "ack_wait_s", "ordered": "ordered"},
     "redis": {"stream": "stream", "group": "group", "consumer": "consumer", "claim_idle": "claim_idle_s"},
     "kafka": {"group": "group", "session_timeout": "session_timeout_s"},
 }

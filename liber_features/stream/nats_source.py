@@ -111,6 +111,7 @@ class NatsSource(Source):
         info = await sub.consumer_info()
         self._max_batch = info.config.max_ack_pending or batch
         self._buffer: list[Any] = []
+        self._held: dict[int, Delivery] = {}  # stream seq → a delivery kept back (``_held_elsewhere``)
         self._wanted = 0
         self._signal = asyncio.Event()
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.cfg.stream}.{self.cfg.durable}"
@@ -128,11 +129,12 @@ class NatsSource(Source):
         self._signal.set()
 
     def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        n = min(max_messages, self._max_batch)
         try:
-            msgs = self._loop.call(self._fetch(min(max_messages, self._max_batch), timeout_s), timeout_s)
+            msgs = self._loop.call(self._fetch(max(n - len(self._held), 1), timeout_s), timeout_s)
         except Exception as exc:  # the client's errors have no common base; all mean "not now"
             raise BrokerError(f"broker {self.url}: fetch failed: {type(exc).__name__}: {exc}") from None
-        out = []
+        redelivered = bool(self._held)
         for m in msgs:
             # $JS.ACK.<stream>.<durable>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>, or with
             # <domain>.<account hash> after ACK and a token at the end (12 tokens): what nats-py's
@@ -140,9 +142,31 @@ class NatsSource(Source):
             t = m.reply.split(".")
             shift = 0 if len(t) == 9 else 2
             seq = int(t[5 + shift])
-            out.append(Delivery(position=f"nats:{self.cfg.stream}:{seq}", offset=seq, data=m.data,
-                                broker_us=int(t[7 + shift]) // 1000, handle=m))
+            redelivered |= t[4 + shift] != "1"
+            # By stream sequence, the newest delivery winning: its reply subject is the one to ack.
+            self._held[seq] = Delivery(position=f"nats:{self.cfg.stream}:{seq}", offset=seq, data=m.data,
+                                       broker_us=int(t[7 + shift]) // 1000, handle=m)
+        out = [self._held[seq] for seq in sorted(self._held)]  # redeliveries come back in any order
+        if self.cfg.ordered and out and (redelivered or len(out) < n) and self._held_elsewhere(out, timeout_s):
+            self.in_progress(out)  # kept here, not redelivered, while the missing ones come back
+            return []
+        self._held = {}
         return out
+
+    def _held_elsewhere(self, out: list[Delivery], timeout_s: float) -> bool:
+        """True while messages of the durable are delivered to someone else and not yet acked: a
+        consumer that died holding them. Their redelivery could put an earlier event of a user
+        behind a later one given out here, so this batch is kept back (``self._held``) until they
+        come back to this consumer — after ``ack_wait`` — and go out together, in stream order.
+
+        Asked only after a failure can have happened (a redelivered message, or a batch short of
+        what the durable would let out), so the steady state costs no extra round trip.
+        """
+        try:
+            info = self._loop.call(self._sub.consumer_info(), timeout_s + 5)
+        except Exception as exc:  # the client's errors have no common base; all mean "not now"
+            raise BrokerError(f"broker {self.url}: consumer info failed: {type(exc).__name__}: {exc}") from None
+        return info.num_ack_pending > len(out) + len(self._buffer)
 
     async def _fetch(self, n: int, timeout_s: float) -> list[Any]:
         if not self._nc.is_connected:
