@@ -174,3 +174,14 @@ def assert_each_event_once(ledger: Ledger) -> None:
     everything = sealed + cached
     assert stored == TOTAL and len(everything) == TOTAL and len(set(everything)) == TOTAL
     assert set(everything) == set(movielens_slice().events["event_id"])
+
+
+def reference_rows(root) -> tuple[list[tuple], list[tuple]]:
+    """The slice ingested from the file, as ``liber ingest`` does: what every stream must equal."""
+    from liber_features.ingest.job import ingest
+    from liber_features.ingest.partition import PartitionRule
+
+    ref = Ledger(f"sqlite:///{root / 'ref.db'}")
+    s = ingest(movielens_slice(), ref, PartitionRule(k=K), progress=False)
+    assert (s.accepted, s.partitions_sealed, s.cached_events) == (2_279, 108, 119)
+    return ledger_rows(ref)

@@ -77,6 +77,21 @@ def test_same_second_events_never_see_their_own_partition(tmp_path):
     assert ts.counts["samples_with_0_partitions"] == 3 and ts.counts["samples"] == 6
 
 
+def _online_inputs(store, ledger, ts, u: str) -> dict:
+    """Materialize and push as the CLI does, read ``u`` through the ranker's FeatureService, and
+    turn the row into model inputs with the scorer's code."""
+    sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
+    push_short_term_cache(store, online_caches(ledger))
+    row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
+                                    entity_rows=[{"user_id": u}], full_feature_names=True).to_dict()
+    lt, st = f"{LONG_TERM_VIEW}__", f"{SHORT_TERM_VIEW}__"
+    return user_inputs(
+        user_id=u, user_vocab=ts.user_vocab, item_vocab=ts.item_vocab, memory_slots=2, vector_dim=4,
+        history_length=5, summary_vectors=row[lt + "summary_vectors"][0],
+        shift_vectors=row[lt + "shift_vectors"][0], partition_count=row[lt + "partition_count"][0],
+        recent_item_ids=row[lt + "recent_item_ids"][0], cache_item_ids=row[st + "cache_item_ids"][0])
+
+
 @pytest.mark.parametrize("moment_rank,projected", [(3, False), (40, False), (75, False), (120, False),
                                                    (3, True), (120, True)])
 def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment_rank, projected):
@@ -99,16 +114,7 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
     # The streaming side: only the events before the moment have happened.
     ledger, _, store = encoded_repo(tmp_path / "live", events[events.timestamp < t], catalog, k=7,
                                     shape=SHAPE, projection=fitted)
-    sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
-    push_short_term_cache(store, online_caches(ledger))
-    row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
-                                    entity_rows=[{"user_id": u}], full_feature_names=True).to_dict()
-    lt, st = f"{LONG_TERM_VIEW}__", f"{SHORT_TERM_VIEW}__"
-    online = user_inputs(
-        user_id=u, user_vocab=ts.user_vocab, item_vocab=ts.item_vocab, memory_slots=2, vector_dim=4,
-        history_length=5, summary_vectors=row[lt + "summary_vectors"][0],
-        shift_vectors=row[lt + "shift_vectors"][0], partition_count=row[lt + "partition_count"][0],
-        recent_item_ids=row[lt + "recent_item_ids"][0], cache_item_ids=row[st + "cache_item_ids"][0])
+    online = _online_inputs(store, ledger, ts, u)
     summ, shift = ts.vectors(ts.slot_rows[sample][None])
     assert online["partition_count"][0] == ts.partition_count[sample]
     assert online["hist_idx"][0].tolist() == ts.hist_idx[sample].tolist()
@@ -153,16 +159,7 @@ def test_implicit_feedback_samples_see_every_event_and_equal_online_inputs(tmp_p
     seconds = events.timestamp.map(lambda x: int(x) if x.isdigit() else int(pd.Timestamp(x).timestamp()))
     live = events[seconds < t_s]
     ledger, _, store = encoded_repo(tmp_path / "live", live, catalog, k=7, shape=SHAPE)
-    sync_view(store, ledger, LONG_TERM_VIEW)
-    push_short_term_cache(store, online_caches(ledger))
-    row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
-                                    entity_rows=[{"user_id": u}], full_feature_names=True).to_dict()
-    lt, st = f"{LONG_TERM_VIEW}__", f"{SHORT_TERM_VIEW}__"
-    online = user_inputs(
-        user_id=u, user_vocab=ts.user_vocab, item_vocab=ts.item_vocab, memory_slots=2, vector_dim=4,
-        history_length=5, summary_vectors=row[lt + "summary_vectors"][0],
-        shift_vectors=row[lt + "shift_vectors"][0], partition_count=row[lt + "partition_count"][0],
-        recent_item_ids=row[lt + "recent_item_ids"][0], cache_item_ids=row[st + "cache_item_ids"][0])
+    online = _online_inputs(store, ledger, ts, u)
     summ, shift = ts.vectors(ts.slot_rows[i][None])
     assert online["partition_count"][0] == ts.partition_count[i] > 0
     assert online["hist_idx"][0].tolist() == ts.hist_idx[i].tolist()

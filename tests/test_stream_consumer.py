@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 from sqlalchemy import select
-from streamkit import K, broker_url, consume, drop_created, ledger_rows, movielens_slice, publish
+from streamkit import broker_url, consume, drop_created, ledger_rows, movielens_slice, publish, reference_rows
 
 from liber_features.errors import FeatureStoreError
 from liber_features.ingest.job import ingest
@@ -29,11 +29,7 @@ def _drop_streams():
     drop_created()
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
-    """The slice ingested from the file, as ``liber ingest`` does: the reference."""
-    ref = Ledger(f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}")
-    s = ingest(movielens_slice(), ref, PartitionRule(k=K), progress=False)
-    assert (s.accepted, s.partitions_sealed, s.cached_events) == (2_279, 108, 119)
-    return ledger_rows(ref)
+    return reference_rows(tmp_path_factory.mktemp("ref"))
 
 
 @pytest.mark.parametrize("broker", ["nats", "redis"])

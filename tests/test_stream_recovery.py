@@ -12,7 +12,6 @@ import time
 import pytest
 from streamkit import (
     TOTAL,
-    K,
     OwnNats,
     assert_each_event_once,
     broker_url,
@@ -21,11 +20,10 @@ from streamkit import (
     ledger_rows,
     movielens_slice,
     publish,
+    reference_rows,
     start,
 )
 
-from liber_features.ingest.job import ingest
-from liber_features.ingest.partition import PartitionRule
 from liber_features.ledger.store import Ledger
 
 pytestmark = [pytest.mark.redis, pytest.mark.nats, pytest.mark.slow]
@@ -38,9 +36,7 @@ def _drop_streams():
     drop_created()
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
-    ref = Ledger(f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}")
-    ingest(movielens_slice(), ref, PartitionRule(k=K), progress=False)
-    return ledger_rows(ref)
+    return reference_rows(tmp_path_factory.mktemp("ref"))
 
 
 @pytest.mark.parametrize(("broker", "backend"), [("nats", "sqlite"), ("redis", "postgres")])
