@@ -72,7 +72,11 @@ def test_boosted_backbone_trains_and_scores_the_test_split(ts):
     test = ts.split == 2
     assert p.shape == (int(test.sum()),) and ((p > 0) & (p < 1)).all()
     assert res["test"] == metrics(ts.label[test], p, ts.user_ids[test])
-    assert 1 <= res["best_epoch"] <= 30 and set(res["importance"]) == set(res["features"])
+    assert res["features"][:len(BASE) + len(LIBER)] == BASE + LIBER
+    assert all(f.startswith("genre=") for f in res["features"][len(BASE) + len(LIBER):])
+    # Fixed seed, two threads: the same model again, prediction for prediction.
+    again, p2 = train_gbdt(ts, text, (ts.summary_table, ts.shift_table), rounds=30)
+    assert np.array_equal(p, p2) and again["best_epoch"] == res["best_epoch"]
 
 
 def test_vectors_of_another_space_are_refused(ts):
