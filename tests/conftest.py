@@ -132,3 +132,20 @@ def local_ray():
 
 # The served world (real Redis, a small exported model) shared by the scorer and HTTP tests.
 from servekit import world  # noqa: E402, F401
+
+
+@pytest.fixture
+def drop_streams():
+    """Delete the streams a test made on the shared NATS and Redis (``streamkit.broker_url``)."""
+    from streamkit import drop_created
+
+    yield
+    drop_created()
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    """The stream tests' reference: their MovieLens slice ingested from the file."""
+    from streamkit import reference_rows
+
+    return reference_rows(tmp_path_factory.mktemp("ref"))

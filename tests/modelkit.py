@@ -110,3 +110,20 @@ def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber:
     export_onnx(r.model, checkpoint_meta(ts, r, versions, _L()),
                 model_dir)
     return r
+
+
+def small_training_set(tmp: Path, shape: LiberFeatureConfig, users: tuple[str, ...] = ("1", "5", "8"), k: int = 10):
+    """Users' real MovieLens events → encoded repo → training set, with ``shape`` as the
+    environment's LIBER_MEMORY_SLOTS / _VECTOR_DIM / _HISTORY_LENGTH while it is built (what the
+    Feast definitions read), restored after. Returns ``(ledger, training set)``."""
+    import pytest
+
+    from liber_features.training.samples import SampleConfig, build_training_set
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIBER_MEMORY_SLOTS", str(shape.memory_slots))
+        mp.setenv("LIBER_VECTOR_DIM", str(shape.vector_dim))
+        mp.setenv("LIBER_HISTORY_LENGTH", str(shape.history_length))
+        events, catalog = movielens_users(list(users))
+        ledger, _, store = encoded_repo(tmp, events, catalog, k=k, shape=shape)
+        return ledger, build_training_set(ledger, store, SampleConfig(), shape)

@@ -6,34 +6,22 @@ import json
 
 import numpy as np
 import pytest
-from modelkit import encoded_repo, movielens_users
+from modelkit import small_training_set
 
 from liber_features.features.memory import versions_of
 from liber_features.features.repo import LiberFeatureConfig
 from liber_features.model.card import ModelCard
 from liber_features.model.inputs import INPUT_NAMES
-from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import os
-
     from encoders.ctr.train import TrainConfig, train
 
-    env = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        tmp = tmp_path_factory.mktemp("export")
-        events, catalog = movielens_users(["1", "5", "8"])
-        ledger, _, store = encoded_repo(tmp, events, catalog, k=10, shape=SHAPE)
-        ts = build_training_set(ledger, store, SampleConfig(), SHAPE)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    tmp = tmp_path_factory.mktemp("export")
+    ledger, ts = small_training_set(tmp, SHAPE)
     text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
     text[:2] = 0
     out = {}

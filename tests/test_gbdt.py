@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from modelkit import encoded_repo, movielens_users
+from modelkit import small_training_set
 
 from encoders.ctr.gbdt import BASE, LIBER, _prior, gbdt_features, train_gbdt
 from liber_features.features.repo import LiberFeatureConfig
-from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 
@@ -25,18 +24,7 @@ def test_prior_counts_only_earlier_seconds_and_smooths_the_rate():
 
 @pytest.fixture(scope="module")
 def ts(tmp_path_factory):
-    import os
-
-    env = {"LIBER_MEMORY_SLOTS": "3", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "6"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        events, catalog = movielens_users(["1", "5", "8"])
-        ledger, _, store = encoded_repo(tmp_path_factory.mktemp("gbdt"), events, catalog, k=10, shape=SHAPE)
-        return build_training_set(ledger, store, SampleConfig(), SHAPE)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return small_training_set(tmp_path_factory.mktemp("gbdt"), SHAPE)[1]
 
 
 def test_liber_affinities_are_cosines_to_the_candidates_text(ts):

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 from sqlalchemy import select
-from streamkit import broker_url, consume, drop_created, ledger_rows, movielens_slice, publish, reference_rows
+from streamkit import broker_url, consume, ledger_rows, movielens_slice, publish
 
 from liber_features.errors import FeatureStoreError
 from liber_features.ingest.job import ingest
@@ -19,17 +19,7 @@ from liber_features.ledger.store import Ledger, quarantine, stream_positions
 from liber_features.stream.connect import open_publisher
 from liber_features.stream.flusher import Flusher
 
-pytestmark = [pytest.mark.redis, pytest.mark.nats]
-
-
-
-@pytest.fixture(autouse=True)
-def _drop_streams():
-    yield
-    drop_created()
-@pytest.fixture(scope="module")
-def replayed(tmp_path_factory):
-    return reference_rows(tmp_path_factory.mktemp("ref"))
+pytestmark = [pytest.mark.redis, pytest.mark.nats, pytest.mark.usefixtures("drop_streams")]
 
 
 @pytest.mark.parametrize("broker", ["nats", "redis"])

@@ -15,28 +15,16 @@ from streamkit import (
     OwnNats,
     assert_each_event_once,
     broker_url,
-    drop_created,
     finish,
     ledger_rows,
     movielens_slice,
     publish,
-    reference_rows,
     start,
 )
 
 from liber_features.ledger.store import Ledger
 
-pytestmark = [pytest.mark.redis, pytest.mark.nats, pytest.mark.slow]
-
-
-
-@pytest.fixture(autouse=True)
-def _drop_streams():
-    yield
-    drop_created()
-@pytest.fixture(scope="module")
-def replayed(tmp_path_factory):
-    return reference_rows(tmp_path_factory.mktemp("ref"))
+pytestmark = [pytest.mark.redis, pytest.mark.nats, pytest.mark.slow, pytest.mark.usefixtures("drop_streams")]
 
 
 @pytest.mark.parametrize(("broker", "backend"), [("nats", "sqlite"), ("redis", "postgres")])
