@@ -130,6 +130,19 @@ def wrk(url: str, path: str, bodies: list[str], connections: int, seconds: float
     return r
 
 
+def warm(url: str, path: str, bodies: list[str], tmp: Path) -> None:
+    """2 s of load before measuring. feast serve's gunicorn answers /health from its first worker
+    while the second is still starting (a refused connection seen 2026-12-05): retry a few times."""
+    for attempt in range(5):
+        try:
+            wrk(url, path, bodies, 8, 2, tmp)
+            return
+        except SystemExit:
+            if attempt == 4:
+                raise
+            time.sleep(2)
+
+
 def liber_serve(model: Path, root: Path, port: int, workers: int, extra: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", "from liber_features.cli.main import main; main()", "serve", "--model", str(model),
@@ -174,6 +187,8 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     ap.add_argument("--connections", default="1,8,32,128")
     ap.add_argument("--deadline-ms", type=float, default=100.0)
+    ap.add_argument("--serve-args", default="", help="more `liber serve` options, e.g. '--max-in-flight 2'")
+    ap.add_argument("--sweep-only", action="store_true", help="only the liber serve sweep (no faults, no Feast)")
     ap.add_argument("--out", default="bench/results/bench_serve_load.json")
     args = ap.parse_args()
     need_wrk()
@@ -204,7 +219,8 @@ def main() -> None:
     servers: list[subprocess.Popen] = []
     results: dict = {"machine": "2-core x86_64 CPU box (python-svc), no GPU, shared with other work",
                      "model": str(model), "users": args.users, "workers": args.workers,
-                     "deadline_ms": args.deadline_ms, "duration_s": args.duration, "runs": []}
+                     "deadline_ms": args.deadline_ms, "serve_args": args.serve_args, "duration_s": args.duration,
+                     "runs": []}
     try:
         users = write_users(store, card, args.users)
         items = list(card.item_vocab)
@@ -213,7 +229,7 @@ def main() -> None:
                   for _ in range(300)]
         feast_bodies = [json.dumps({"feature_service": "liber_ranker_v1", "entities": {"user_id": [rng.choice(users)]}})
                         for _ in range(300)]
-        deadline = ["--deadline-ms", str(args.deadline_ms)]
+        deadline = ["--deadline-ms", str(args.deadline_ms), *args.serve_args.split()]
 
         def record(name: str, conns: int, r: dict) -> None:
             r = {"run": name, "connections": conns, **r}
@@ -228,6 +244,8 @@ def main() -> None:
         wrk(url, "/score", bodies, 8, 2, tmp)  # warm every worker
         for c in [int(x) for x in args.connections.split(",")]:
             record(f"liber serve --workers {args.workers}", c, wrk(url, "/score", bodies, c, args.duration, tmp))
+        if args.sweep_only:
+            return finish(results, args.out)
         later(args.duration * 0.4, lambda: os.kill(rproc.pid, signal.SIGSTOP))
         later(args.duration * 0.4 + 2, lambda: os.kill(rproc.pid, signal.SIGCONT))
         record("Redis paused 2 s mid-run", 32, wrk(url, "/score", bodies, 32, args.duration, tmp))
@@ -259,7 +277,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True))
         url = f"http://127.0.0.1:{port}"
         wait_up(f"{url}/health", servers[-1], "feast serve")
-        wrk(url, "/get-online-features", feast_bodies, 8, 2, tmp)
+        warm(url, "/get-online-features", feast_bodies, tmp)
         for c in (8, 32):
             record(f"feast serve -w {args.workers} get-online-features", c,
                    wrk(url, "/get-online-features", feast_bodies, c, args.duration, tmp))
@@ -275,7 +293,11 @@ def main() -> None:
             print(f"could not delete project {project}: {exc}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
         _ = redis  # the private server held the data: nothing to delete on the shared one
-    out = Path(args.out)
+    finish(results, args.out)
+
+
+def finish(results: dict, path: str) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(markdown(results))

@@ -181,21 +181,25 @@ def test_the_deadline_answers_503_and_abandoned_work_keeps_its_slot():
     assert ok.status_code == 200  # a header that is not a number leaves the server's deadline
 
 
-def test_a_freed_slot_goes_to_the_newest_waiter():
-    """Under overload the oldest waiter is the nearest its deadline: the newest gets the slot."""
+@pytest.mark.parametrize(("spent_s", "order"), [
+    (0.0, ["first", "older", "newer"]),  # half its deadline left: the oldest waiter first
+    (12.0, ["first", "newer", "older"]),  # less than half (12 of 20 s spent): the newest first
+])
+def test_a_freed_slot_goes_to_the_oldest_waiter_until_half_its_deadline_is_gone(spent_s, order):
+    """Adaptive LIFO: oldest-first under ordinary load; newest-first once the waiters run late."""
     from liber_features.serving.admission import Admission
 
     a = Admission(Limits(deadline_ms=20_000, max_in_flight=1, max_queue=2))
-    gate, order = Gate(), []
+    gate, ran = Gate(), []
 
     def job(name):
         if name == "first":
             gate.wait()
-        order.append(name)
+        ran.append(name)
         return name
 
     async def go():
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - spent_s
         tasks = [asyncio.create_task(a.run(job, "first", t0=t0, budget_ms=20_000))]
         await gate.entered_by(1)
         for name in ("older", "newer"):
@@ -205,7 +209,7 @@ def test_a_freed_slot_goes_to_the_newest_waiter():
         gate.opened.set()
         return await asyncio.gather(*tasks)
 
-    assert run(go()) == ["first", "older", "newer"] and order == ["first", "newer", "older"]
+    assert run(go()) == ["first", "older", "newer"] and ran == order
     assert (a.in_flight, a.waiting) == (0, 0)
 
 

@@ -278,7 +278,7 @@ def score_cmd(model_dir, repo, fetch, timeout_ms, on_store_error, ledger_url, le
 @click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="longest a request may take, queueing included (X-Request-Timeout may shorten it); "
                    "later: 503 + Retry-After")
-@click.option("--max-in-flight", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=4, show_default=True,
               help="requests running at once per worker")
 @click.option("--max-queue", type=click.IntRange(min=0), default=256, show_default=True,
               help="requests waiting for a slot per worker, each until its deadline; more: 503 + Retry-After at once")
