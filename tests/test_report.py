@@ -19,7 +19,7 @@ from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
 from liber_features.model.card import ModelCard
 from liber_features.report.data import ReportData, Timeline
-from liber_features.report.gather import gather, write_report
+from liber_features.report.gather import default_timeline_users, gather, write_report
 from liber_features.report.html import render, when
 from liber_features.testing import HashEncoder, ScriptedLLM
 from liber_features.uil.interest import EncodeConfig, run_encode
@@ -74,6 +74,11 @@ def tiny(ledger):
     return fill(ledger)
 
 
+CARD_METRICS = {"validation": {"auc": 0.61, "gauc": 0.55, "logloss": 0.68, "samples": 32},
+                "test": {"auc": 0.7125, "gauc": 0.6, "logloss": 0.59, "samples": 34}, "best_epoch": 2,
+                "samples": {"label_rule": "rating >= 4"}}
+
+
 def write_inputs(tmp: Path) -> dict[str, Path]:
     row = {"seeds": 3, "auc_std": 0.002, "gauc_mean": 0.6, "logloss_mean": 0.62, "auc_rel_change_pct": 0.0,
            "by_partitions": {"0": {"samples": 9, "auc": 0.66}, "1+": {"samples": 30, "auc": 0.72}}}
@@ -88,7 +93,7 @@ def write_inputs(tmp: Path) -> dict[str, Path]:
     ModelCard(backbone="din", liber="both", inputs=[], outputs=[], opset=17, memory_slots=8, vector_dim=4,
               history_length=50, item_vocab={}, user_vocab={}, item_vectors="items.npy",
               feature_service="liber_ranker_v1", prompt_version="p1", llm_id=ScriptLLM.llm_id,
-              text_encoder_id=ENCODER_ID, encoder_version="0123456789ab", metrics={},
+              text_encoder_id=ENCODER_ID, encoder_version="0123456789ab", metrics=CARD_METRICS,
               train_time_range=[], train_config={}, created_at="2026-11-26T00:00:00+00:00").save(tmp / "model")
     return {"evaluation": tmp / "evaluation.json", "bench_dir": tmp / "bench", "model_dir": tmp / "model"}
 
@@ -103,7 +108,7 @@ def test_report_has_every_section_image_and_escapes_llm_text(tiny, tmp_path):
                                     "llm_calls", "naive_calls", "prompt_tokens", "completion_tokens",
                                     "partitions_done", "encode_runs", "encode_runs_failed")} == {
         "summaries": 4, "shifts": 2, "failed_tries": 1, "retried": 1, "still_failed": 0, "llm_calls": 6,
-        "naive_calls": 10, "prompt_tokens": 60, "completion_tokens": 18, "partitions_done": 4,
+        "naive_calls": 8, "prompt_tokens": 60, "completion_tokens": 18, "partitions_done": 4,
         "encode_runs": 2, "encode_runs_failed": 0}
     assert rd.coverage == {"sealed": 4, "encoded": 4, "online": None, "users_online": None}
     assert len(rd.encoded_age_s) == 2 and rd.online_age_s is None
@@ -126,7 +131,17 @@ def test_report_has_every_section_image_and_escapes_llm_text(tiny, tmp_path):
     assert "First period: there are no earlier interests to compare with." in page
     assert "0123456789ab" in page  # the card's encoder_version
     assert "<tr><td>b  liber fast fetch</td><td class=num>0.250</td><td class=num>0.600</td></tr>" in page
-    assert "<tr><th>LIBER vs naive</th><td class=num>1.7× fewer</td></tr>" in page
+    # naive: the 8 events of the 4 encoded partitions (a: 3 × 2, b: 1 × 2), not the 10 accepted
+    # (2 wait in caches); LIBER: 4 summaries + 2 shifts.
+    assert "<tr><th>LIBER vs naive</th><td class=num>1.3× fewer</td></tr>" in page
+    assert rd.cost["domains"] == "movies"
+    assert "<tr><th>prompt domain of the encode runs (newest first)</th><td class=num>movies</td></tr>" in page
+    # the model card's own metrics, as liber train wrote them
+    assert ("<tr><td>validation</td><td class=num>0.610</td><td class=num>0.550</td><td class=num>0.680</td>"
+            "<td class=num>32</td></tr>") in page
+    assert ("<tr><td>test</td><td class=num>0.713</td><td class=num>0.600</td><td class=num>0.590</td>"
+            "<td class=num>34</td></tr>") in page
+    assert "best epoch 2; label rule rating &gt;= 4</p>" in page
     assert "<tr><th>partitions sealed / encoded / online</th><td class=num>4 / 4 / n/a</td></tr>" in page
     assert "<h3>user a — all 3 partitions</h3>" in page
     assert "<tr><td class=num>0</td><td>2017-07-15 02:40</td><td class=num>2</td>" in page
@@ -173,7 +188,8 @@ def test_missing_times_read_as_a_dash_not_none():
         data=dict.fromkeys(("events_accepted", "duplicates", "quarantined", "users", "partitions_sealed",
                             "events_in_caches", "ingest_runs"), 0),
         partitions_per_user=np.zeros(0, np.int64), seal_times_us=np.zeros(0, np.int64),
-        cost={"summaries": 0, "shifts": 0, "llm_calls": 0, "failed_tries": 0, "retried": 0, "still_failed": 0,
+        cost={"domains": "none", "summaries": 0, "shifts": 0, "llm_calls": 0, "failed_tries": 0, "retried": 0,
+              "still_failed": 0,
               "naive_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds_llm": 0.0,
               "seconds_per_partition": None, "encode_runs": 0, "encode_runs_failed": 0},
         coverage={"sealed": 0, "encoded": 0, "online": None, "users_online": None},
@@ -211,6 +227,66 @@ def test_cli_report_and_empty_ledger_error(tmp_path):
     empty = CliRunner().invoke(cli, ["report", "--ledger", f"sqlite:///{tmp_path / 'empty.db'}",
                                      "--out", str(tmp_path / "e")])
     assert empty.exit_code == 2 and "holds no events: run `liber ingest` first" in empty.output
+
+
+def test_duplicates_are_shown_per_run_as_each_run_skipped_them(ledger, tmp_path):
+    first = ingest(tiny_log(), ledger, PartitionRule(k=2), progress=False)
+    again = ingest(tiny_log(), ledger, PartitionRule(k=2), progress=False)  # every event already held
+    assert (first.duplicates, again.duplicates) == (1, 11)  # 1 repeated in the file; then 10 + 1
+    rd = gather(ledger, repo=None, model_dir=None, evaluation=None, bench_dir=None)
+    assert [{k: r[k] for k in ("run_id", "kind", "status", "source", "read", "accepted", "duplicates",
+                               "quarantined")} for r in rd.intake_runs] == [
+        {"run_id": first.run_id, "kind": "ingest", "status": "ok", "source": "mem", "read": 14, "accepted": 10,
+         "duplicates": 1, "quarantined": 3},
+        {"run_id": again.run_id, "kind": "ingest", "status": "ok", "source": "mem", "read": 14, "accepted": 0,
+         "duplicates": 11, "quarantined": 3}]
+    assert rd.data["duplicates"] == 12  # the total still shown above the table
+    write_report(rd, tmp_path / "r")
+    page = (tmp_path / "r" / "index.html").read_text()
+    started = when(rd.intake_runs[1]["started_us"])
+    assert (f"<tr><td>{again.run_id}</td><td>ingest</td><td>ok</td><td>{started}</td><td>mem</td>"
+            "<td class=num>14</td><td class=num>0</td><td class=num>11</td><td class=num>3</td></tr>") in page
+
+
+def test_default_timelines_are_of_encoded_users_in_a_set_order(ledger):
+    ingest(tiny_log(), ledger, PartitionRule(k=2), progress=False)
+    enc, cfg = HashEncoder(ENCODER_ID, dim=4), EncodeConfig(batch_size=1, users=["b"])
+    run_encode(ledger, ScriptLLM(), enc, cfg, progress=False)
+    # a has 3 sealed partitions, b 1; only b's is encoded: b alone is shown, not the most active.
+    rd = gather(ledger, repo=None, model_dir=None, evaluation=None, bench_dir=None)
+    assert [(t.user_id, t.partitions, [r["status"] for r in t.rows]) for t in rd.timelines] == [("b", 1, ["done"])]
+    # the order: most encoded partitions, then most sealed, then id; the first n_users
+    encoded = {"x": [1, 2], "y": [1, 2], "z": [1]}
+    sealed = {"w": 20, "x": 2, "y": 5, "z": 9}
+    assert default_timeline_users(encoded, sealed, 3) == ["y", "x", "z"]
+    assert default_timeline_users(encoded, sealed, 2) == ["y", "x"]
+    assert default_timeline_users({}, sealed, 2) == ["w", "z"]  # nobody encoded yet: the most sealed
+
+
+def test_cli_report_reads_no_evaluation_or_benchmark_unless_given(tmp_path, monkeypatch):
+    """A checkout's docs/evaluation.json and bench/results/ sit in the working directory: the report
+    of another ledger must not show them as its own."""
+    from liber_features.ledger.store import Ledger
+
+    ledger = fill(Ledger(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    paths = write_inputs(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "evaluation.json").write_text(paths["evaluation"].read_text())
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "bench_online.json").write_text(
+        (paths["bench_dir"] / "bench_online.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["report", "--ledger", ledger.url, "--no-online", "--model", "none",
+                                   "--out", "o", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (summary["ledger"], summary["repo"], summary["images"]) == (ledger.url, "not read (--no-online)", 5)
+    assert summary["missing"] == ("no Feast repo given (--repo): online figures not shown; "
+                                  "no evaluation (liber evaluate): no file given; "
+                                  "no online benchmark (bench/bench_online.py): no file given; "
+                                  "no model card at none (liber train + liber export)")
+    page = (tmp_path / "o" / "index.html").read_text()
+    assert "liber fast fetch" not in page and '<p class="meta">tiny; split' not in page
 
 
 @pytest.mark.slow  # Feast import + apply: ~15 s here

@@ -23,12 +23,15 @@ __all__ = ["COMMANDS"]
 @click.option("--no-online", is_flag=True, help="do not read the online store")
 @click.option("--model", "model_dir", default="models/liber", show_default=True, type=click.Path(),
               help="exported model (model_card.json)")
-@click.option("--evaluation", default="docs/evaluation.json", show_default=True, type=click.Path(),
-              help="the grid written by `liber evaluate`")
-@click.option("--bench", "bench_dir", default="bench/results", show_default=True, type=click.Path(),
-              help="benchmark outputs (bench_online.json)")
+# No defaults: a file the working directory happens to hold (this checkout's docs/evaluation.json,
+# another ledger's benchmark) would be shown as this ledger's results.
+@click.option("--evaluation", default=None, type=click.Path(),
+              help="the grid written by `liber evaluate` (evaluation.json); not shown unless given")
+@click.option("--bench", "bench_dir", default=None, type=click.Path(),
+              help="folder of benchmark outputs (bench_online.json); not shown unless given")
 @click.option("--users", type=IdList(), default=None,
-              help="users whose interests over time are shown (default: the most active)")
+              help="users whose interests over time are shown (default: the three with the most "
+                   "encoded partitions)")
 @click.option("--out", "out_dir", default="report", show_default=True, type=click.Path(),
               help="folder receiving index.html and its PNGs")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
@@ -44,11 +47,13 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
     if not ledger.counts()["ledger_events"]:  # before reading Feast: a wrong URL fails fast
         raise LedgerError(f"ledger {ledger.safe_url()} holds no events: run `liber ingest` first")
     rd = gather(ledger, repo=None if no_online else Path(repo), model_dir=Path(model_dir),
-                evaluation=Path(evaluation), bench_dir=Path(bench_dir),
+                evaluation=Path(evaluation) if evaluation else None,
+                bench_dir=Path(bench_dir) if bench_dir else None,
                 users=users)
     result = write_report(rd, Path(out_dir))
     not_counted = rd.notes.pop("online_not_counted", None)  # found online, another ledger's: named apart
-    emit({**result, "missing": "; ".join(rd.notes.values()) or "nothing",
+    emit({"ledger": ledger.safe_url(), "repo": "not read (--no-online)" if no_online else str(repo),
+          **result, "missing": "; ".join(rd.notes.values()) or "nothing",
           "online_not_counted": not_counted or "nothing",
           "seconds": round(time.perf_counter() - t0, 1)}, as_json, "report written")
 
@@ -61,14 +66,16 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
     """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
-    from liber_features.ledger.runs import run_report, stream_report
+    from liber_features.ledger.runs import encode_domains, run_report, stream_report
     from liber_features.ledger.store import encode_progress
 
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     report = run_report(ledger)
     streams = stream_report(ledger)
-    summary = {"ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger), **report,
+    summary = {"ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger),
+               # which prompt domain(s) encoded this ledger, newest first (uil/domain.py, Domain.label)
+               "encoded_with_domain": ", ".join(encode_domains(ledger)) or "none", **report,
                "streams": streams}
     if online:  # this ledger's rows counted, other ledgers' and versions' named (features/census.py)
         from liber_features.features.census import census_of_ledger

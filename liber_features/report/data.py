@@ -47,5 +47,8 @@ class ReportData:
     evaluation: dict[str, Any] | None = None
     bench_online: dict[str, Any] | None = None
     card: Any = None  # ModelCard
+    # per ingest / stream run, oldest first: run_id, kind, status, started_us, source, read,
+    # accepted, duplicates, quarantined (None for a failed run)
+    intake_runs: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # section -> why something is missing
     versions: tuple[str, str, str] | None = None  # (prompt_version, llm_id, encoder_id) reported on

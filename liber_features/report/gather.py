@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from liber_features.features.census import ONLINE_BATCH as census_batch
 from liber_features.features.memory import latest_versions
+from liber_features.ledger.runs import encode_domains
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import interests as int_t
@@ -33,7 +34,7 @@ from liber_features.ledger.store import user_cache as cache_t
 from liber_features.ledger.store import vectors as vec_t
 from liber_features.report.data import ReportData, Timeline
 
-__all__ = ["ONLINE_BATCH", "gather", "write_report"]
+__all__ = ["ONLINE_BATCH", "default_timeline_users", "gather", "write_report"]
 
 ONLINE_BATCH = census_batch  # users per get_online_features call (features/census.py)
 TIMELINE_PARTITIONS = 8  # newest partitions shown per user: a page, not a dump
@@ -43,6 +44,27 @@ def _runs(conn, kind: str) -> list[dict[str, Any]]:
     rows = conn.execute(select(runs_t.c.status, runs_t.c.summary).where(runs_t.c.kind == kind)
                         .order_by(runs_t.c.id)).all()
     return [{"status": r.status, **json.loads(r.summary or "{}")} for r in rows]
+
+
+def _intake_runs(conn) -> list[dict[str, Any]]:
+    """One row per ingest or stream run, oldest first: what it read, accepted and skipped as a
+    duplicate (an event id the ledger or the same input already held). A failed run wrote nothing,
+    so its counts are empty (None), not zeros."""
+    rows = conn.execute(select(runs_t.c.id, runs_t.c.kind, runs_t.c.status, runs_t.c.started_us,
+                               runs_t.c.params, runs_t.c.summary)
+                        .where(runs_t.c.kind.in_(("ingest", "stream"))).order_by(runs_t.c.id)).all()
+    out = []
+    for r in rows:
+        params, summary = json.loads(r.params or "{}"), json.loads(r.summary or "{}")
+        ok = r.status == "ok"
+        out.append({"run_id": int(r.id), "kind": r.kind, "status": r.status, "started_us": int(r.started_us),
+                    "source": str(params.get("source", "")),
+                    # ingest counts rows read, stream counts messages fetched
+                    "read": summary.get("read", summary.get("fetched")) if ok else None,
+                    "accepted": summary.get("accepted") if ok else None,
+                    "duplicates": summary.get("duplicates") if ok else None,
+                    "quarantined": summary.get("quarantined") if ok else None})
+    return out
 
 
 def _data(conn) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
@@ -66,7 +88,7 @@ def _data(conn) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
     return data, [(r.field, r.reason, int(r.n)) for r in reasons]
 
 
-def _cost(conn, data: dict[str, int]) -> dict[str, Any]:
+def _cost(conn) -> dict[str, Any]:
     encodes = _runs(conn, "encode")
     done = (select(func.count()).select_from(int_t.join(parts_t, parts_t.c.id == int_t.c.partition_id))
             .where(int_t.c.status == "done"))
@@ -76,6 +98,12 @@ def _cost(conn, data: dict[str, int]) -> dict[str, Any]:
     still_failed = int(conn.execute(select(func.count()).select_from(int_t)
                                     .where(int_t.c.status == "failed")).scalar() or 0)
     failed_tries = sum(int(r.get("failed", 0)) for r in encodes)
+    # The naive design re-summarises the user's whole history on every new event: one LLM call
+    # per event. Counted over the same events LIBER encoded — those of the partitions with a done
+    # summary (the rows ``summaries`` counts) — not over every event accepted, which would credit
+    # LIBER with events still in caches or in partitions not encoded yet.
+    naive = int(conn.execute(select(func.coalesce(func.sum(parts_t.c.n_events), 0)).select_from(
+        int_t.join(parts_t, parts_t.c.id == int_t.c.partition_id)).where(int_t.c.status == "done")).scalar())
     tok = conn.execute(select(func.coalesce(func.sum(int_t.c.prompt_tokens), 0),
                               func.coalesce(func.sum(int_t.c.completion_tokens), 0))
                        .where(int_t.c.status == "done")).one()
@@ -87,8 +115,7 @@ def _cost(conn, data: dict[str, int]) -> dict[str, Any]:
         # is still failed: that one waits for the next run.
         "retried": max(failed_tries - still_failed, 0), "still_failed": still_failed,
         "llm_calls": sum(int(r.get("llm_calls", 0)) for r in encodes),
-        # The naive design re-summarises the whole history on every new event: one call each.
-        "naive_calls": data["events_accepted"],
+        "naive_calls": naive,
         "prompt_tokens": int(tok[0]), "completion_tokens": int(tok[1]),
         "seconds_llm": round(seconds_llm, 1), "partitions_done": parts_done,
         "seconds_per_partition": round(seconds_llm / parts_done, 3) if parts_done else None,
@@ -112,10 +139,20 @@ def _newest_vectors(conn, versions) -> dict[str, list[int]]:
     return out
 
 
-def _timelines(conn, users: list[str] | None, versions, n_users: int) -> list[Timeline]:
+def default_timeline_users(encoded: dict[str, list[int]], sealed: dict[str, int], n_users: int) -> list[str]:
+    """The users section 3 shows when none are named: those with the most *encoded* partitions
+    (a timeline of users whose partitions were never encoded is a column of "not encoded yet"),
+    then the most sealed ones, ties by id so the choice is stable. Only when nobody is encoded
+    yet, the users with the most sealed partitions."""
+    pool = encoded or sealed
+    return sorted(pool, key=lambda u: (-len(encoded.get(u, ())), -sealed.get(u, 0), u))[:n_users]
+
+
+def _timelines(conn, users: list[str] | None, versions, n_users: int,
+               encoded: dict[str, list[int]]) -> list[Timeline]:
     counts = dict(conn.execute(select(parts_t.c.user_id, func.count()).group_by(parts_t.c.user_id)).all())
-    if not users:  # the most active: most partitions, ties by id so the choice is stable
-        users = [u for u, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n_users]]
+    if not users:
+        users = default_timeline_users(encoded, counts, n_users)
     out = []
     for user in users:
         j = int_t.c.partition_id == parts_t.c.id
@@ -190,9 +227,10 @@ def gather(ledger: Ledger, *, repo: Path | None, model_dir: Path | None, evaluat
             .group_by(cache_t.c.user_id)).all())
         seals = np.fromiter(conn.execute(select(parts_t.c.sealed_at_us)).scalars(), dtype=np.int64)
         versions = latest_versions(ledger, required=False)
-        cost = _cost(conn, data)
+        cost = _cost(conn)
+        intake = _intake_runs(conn)
         vecs = _newest_vectors(conn, versions)
-        timelines = _timelines(conn, users, versions, n_users)
+        timelines = _timelines(conn, users, versions, n_users, vecs)
     rd = ReportData(
         generated_us=now, ledger_url=ledger.safe_url(), data=data, top_reasons=reasons,
         partitions_per_user=np.asarray(sorted(per_user.values()), dtype=np.int64),
@@ -200,7 +238,8 @@ def gather(ledger: Ledger, *, repo: Path | None, model_dir: Path | None, evaluat
         coverage={"sealed": data["partitions_sealed"], "encoded": sum(len(v) for v in vecs.values()),
                   "online": None, "users_online": None},
         encoded_age_s=np.asarray([now - v[-1] for v in vecs.values()], dtype=np.float64) / 1e6,
-        online_age_s=None, timelines=timelines, versions=versions)
+        online_age_s=None, timelines=timelines, versions=versions, intake_runs=intake)
+    rd.cost["domains"] = ", ".join(encode_domains(ledger)) or "none"
     if versions is None:
         rd.notes["encode"] = "no successful encode run in this ledger: run `liber encode`"
     if repo is None:

@@ -22,7 +22,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from liber_features.report.data import ReportData
 
-__all__ = ["NO_TIME", "fmt", "render", "when"]
+__all__ = ["NO_TIME", "card_metrics", "fmt", "intake_rows", "render", "when"]
 
 NO_TIME = "—"  # what the page shows where a time was not recorded (it once read "None")
 
@@ -63,6 +63,20 @@ def card_against_online(rd: ReportData) -> tuple[str, str]:
     return online, "yes" if same else "NO: re-export or re-materialize"
 
 
+def card_metrics(card: Any) -> list[tuple[str, Any, Any, Any, Any]]:
+    """(split, AUC, GAUC, LogLoss, samples) of each split the model card scored, as ``liber train``
+    wrote them (``metrics.validation`` / ``metrics.test``); a split the card lacks is not shown."""
+    metrics = card.metrics if card is not None else {}
+    return [(split, m.get("auc"), m.get("gauc"), m.get("logloss"), m.get("samples"))
+            for split in ("validation", "test") if isinstance(m := metrics.get(split), dict)]
+
+
+def intake_rows(rd: ReportData) -> list[tuple[Any, ...]]:
+    """Section 1's per-run table: each ingest / stream run and the duplicates it skipped."""
+    return [(r["run_id"], r["kind"], r["status"], when(r["started_us"]), r["source"], r["read"],
+             r["accepted"], r["duplicates"], r["quarantined"]) for r in rd.intake_runs]
+
+
 _ENV = Environment(
     loader=PackageLoader("liber_features.report", "templates"),
     autoescape=select_autoescape(enabled_extensions=("html.j2",), default=True),
@@ -80,4 +94,5 @@ def render(rd: ReportData, images: dict[str, str]) -> str:
     online, match = card_against_online(rd) if rd.card is not None else ("", "")
     return _ENV.get_template("page.html.j2").render(
         rd=rd, images=images, ratio=liber_vs_naive(rd.cost), card_online=online, card_match=match,
+        card_metrics=card_metrics(rd.card), intake_rows=intake_rows(rd),
         evaluation=rd.evaluation or {}, bench=rd.bench_online or {})
