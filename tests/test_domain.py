@@ -148,3 +148,18 @@ def test_liber_encode_refuses_a_bad_domain_before_loading_anything(tmp_path, mon
     assert out.exit_code == 2, out.output
     assert f"error: domain file {path}: summary_data lacks placeholder(s) {{items}}" in out.output
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_domain_is_labelled_by_preset_name_or_by_its_content(tmp_path) -> None:
+    """What an encode run records (``Domain.label``): a preset's name, or name@sha256 of the fields."""
+    import hashlib
+
+    assert (load_domain("products").label, movies().label) == ("products", "movies")
+    same = tmp_path / "same.toml"
+    same.write_text('base = "products"\n')  # nothing changed: it *is* the preset
+    assert load_domain(str(same)).label == "products"
+    kept_name = tmp_path / "shop.toml"
+    kept_name.write_text('base = "products"\nnoun = "gadgets"\n')  # a preset's name, another content
+    d = load_domain(str(kept_name))
+    assert d.fingerprint == hashlib.sha256(d.model_dump_json().encode()).hexdigest()[:12]
+    assert d.label == f"products@{d.fingerprint}" and d.fingerprint != load_domain("products").fingerprint

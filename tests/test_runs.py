@@ -64,3 +64,34 @@ def test_status_shows_live_finished_failed_and_stale_runs(ledger):
     assert r.exit_code == 0, r.output
     assert "1 live, 1 finished, 1 failed, 1 stale" in r.output
     assert [line.split()[2] for line in r.output.splitlines() if line.split()[:1] == [str(dead)]] == ["stale"]
+
+
+def test_encode_runs_record_their_domain_and_status_names_it(ledger, tmp_path):
+    from liber_features.ledger.runs import encode_domains
+    from liber_features.testing import HashEncoder, ScriptedLLM
+    from liber_features.uil.domain import load_domain
+    from liber_features.uil.interest import EncodeConfig, run_encode
+    from liber_features.uil.prompts import PromptConfig
+
+    ingest(events(users=2), ledger, PartitionRule(k=2), progress=False)
+    old = ledger.start_run("encode", {})  # a run from before runs recorded their domain
+    ledger.finish_run(old, "ok", {})
+    enc = HashEncoder("fake-enc@1", dim=4)
+    products = EncodeConfig(prompts=PromptConfig(domain=load_domain("products")))
+    run_encode(ledger, ScriptedLLM(), enc, products, progress=False)
+    path = tmp_path / "courses.toml"
+    path.write_text('base = "products"\nname = "courses"\nnoun = "online courses"\n')
+    courses = load_domain(str(path))
+    run_encode(ledger, ScriptedLLM(), enc, EncodeConfig(prompts=PromptConfig(domain=courses)), progress=False)
+    with ledger.engine.connect() as conn:
+        params = [json.loads(p) for p in conn.execute(select(runs.c.params).where(runs.c.kind == "encode")
+                                                      .order_by(runs.c.id)).scalars()]
+    assert [(p.get("domain"), p.get("domain_sha256")) for p in params] == [
+        (None, None), ("products", load_domain("products").fingerprint),
+        (f"courses@{courses.fingerprint}", courses.fingerprint)]
+    assert encode_domains(ledger) == [f"courses@{courses.fingerprint}", "products", "unrecorded"]
+    args = ["status", "--ledger", ledger.url] + (["--ledger-schema", ledger.schema] if ledger.schema else [])
+    got = json.loads(CliRunner().invoke(cli, args + ["--json"]).output.strip().splitlines()[-1])
+    assert got["encoded_with_domain"] == f"courses@{courses.fingerprint}, products, unrecorded"
+    text = CliRunner().invoke(cli, args).output
+    assert f"  encoded_with_domain    courses@{courses.fingerprint}, products, unrecorded\n" in text

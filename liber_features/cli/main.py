@@ -202,7 +202,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     finally:
         if shown is not None:
             shown.close()
-    summary["ledger"], summary["domain"] = ledger.safe_url(), prompts.domain.name
+    summary["ledger"], summary["domain"] = ledger.safe_url(), prompts.domain.label
     if table:
         # Every user in their newest complete version (not only this run's): users not yet
         # re-encoded under a new LLM/prompt/encoder keep their rows. Locked: workers may race.

@@ -20,7 +20,7 @@ from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import settings as settings_t
 from liber_features.ledger.store import stream_positions as pos_t
 
-__all__ = ["run_report", "fix_setting", "stream_report"]
+__all__ = ["encode_domains", "run_report", "fix_setting", "stream_report"]
 
 
 def _state(status: str, heartbeat_us: int, lease_us: int, now: int) -> str:
@@ -52,6 +52,16 @@ def run_report(ledger: Ledger, *, recent: int = 20) -> dict[str, Any]:
                 "llm_calls_uncommitted": lost, "rejected_commits": r.rejected_commits,
             })
     return {"runs": counts, "llm_calls_uncommitted": uncommitted, "workers": workers}
+
+
+def encode_domains(ledger: Ledger) -> list[str]:
+    """The prompt domains the finished encode runs used, newest first, each once: a preset's name
+    or ``name@fingerprint`` of a template file (``Domain.label``). A run from before runs recorded
+    their domain reads ``unrecorded``: the ledger cannot tell which one it used."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(runs_t.c.params).where(runs_t.c.kind == "encode", runs_t.c.status == "ok")
+                            .order_by(runs_t.c.id.desc())).scalars().all()
+    return list(dict.fromkeys(json.loads(p or "{}").get("domain") or "unrecorded" for p in rows))
 
 
 def fix_setting(ledger: Ledger, key: str, value: Any) -> Any:

@@ -46,8 +46,12 @@ class RunContext:
         started = time.perf_counter()
         pv = prompt_version(cfg.prompts)
         summary.prompt_version, summary.llm_id = pv, llm.llm_id
+        domain = cfg.prompts.domain
+        # The domain is hashed into the prompt version, which cannot be read back: the run names
+        # it so `liber status` and the report can say which domain encoded the ledger.
         run_id = ledger.start_run("encode", {"prompt_version": pv, "llm_id": llm.llm_id,
                                              "encoder_id": enc.encoder_id, "decoding": llm.decoding,
+                                             "domain": domain.label, "domain_sha256": domain.fingerprint,
                                              **cfg.model_dump(exclude={"prompts"}), **(params or {})},
                                   lease_s=cfg.lease_s)
         lease = Lease(ledger, run_id, pv, llm.llm_id, cfg.lease_s)

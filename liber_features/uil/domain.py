@@ -21,6 +21,7 @@ field accepts only its own placeholders and must contain its required ones.
 from __future__ import annotations
 
 import functools
+import hashlib
 import string
 import tomllib
 from importlib import resources
@@ -127,6 +128,20 @@ class Domain(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits of the sha256 of every field: two domains that differ anywhere differ here."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        """What an encode run records as its domain (``liber status`` and the report show it): a
+        preset's name when the domain is that preset exactly, else ``name@fingerprint`` — a
+        template file (even one that kept a preset's ``name``) is told apart by its content."""
+        if self.name in PRESETS and self == load_domain(self.name):
+            return self.name
+        return f"{self.name}@{self.fingerprint}"
 
     def summary_template(self) -> str:
         """The user message of a summary prompt, the fence placed by the code around the data."""
