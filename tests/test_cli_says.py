@@ -130,8 +130,32 @@ def test_ingest_without_a_catalog_warns_once_on_stderr(tmp_path):
     assert res.stderr == ""
 
 
-@pytest.mark.parametrize("command", [["status"], ["materialize", "--repo", "nowhere"], ["quarantine"],
-                                     ["push-caches"], ["report"], ["encode"]])
+# Every `liber` command, by what it does with a ledger that does not exist (walked once: a new
+# command must be placed here, test_every_command_is_placed says so).
+READS_LEDGER = [["status"], ["materialize", "--repo", "nowhere"], ["quarantine"], ["push-caches"], ["report"],
+                ["encode"], ["evaluate"], ["train"], ["project", "--dim", "4"]]
+CREATES_LEDGER = {"ingest", "stream", "demo"}  # demo: a ledger of its own in its work folder
+NO_LEDGER = {"export": "reads the checkpoint only", "produce": "an event file to a broker",
+             "score": "scores without titles, with a warning line (test_score_without_a_ledger_...)",
+             "serve": "reads a ledger only when --ledger is given (then refused if missing, below)"}
+
+
+def test_every_command_is_placed():
+    placed = {c[0] for c in READS_LEDGER} | CREATES_LEDGER | set(NO_LEDGER)
+    assert sorted(cli.commands) == sorted(placed)
+
+
+def test_serve_refuses_a_named_missing_ledger(tmp_path, monkeypatch):
+    from liber_features.serving import server
+
+    monkeypatch.setattr(server, "load_scorer", lambda config: None)  # the model is not the point here
+    named = tmp_path / "other.db"
+    res = CliRunner().invoke(cli, ["serve", "--ledger", f"sqlite:///{named}"])
+    assert (res.exit_code, res.stderr) == (2, f"error: no ledger at {named}: {MISSING}\n")
+    assert not named.exists()
+
+
+@pytest.mark.parametrize("command", READS_LEDGER, ids=lambda c: c[0])
 def test_commands_but_ingest_refuse_a_missing_ledger_and_create_none(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LIBER_LEDGER_URL", raising=False)
