@@ -93,6 +93,7 @@ def write_users(store, card, n: int, seed: int = 0) -> list[str]:
         push_short_term_cache(store, pd.DataFrame({
             "user_id": chunk, "event_timestamp": now, "created_at": now,
             "cache_item_ids": [list(rng.choice(items, k)) for k in lens], "cache_length": lens,
+            "cache_event_types": [["view"] * k for k in lens],
             "cache_oldest_at": now, "cache_newest_at": now}))
     return users
 

@@ -112,6 +112,12 @@ user_short_term_cache = FeatureView(
     schema=[
         Field(name="user_id", dtype=String),
         Field(name="cache_item_ids", dtype=Array(String)),
+        Field(
+            name="cache_event_types",
+            dtype=Array(String),
+            description="Event type of each cached behaviour (view, purchase, ...), aligned with "
+                        "cache_item_ids; '' where the event had none.",
+        ),
         Field(name="cache_length", dtype=Int64),
         Field(name="cache_oldest_at", dtype=UnixTimestamp),
         Field(name="cache_newest_at", dtype=UnixTimestamp),

@@ -107,8 +107,39 @@ def test_ranker_service_apply_materialize_push_fetch(repo, ledger):
             assert got[f"{LONG_TERM_VIEW}__{col}"][i] == expected[col][i]
         cache = push if i < 2 else sample_short_term(USERS, NOW - timedelta(days=1))
         assert got[f"{SHORT_TERM_VIEW}__cache_item_ids"][i] == list(cache["cache_item_ids"][i])
+        # materialized (users 2-5, from the Parquet history) and pushed (users 0-1) alike
+        assert got[f"{SHORT_TERM_VIEW}__cache_event_types"][i] == list(cache["cache_event_types"][i]) == [
+            "view", "click", "purchase", "view", "click"][:cache["cache_length"][i]]
         assert got[f"{SHORT_TERM_VIEW}__cache_length"][i] == cache["cache_length"][i]
         assert got[f"{SHORT_TERM_VIEW}__cache_newest_at"][i] == cache["cache_newest_at"][i]
+
+
+def test_a_ranker_sees_each_cached_events_type_by_user_id(repo, ledger):
+    """The ledger's typed events reach the online short-term view aligned with their items."""
+    from liber_features.features.caches import current_caches
+    from liber_features.ingest.events import LoadedEvents
+    from liber_features.ingest.job import ingest
+    from liber_features.ingest.partition import PartitionRule
+
+    t0 = int(NOW.timestamp()) - 3600
+    rows = [("u1", f"i{i}", t0 + i, kind) for i, kind in enumerate(["view", "cart", "purchase", None, "click"])]
+    rows += [("u2", "i7", t0, "purchase"), ("u2", "i8", t0 + 1, "view")]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "ts", "event_type"])
+    df["event_id"] = [f"e{i}" for i in range(len(df))]
+    df["rating"] = np.nan
+    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True).astype("datetime64[us, UTC]")
+    df["row"] = range(len(df))
+    empty_q = pd.DataFrame(columns=["source", "row", "field", "reason", "raw"])
+    ingest(LoadedEvents("mem", "csv", df, None, empty_q, read=len(df), duplicates=0), ledger,
+           PartitionRule(k=3), progress=False)  # u1's first three are sealed; i3 (untyped), i4 stay cached
+    caches = current_caches(ledger).set_index("user_id")
+    assert caches.loc["u1", "cache_item_ids"] == ["i3", "i4"] and caches.loc["u1", "cache_event_types"] == ["", "click"]
+    assert caches.loc["u2", "cache_event_types"] == ["purchase", "view"]
+    store = repo.apply()
+    assert push_short_term_cache(store, caches.reset_index()) == 2
+    got = online(store, ["u1", "u2"])
+    assert got[f"{SHORT_TERM_VIEW}__cache_item_ids"] == [["i3", "i4"], ["i7", "i8"]]
+    assert got[f"{SHORT_TERM_VIEW}__cache_event_types"] == [["", "click"], ["purchase", "view"]]
 
 
 def test_online_equals_point_in_time_historical(repo, ledger):

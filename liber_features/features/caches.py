@@ -40,6 +40,9 @@ def cache_frame(states: list[UserState]) -> pd.DataFrame:
         "event_timestamp": ts(newest),
         "created_at": pd.Timestamp(now_us(), unit="us", tz="UTC"),
         "cache_item_ids": [[e.item_id for e in s.cache] for s in states],
+        # Aligned with the items, so a ranker reading the view by user_id sees a purchase apart
+        # from a view; "" for an untyped event (a Feast string list holds no nulls).
+        "cache_event_types": [[e.event_type or "" for e in s.cache] for s in states],
         "cache_length": np.array([len(s.cache) for s in states], dtype="int64"),
         "cache_oldest_at": ts([s.cache[0].ts_us if s.cache else None for s in states]),
         "cache_newest_at": ts([s.cache[-1].ts_us if s.cache else None for s in states]),

@@ -49,6 +49,7 @@ __all__ = [
     "feast_redis_connection",
     "open_store",
     "LONG_TERM_SCHEMA",
+    "SAMPLE_EVENT_TYPES",
     "SHORT_TERM_SCHEMA",
     "sample_long_term",
     "sample_short_term",
@@ -77,7 +78,11 @@ SHORT_TERM_SCHEMA = pa.schema([
     ("user_id", pa.string()), ("event_timestamp", _TS), ("created_at", _TS),
     ("cache_item_ids", pa.list_(pa.string())), ("cache_length", pa.int64()),
     ("cache_oldest_at", _TS), ("cache_newest_at", _TS),
+    # Added after the others: a history file written before it reads back with nulls here.
+    ("cache_event_types", pa.list_(pa.string())),
 ])  # fmt: skip
+#: The event types ``sample_short_term`` cycles through, one per cached item.
+SAMPLE_EVENT_TYPES = ("view", "click", "purchase")
 
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})")  # the pattern of posixpath.expandvars
 
@@ -273,6 +278,7 @@ def sample_short_term(users: Sequence[str], event_timestamp: datetime, *, items:
         "event_timestamp": ts,
         "created_at": ts,
         "cache_item_ids": [[f"{u}-item{i}" for i in range(items)] for u in users],
+        "cache_event_types": [[SAMPLE_EVENT_TYPES[i % 3] for i in range(items)] for _ in users],
         "cache_length": items,
         "cache_oldest_at": ts - pd.Timedelta(minutes=items),
         "cache_newest_at": ts,
