@@ -62,7 +62,8 @@ def test_ingest_push_keeps_online_caches_current_and_clears_them_on_seal(tmp_pat
         r = CliRunner().invoke(cli, ["push-caches", "--ledger", ledger, "--repo", str(tmp_path),
                                      "--json"])
         assert r.exit_code == 0, r.output
-        assert json.loads(r.output.strip().splitlines()[-1]) == {"caches_pushed": 2}
+        assert json.loads(r.output.strip().splitlines()[-1]) == {"caches_pushed": 2, "ledger": ledger,
+                                                                   "repo": str(tmp_path)}
         assert cache_online(store, ["u1", "u2"]) == {"u1": (1, ["13"]), "u2": (1, ["10"])}
     finally:
         cleanup(repo)

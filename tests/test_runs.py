@@ -93,5 +93,6 @@ def test_encode_runs_record_their_domain_and_status_names_it(ledger, tmp_path):
     args = ["status", "--ledger", ledger.url] + (["--ledger-schema", ledger.schema] if ledger.schema else [])
     got = json.loads(CliRunner().invoke(cli, args + ["--json"]).output.strip().splitlines()[-1])
     assert got["encoded_with_domain"] == f"courses@{courses.fingerprint}, products, unrecorded"
+    assert got["ledger"] == ledger.safe_url()  # the summary names the ledger it read
     text = CliRunner().invoke(cli, args).output
     assert f"  encoded_with_domain    courses@{courses.fingerprint}, products, unrecorded\n" in text

@@ -112,7 +112,9 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
             push_short_term_cache(store, df)
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
                          progress=False if as_json else None, on_caches=on_caches)
-    emit({**summary.as_dict(), "ledger": ledger.safe_url()}, as_json, f"ingested {loaded.source} ({loaded.layout})")
+    # repo: where the cache history went (and, with --push, whose online store was written)
+    emit({**summary.as_dict(), "ledger": ledger.safe_url(), "repo": str(repo)}, as_json,
+         f"ingested {loaded.source} ({loaded.layout})")
 
 
 @cli.command("push-caches")
@@ -132,7 +134,8 @@ def push_caches(ledger_url, ledger_schema, users, repo, as_json) -> None:
     own_data_dir(repo, ledger)
     df = current_caches(ledger, users)
     pushed = push_short_term_cache(open_store(repo), df)
-    emit({"caches_pushed": pushed}, as_json, "pushed short-term caches")
+    emit({"caches_pushed": pushed, "ledger": ledger.safe_url(), "repo": str(repo)}, as_json,
+         "pushed short-term caches")
 
 
 def _table_path(repo: str, name: str) -> Path:
@@ -211,7 +214,7 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
         t = refresh_memory_table(ledger, path, memory_slots=shape.memory_slots,
                                  vector_dim=shape.vector_dim,
                                  history_length=shape.history_length, replace=replace)
-        summary["table"] = str(path)
+        summary["table"], summary["repo"] = str(path), str(repo)
         summary["table_rows"] = t.num_rows
     emit(summary, as_json, "encoded sealed partitions")
     if summary["failed"]:

@@ -76,7 +76,8 @@ def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, 
                       device=device, max_train_samples=max_train_samples)
     result = train(ts, _item_vectors(ts, device), cfg, log=say)
     path = save_checkpoint(result.model, checkpoint_meta(ts, result, versions, ledger), out_dir)
-    emit({"checkpoint": str(path), "test_auc": round(result.test["auc"], 4),
+    emit({"ledger": ledger.safe_url(), "repo": str(repo), "checkpoint": str(path),
+          "test_auc": round(result.test["auc"], 4),
           "test_gauc": round(result.test["gauc"], 4), "test_logloss": round(result.test["logloss"], 4),
           "validation_auc": round(result.validation["auc"], 4), "epochs": result.epochs_run,
           "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1),
@@ -151,7 +152,8 @@ def evaluate_cmd(ledger_url, ledger_schema, repo, backbones, variants, seeds, bo
         save(save_set, ts, item_text, versions, facts)
     results = run_grid(ts, item_text, grid, log=say)
     paths = write_reports(results, ts, facts, versions, grid, out_dir)
-    emit({"rows": len(results["rows"]), **{k: str(v) for k, v in paths.items()}}, as_json,
+    source = {"training_set": str(training_set)} if training_set else {"ledger": ledger.safe_url(), "repo": str(repo)}
+    emit({**source, "rows": len(results["rows"]), **{k: str(v) for k, v in paths.items()}}, as_json,
          "evaluation written")
 
 

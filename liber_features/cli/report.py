@@ -73,7 +73,7 @@ def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
     ledger = open_ledger(ledger_url, ledger_schema)
     report = run_report(ledger)
     streams = stream_report(ledger)
-    summary = {"ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger),
+    summary = {"ledger": ledger.safe_url(), "ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger),
                # which prompt domain(s) encoded this ledger, newest first (uil/domain.py, Domain.label)
                "encoded_with_domain": ", ".join(encode_domains(ledger)) or "none", **report,
                "streams": streams}
@@ -81,11 +81,11 @@ def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
         from liber_features.features.census import census_of_ledger
         from liber_features.features.repo import open_store
 
-        summary |= census_of_ledger(open_store(repo), ledger).summary()
+        summary |= {"repo": str(repo), **census_of_ledger(open_store(repo), ledger).summary()}
     if as_json:
         emit(summary, as_json, "")
     else:
-        emit({k: v for k, v in summary.items() if k not in ("runs", "workers", "streams")}, as_json,
+        emit({k: v for k, v in summary.items() if k not in ("ledger", "runs", "workers", "streams")}, as_json,
              f"ledger {ledger.safe_url()}")
         for st in streams:  # liber stream: where each broker source is committed up to
             click.echo(f"  stream {st['source']}: {st['events']} events, {st['quarantined']} quarantined, "
