@@ -71,11 +71,13 @@ def test_encode_runs_record_their_domain_and_status_names_it(ledger, tmp_path):
     from liber_features.testing import HashEncoder, ScriptedLLM
     from liber_features.uil.domain import load_domain
     from liber_features.uil.interest import EncodeConfig, run_encode
-    from liber_features.uil.prompts import PromptConfig
+    from liber_features.uil.prompts import PromptConfig, preset_prompt_versions, prompt_version
 
     ingest(events(users=2), ledger, PartitionRule(k=2), progress=False)
     old = ledger.start_run("encode", {})  # a run from before runs recorded their domain
     ledger.finish_run(old, "ok", {})
+    movies_pv = prompt_version(PromptConfig())  # ... whose prompt version names the preset it used
+    ledger.finish_run(ledger.start_run("encode", {"prompt_version": movies_pv}), "ok", {})
     enc = HashEncoder("fake-enc@1", dim=4)
     products = EncodeConfig(prompts=PromptConfig(domain=load_domain("products")))
     run_encode(ledger, ScriptedLLM(), enc, products, progress=False)
@@ -87,12 +89,14 @@ def test_encode_runs_record_their_domain_and_status_names_it(ledger, tmp_path):
         params = [json.loads(p) for p in conn.execute(select(runs.c.params).where(runs.c.kind == "encode")
                                                       .order_by(runs.c.id)).scalars()]
     assert [(p.get("domain"), p.get("domain_sha256")) for p in params] == [
-        (None, None), ("products", load_domain("products").fingerprint),
+        (None, None), (None, None), ("products", load_domain("products").fingerprint),
         (f"courses@{courses.fingerprint}", courses.fingerprint)]
     assert encode_domains(ledger) == [f"courses@{courses.fingerprint}", "products", "unrecorded"]
+    assert encode_domains(ledger, preset_prompt_versions()) == [
+        f"courses@{courses.fingerprint}", "products", "movies", "unrecorded"]
     args = ["status", "--ledger", ledger.url] + (["--ledger-schema", ledger.schema] if ledger.schema else [])
     got = json.loads(CliRunner().invoke(cli, args + ["--json"]).output.strip().splitlines()[-1])
-    assert got["encoded_with_domain"] == f"courses@{courses.fingerprint}, products, unrecorded"
+    assert got["encoded_with_domain"] == f"courses@{courses.fingerprint}, products, movies, unrecorded"
     assert got["ledger"] == ledger.safe_url()  # the summary names the ledger it read
     text = CliRunner().invoke(cli, args).output
-    assert f"  encoded_with_domain    courses@{courses.fingerprint}, products, unrecorded\n" in text
+    assert f"  encoded_with_domain    courses@{courses.fingerprint}, products, movies, unrecorded\n" in text

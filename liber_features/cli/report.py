@@ -68,6 +68,7 @@ def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
     """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
     from liber_features.ledger.runs import encode_domains, run_report, stream_report
     from liber_features.ledger.store import encode_progress
+    from liber_features.uil.prompts import preset_prompt_versions
 
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
@@ -75,7 +76,8 @@ def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
     streams = stream_report(ledger)
     summary = {"ledger": ledger.safe_url(), "ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger),
                # which prompt domain(s) encoded this ledger, newest first (uil/domain.py, Domain.label)
-               "encoded_with_domain": ", ".join(encode_domains(ledger)) or "none", **report,
+               "encoded_with_domain": ", ".join(encode_domains(ledger, preset_prompt_versions())) or "none",
+               **report,
                "streams": streams}
     if online:  # this ledger's rows counted, other ledgers' and versions' named (features/census.py)
         from liber_features.features.census import census_of_ledger

@@ -10,6 +10,7 @@ before heartbeats got theirs from migration ``0002``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,14 +55,18 @@ def run_report(ledger: Ledger, *, recent: int = 20) -> dict[str, Any]:
     return {"runs": counts, "llm_calls_uncommitted": uncommitted, "workers": workers}
 
 
-def encode_domains(ledger: Ledger) -> list[str]:
+def encode_domains(ledger: Ledger, known: Mapping[str, str] | None = None) -> list[str]:
     """The prompt domains the finished encode runs used, newest first, each once: a preset's name
     or ``name@fingerprint`` of a template file (``Domain.label``). A run from before runs recorded
-    their domain reads ``unrecorded``: the ledger cannot tell which one it used."""
+    their domain is named by ``known`` (prompt version → preset, ``uil.prompts.preset_prompt_versions``:
+    this layer cannot compute it) when its prompt version is there, else ``unrecorded``."""
+    known = known or {}
     with ledger.engine.connect() as conn:
         rows = conn.execute(select(runs_t.c.params).where(runs_t.c.kind == "encode", runs_t.c.status == "ok")
                             .order_by(runs_t.c.id.desc())).scalars().all()
-    return list(dict.fromkeys(json.loads(p or "{}").get("domain") or "unrecorded" for p in rows))
+    params = [json.loads(p or "{}") for p in rows]
+    return list(dict.fromkeys(p.get("domain") or known.get(p.get("prompt_version")) or "unrecorded"
+                              for p in params))
 
 
 def fix_setting(ledger: Ledger, key: str, value: Any) -> Any:

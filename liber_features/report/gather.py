@@ -33,6 +33,7 @@ from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 from liber_features.ledger.store import vectors as vec_t
 from liber_features.report.data import ReportData, Timeline
+from liber_features.uil.prompts import preset_prompt_versions
 
 __all__ = ["ONLINE_BATCH", "default_timeline_users", "gather", "write_report"]
 
@@ -239,7 +240,7 @@ def gather(ledger: Ledger, *, repo: Path | None, model_dir: Path | None, evaluat
                   "online": None, "users_online": None},
         encoded_age_s=np.asarray([now - v[-1] for v in vecs.values()], dtype=np.float64) / 1e6,
         online_age_s=None, timelines=timelines, versions=versions, intake_runs=intake)
-    rd.cost["domains"] = ", ".join(encode_domains(ledger)) or "none"
+    rd.cost["domains"] = ", ".join(encode_domains(ledger, preset_prompt_versions())) or "none"
     if versions is None:
         rd.notes["encode"] = "no successful encode run in this ledger: run `liber encode`"
     if repo is None:

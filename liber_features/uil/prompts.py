@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from liber_features.uil.domain import FENCE_CLOSE, FENCE_OPEN, Domain, movies
 
 __all__ = ["PromptConfig", "FENCE_RULE", "FIRST_SHIFT", "system_message", "first_shift", "MARKERS",
-           "sanitize", "summary_messages", "shift_messages", "prompt_version", "prompt_hash", "ItemLine", "FENCE_OPEN",
-           "FENCE_CLOSE"]
+           "sanitize", "summary_messages", "shift_messages", "prompt_version", "preset_prompt_versions", "prompt_hash",
+           "ItemLine", "FENCE_OPEN", "FENCE_CLOSE"]
 
 # The movie domain's texts, kept under their old names: tests and callers read them. A domain
 # (``uil.domain``) supplies its own; these are what ``movies()`` builds, byte for byte.
@@ -183,6 +183,15 @@ def prompt_version(cfg: PromptConfig) -> str:
                         MARKERS.pattern, cfg.model_dump_json(exclude={"domain"}),
                         *([json.dumps(extras, sort_keys=True)] if extras else [])])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def preset_prompt_versions() -> dict[str, str]:
+    """prompt version → preset name, under the default prompt settings: an encode run from before
+    runs recorded their domain still says which preset it used when its version is one of these
+    (the version hashes the domain, so a match is not a guess)."""
+    from liber_features.uil.domain import PRESETS, load_domain
+
+    return {prompt_version(PromptConfig(domain=load_domain(name))): name for name in PRESETS}
 
 
 def prompt_hash(messages: Sequence[dict[str, str]]) -> str:
