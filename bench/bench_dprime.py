@@ -9,7 +9,7 @@ resampled users score every D′, so the interval of ``AUC(D′) - AUC(384)`` ca
 noise once instead of twice.
 
     .venv/bin/python bench/bench_dprime.py [--ledger sqlite:///.liber/ml50.db] [--dims 384,128,64,32]
-        [--backbones din,dcnv2] [--epochs 10] [--boot 1000]
+        [--backbones din,dcnv2] [--epochs 10] [--seeds 0] [--boot 1000]
 """
 
 from __future__ import annotations
@@ -30,19 +30,20 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data" / "liber-ledgers" / "ml-latest-small-k50.db.gz"
 
 
-def compare(y: np.ndarray, users: np.ndarray, preds: dict[int, np.ndarray], n: int) -> dict[int, dict]:
-    """{D′: AUC, GAUC, LogLoss, and ΔAUC / ΔGAUC against the first D′ with paired user-bootstrap
-    95 % intervals (``encoders/ctr/intervals.py``, the evaluation grid's own)."""
+def compare(y: np.ndarray, users: np.ndarray, preds: dict[int, list[np.ndarray]], n: int) -> dict[int, dict]:
+    """{D′: AUC, GAUC, LogLoss (means over seeds), and ΔAUC / ΔGAUC against the first D′ with paired
+    user-bootstrap 95 % intervals (``encoders/ctr/intervals.py``, the evaluation grid's own)."""
     from encoders.ctr.intervals import paired_user_bootstrap
     from encoders.ctr.train import metrics
 
     ref = next(iter(preds))
-    named = {str(d): [p] for d, p in preds.items()}
+    named = {str(d): p for d, p in preds.items()}
     ivs = paired_user_bootstrap(y, users, named, [(str(d), str(ref)) for d in preds if d != ref], n=n)
     out = {}
-    for d, p in preds.items():
-        m = metrics(y, p, users)
-        out[d] = {"auc": m["auc"], "gauc": m["gauc"], "logloss": m["logloss"],
+    for d, seeds in preds.items():
+        ms = [metrics(y, p, users) for p in seeds]
+        m = {k: float(np.mean([x[k] for x in ms])) for k in ("auc", "gauc", "logloss")}
+        out[d] = {**m, "seeds": len(seeds),
                   **({"vs_ref": ivs[f"{d} - {ref}"]} if d != ref else {})}
     return out
 
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--dims", default="384,128,64,32", help="D′ values, the first is the reference")
     ap.add_argument("--backbones", default="din,dcnv2")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seeds", default="0", help="training seeds per cell, e.g. 0,1,2 (metrics: means over seeds)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--boot", type=int, default=1000)
     args = ap.parse_args()
@@ -79,7 +81,8 @@ def main() -> None:
                 shutil.copyfileobj(src, dst)
             url = f"sqlite:///{root / 'ledger.db'}"
         ledger = Ledger(url)
-        preds: dict[str, dict[int, np.ndarray]] = {b: {} for b in args.backbones.split(",")}
+        seeds = [int(x) for x in args.seeds.split(",")]
+        preds: dict[str, dict[int, list[np.ndarray]]] = {b: {} for b in args.backbones.split(",")}
         runs: list[dict] = []
         item_text = y = users = None
         for dim in dims:
@@ -102,20 +105,21 @@ def main() -> None:
             if y is None:
                 y, users = ts.label[test], ts.user_ids[test]
             assert np.array_equal(ts.label[test], y)  # one split, every D′: paired comparisons
-            for backbone in preds:
+            for backbone, seed in ((b, s) for b in preds for s in seeds):
                 r = train(ts, item_text, TrainConfig(backbone=backbone, liber="both", epochs=args.epochs,
-                                                     device="cpu"), log=lambda _m: None)
+                                                     device="cpu", seed=seed), log=lambda _m: None)
                 data = Batches(ts, (ts.summary_table, ts.shift_table), torch.device("cpu"))
-                preds[backbone][dim] = predict(r.model, data, test)
-                run = {"dim": dim, "backbone": backbone, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch,
+                preds[backbone].setdefault(dim, []).append(predict(r.model, data, test))
+                run = {"dim": dim, "backbone": backbone, "seed": seed, "epochs_run": r.epochs_run,
+                       "best_epoch": r.best_epoch,
                        "seconds": round(r.seconds, 1), "training_set_s": round(t_set, 1),
                        "encoder_version": ts.encoder_version,
                        "explained_variance": fitted.get("explained_variance"),
                        "fit_partitions": fitted.get("partitions"), "test_auc": r.test["auc"]}
                 runs.append(run)
                 print(json.dumps(run), flush=True)
-    print(f"\nbench_dprime {stamp}: test split {len(y):,} samples, {len(set(users))} users; "
-          f"{args.boot} user-bootstrap resamples, 95 % intervals\n")
+    print(f"\nbench_dprime {stamp}: test split {len(y):,} samples, {len(set(users))} users; seeds {args.seeds} "
+          f"(means); {args.boot} user-bootstrap resamples, 95 % intervals\n")
     print("| backbone + LIBER | D′ | test AUC | GAUC | LogLoss | ΔAUC vs 384 [95 % CI] | ΔGAUC vs 384 [95 % CI] |")
     print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
     results = {}
@@ -130,7 +134,8 @@ def main() -> None:
                   + " | ".join(cells) + " |")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "bench_dprime.json").write_text(json.dumps(
-        {"measured_at": stamp, "dims": dims, "boot": args.boot, "runs": runs, "results": results}, indent=1))
+        {"measured_at": stamp, "dims": dims, "seeds": seeds, "boot": args.boot, "runs": runs, "results": results},
+        indent=1))
 
 
 if __name__ == "__main__":

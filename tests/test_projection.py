@@ -152,3 +152,21 @@ def test_switching_an_online_store_to_d_prime_rewrites_every_user(tmp_path, monk
     for u, vec, version in zip(("1", "5", "8"), got["summary_vectors"], got["encoder_version"]):
         assert np.array_equal(np.asarray(vec, np.float32), newest.at[u, "summary_vectors"])
         assert len(vec) == 3 * 2 and version == newest.at[u, "encoder_version"]
+
+
+def test_cli_projects_to_32_by_default_and_refuses_a_dimension_the_vectors_lack(ledger):
+    """`liber project` without --dim asks for D′ = 32 (the default chosen in docs/memory.md): on these
+    D = 16 vectors that is one error line naming both, and nothing is stored."""
+    from click.testing import CliRunner
+
+    from liber_features.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["project", "--ledger", ledger.url, "--no-table"])
+    assert (r.exit_code, r.output.strip().splitlines()[-1]) == (
+        2, "error: D′ must be between 1 and the text vectors' D - 1 = 15, not 32")
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(projections.c.encoder_id)).all() == []
+    ok = CliRunner().invoke(cli, ["project", "--ledger", ledger.url, "--no-table", "--dim", "4", "--json"])
+    assert ok.exit_code == 0, ok.output
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(projections.c.in_dim, projections.c.out_dim)).all() == [(16, 4)]
