@@ -455,4 +455,4 @@ def test_two_workers_answer_and_sum_their_metrics(world):
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    assert "2 worker processes, deadline 5000 ms, at most 8 in flight + 256 waiting each" in err
+    assert "2 worker processes, deadline 5000 ms, at most 4 in flight + 256 waiting each" in err
