@@ -14,14 +14,18 @@ read; liber commands given ``--ledger`` set it for the definitions they load the
   (only filled slots: at most M×D float32).
 - ``user_short_term_cache``: the current unsealed cache, pushed online as it changes
   (``user_short_term_cache_push``); its Parquet is the batch source for training joins.
-- ``liber_ranker_v1``: both views; the versioned name is what rankers pin.
+- ``user_stats`` (by ``user_id``) and ``item_stats`` (by ``item_id``): point-in-time counts, smoothed
+  rates and the user's last event time, one row per entity per change, stamped 1 µs after the
+  events they count so that a join at ``t`` sees only events strictly before ``t``
+  (``liber_features/features/stats.py``).
+- ``liber_ranker_v1``: the two memory views; the versioned name is what rankers pin.
 """
 
 from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Float32, Int64, String, UnixTimestamp
+from feast.types import Array, Float32, Float64, Int64, String, UnixTimestamp
 
 from liber_features.features.repo import (
     LONG_TERM_VIEW,
@@ -33,6 +37,7 @@ from liber_features.features.repo import (
     LiberFeatureConfig,
     data_file,
 )
+from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
 
 HERE = Path(__file__).parent  # a path computation, not a read: data is located, never opened
 SHAPE = LiberFeatureConfig.from_env()
@@ -124,6 +129,60 @@ user_short_term_cache = FeatureView(
     ],
     source=short_term_push,
     description="LIBER short-term cache: behaviours not yet sealed into a partition.",
+)
+
+item = Entity(
+    name="item",
+    join_keys=["item_id"],
+    value_type=ValueType.STRING,
+    description="A catalog item; its statistics are kept per item.",
+)
+
+
+def _counts(prefix: str) -> list[Field]:
+    return [Field(name=f"{prefix}_event_count", dtype=Int64, description="events, any type, strictly before t"),
+            Field(name=f"{prefix}_label_count", dtype=Int64, description="labelled samples strictly before t"),
+            Field(name=f"{prefix}_positive_count", dtype=Int64),
+            Field(name=f"{prefix}_rated_count", dtype=Int64, description="samples carrying a rating"),
+            Field(name=f"{prefix}_positive_rate", dtype=Float64, description="smoothed towards a fixed prior"),
+            Field(name=f"{prefix}_mean_rating", dtype=Float64, description="smoothed towards a fixed prior")]
+
+
+user_stats_source = FileSource(
+    name="user_stats_source",
+    path=data_file(f"{USER_STATS_VIEW}.parquet", HERE),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created_at",
+    description="One row per (user_id, event time + 1 µs): statistics of the events up to that time.",
+)
+
+user_stats = FeatureView(
+    name=USER_STATS_VIEW,
+    entities=[user],
+    ttl=LIFELONG,  # a user's history counts however long ago it was
+    online=True,
+    schema=[Field(name="user_id", dtype=String), *_counts("user"),
+            Field(name="user_last_event_at", dtype=UnixTimestamp, description="the newest event strictly before t")],
+    source=user_stats_source,
+    description="Point-in-time user statistics: counts, smoothed positive rate and mean rating.",
+)
+
+item_stats_source = FileSource(
+    name="item_stats_source",
+    path=data_file(f"{ITEM_STATS_VIEW}.parquet", HERE),
+    timestamp_field="event_timestamp",
+    created_timestamp_column="created_at",
+    description="One row per (item_id, event time + 1 µs): statistics of the events up to that time.",
+)
+
+item_stats = FeatureView(
+    name=ITEM_STATS_VIEW,
+    entities=[item],
+    ttl=LIFELONG,
+    online=True,
+    schema=[Field(name="item_id", dtype=String), *_counts("item")],
+    source=item_stats_source,
+    description="Point-in-time item statistics; item_event_count 0 (or no row) = unseen before t.",
 )
 
 liber_ranker_v1 = FeatureService(

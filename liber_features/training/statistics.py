@@ -1,0 +1,74 @@
+"""The ledger's events → the ``user_stats`` / ``item_stats`` offline tables, under a label rule.
+
+The tables themselves (rows, stamps, smoothing) are ``features/stats.py``'s; this module supplies
+what that stage cannot import: the label rule (``labels.py``) deciding which events are samples.
+Samples here are exactly the training set's (``samples._samples``), so the statistics count the
+same labels the model learns from. Called by ``liber ingest`` (after each ingest), ``liber
+materialize`` (before the online sync) and ``prepare_training_set``: the tables are rebuilt whole
+from the ledger, the source of truth, so a missed call loses nothing the next one does not restore.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from liber_features.errors import LedgerError
+from liber_features.features.repo import data_file
+from liber_features.features.stats import StatsConfig, StatsTables, stats_tables, write_stats_tables
+from liber_features.ledger.store import Ledger
+from liber_features.ledger.store import events as events_t
+from liber_features.ledger.store import runs as runs_t
+from liber_features.training.labels import LabelRule, label_samples
+
+__all__ = ["ledger_stats", "refresh_stats_tables"]
+
+
+def _events(ledger: Ledger) -> pd.DataFrame:
+    """Every event, sorted as the label rules expect, with the start of the run that brought it."""
+    q = (select(events_t.c.event_id, events_t.c.user_id, events_t.c.item_id, events_t.c.ts_us,
+                events_t.c.rating, events_t.c.event_type, events_t.c.label,
+                runs_t.c.started_us.label("created_us"))
+         .select_from(events_t.join(runs_t, runs_t.c.id == events_t.c.run_id)))
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    df = pd.DataFrame(rows, columns=["event_id", "user_id", "item_id", "ts_us", "rating", "event_type", "label",
+                                     "created_us"])
+    df["rating"], df["label"] = df.rating.astype("float64"), df.label.astype("float64")
+    return df.sort_values(["user_id", "ts_us", "event_id"], kind="stable").reset_index(drop=True)
+
+
+def ledger_stats(ledger: Ledger, rule: LabelRule | None = None, cfg: StatsConfig | None = None) -> StatsTables:
+    """Both statistics tables of ``ledger``'s events under ``rule`` (default rating >= 4).
+
+    A ledger without labels under the rule gives counts of events only (every rate at its prior).
+    """
+    ev = _events(ledger)
+    rule = rule or LabelRule()
+    try:
+        got = label_samples(ev, rule) if len(ev) else None
+    except LedgerError:  # the rule labels nothing here: event counts still hold, rates at their priors
+        got = None
+    if got is None:
+        samples = pd.DataFrame({"user_id": [], "item_id": [], "ts_us": np.array([], np.int64),
+                                "label": np.array([], float), "rating": np.array([], float),
+                                "created_us": np.array([], np.int64)})
+    else:
+        rows = got.rows
+        own_item = got.item_id == ev.item_id.to_numpy()[rows]  # a sampled negative's candidate has no rating
+        samples = pd.DataFrame({"user_id": ev.user_id.to_numpy()[rows], "item_id": got.item_id,
+                                "ts_us": ev.ts_us.to_numpy()[rows], "label": got.label.astype(float),
+                                "rating": np.where(own_item, ev.rating.to_numpy()[rows], np.nan),
+                                "created_us": ev.created_us.to_numpy()[rows]})
+    return stats_tables(ev, samples, cfg)
+
+
+def refresh_stats_tables(ledger: Ledger, repo: str | Path, rule: LabelRule | None = None,
+                         cfg: StatsConfig | None = None) -> StatsTables:
+    """Rebuild both tables from ``ledger`` and write them into the repo's data directory."""
+    tables = ledger_stats(ledger, rule, cfg)
+    write_stats_tables(tables, Path(data_file("_", repo_dir=repo)).parent, ledger)
+    return tables
