@@ -25,6 +25,7 @@ from liber_features.features.repo import (
     sample_short_term,
     write_parquet,
 )
+from liber_features.features.stats import sample_stats, write_stats_tables
 from liber_features.settings import ledger_key
 
 REPO = Path(__file__).resolve().parents[1] / "feature_repo"
@@ -69,6 +70,10 @@ class Repo:
             write_parquet(long_term, self.root / data / "user_long_term_memory.parquet", LONG_TERM_SCHEMA, ledger)
         if short_term is not None:
             write_parquet(short_term, self.root / data / "user_short_term_cache.parquet", SHORT_TERM_SCHEMA, ledger)
+        if long_term is not None:  # every view needs its table for Feast's own materialize
+            first = int(pd.Timestamp(long_term.sealed_at.min()).value // 1000)
+            write_stats_tables(sample_stats(sorted(set(long_term.user_id)), ["i1", "i2", "i3"], first),
+                               self.root / data, ledger)
 
     def store(self):
         return open_store(self.root, environ={**os.environ, **self.env})

@@ -26,6 +26,7 @@ from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
 from liber_features.ledger.store import Ledger
 from liber_features.testing import CountingLLM, HashEncoder
+from liber_features.training.statistics import refresh_stats_tables
 from liber_features.uil.interest import run_encode
 
 
@@ -54,7 +55,7 @@ def write_log(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, name: str 
 def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: int,
                  shape: LiberFeatureConfig, backend: str = "sqlite",
                  projection=None) -> tuple[Ledger, Repo, object]:
-    """Ingest + encode (fake LLM) + long-term table + ``feast apply`` on the embedded store.
+    """Ingest + encode (fake LLM) + long-term and statistics tables + ``feast apply`` on the embedded store.
 
     ``projection``: the text encoder gives 2·D vectors and the table holds their D′ = D projection
     — ``"fit"`` fits one on this ledger, a :class:`Projection` (fitted on another) is stored here.
@@ -83,6 +84,7 @@ def encoded_repo(tmp: Path, events: pd.DataFrame, catalog: pd.DataFrame, *, k: i
     write_memory_table(table, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo_dir), ledger)
     append_cache_history(current_caches(ledger), data_file(f"{SHORT_TERM_VIEW}.parquet", repo_dir=repo_dir),
                          ledger)
+    refresh_stats_tables(ledger, repo_dir)  # the user/item statistics views the training set joins
     store = repo.apply()
     return ledger, repo, store
 

@@ -17,9 +17,19 @@ from liber_features.features.repo import (
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
 )
+from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
 from liber_features.features.sync import sync_view
 from liber_features.ledger.store import partitions
-from liber_features.model.inputs import PAD, history_items, pad_history, user_inputs
+from liber_features.model.inputs import (
+    ITEM_STAT_FIELDS,
+    PAD,
+    STAT_NAMES,
+    USER_STAT_FIELDS,
+    history_items,
+    pad_history,
+    stats_inputs,
+    user_inputs,
+)
 from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
@@ -77,15 +87,24 @@ def test_same_second_events_never_see_their_own_partition(tmp_path):
     assert ts.counts["samples_with_0_partitions"] == 3 and ts.counts["samples"] == 6
 
 
-def _online_inputs(store, ledger, ts, u: str) -> dict:
+def _online_inputs(store, ledger, ts, u: str, sample: int | None = None) -> dict:
     """Materialize and push as the CLI does, read ``u`` through the ranker's FeatureService, and
-    turn the row into model inputs with the scorer's code."""
-    sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
+    turn the row into model inputs with the scorer's code. With ``sample``: also the statistics
+    inputs of its candidate at its time, from one online read of each statistics view."""
+    for view in (LONG_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW):
+        sync_view(store, ledger, view)  # what `liber materialize` does
     push_short_term_cache(store, online_caches(ledger))
     row = store.get_online_features(features=store.get_feature_service(RANKER_SERVICE),
                                     entity_rows=[{"user_id": u}], full_feature_names=True).to_dict()
     lt, st = f"{LONG_TERM_VIEW}__", f"{SHORT_TERM_VIEW}__"
-    return user_inputs(
+    stats = {}
+    if sample is not None:
+        user = store.get_online_features(features=[f"{USER_STATS_VIEW}:{f}" for f in USER_STAT_FIELDS],
+                                         entity_rows=[{"user_id": u}]).to_dict()
+        item = store.get_online_features(features=[f"{ITEM_STATS_VIEW}:{f}" for f in ITEM_STAT_FIELDS],
+                                         entity_rows=[{"item_id": ts.item_ids[sample]}]).to_dict()
+        stats = {"stats": stats_inputs(user, item, int(ts.ts_us[sample]))}
+    return stats | user_inputs(
         user_id=u, user_vocab=ts.user_vocab, item_vocab=ts.item_vocab, memory_slots=2, vector_dim=4,
         history_length=5, summary_vectors=row[lt + "summary_vectors"][0],
         shift_vectors=row[lt + "shift_vectors"][0], partition_count=row[lt + "partition_count"][0],
@@ -114,8 +133,11 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
     # The streaming side: only the events before the moment have happened.
     ledger, _, store = encoded_repo(tmp_path / "live", events[events.timestamp < t], catalog, k=7,
                                     shape=SHAPE, projection=fitted)
-    online = _online_inputs(store, ledger, ts, u)
+    online = _online_inputs(store, ledger, ts, u, sample)
     summ, shift = ts.vectors(ts.slot_rows[sample][None])
+    assert np.array_equal(online["stats"][0], ts.stats[sample])  # bit-equal, every statistic
+    before = events[(events.user_id == u) & (events.timestamp < t)]  # the ratings strictly before t
+    assert ts.stats[sample][STAT_NAMES.index("user_label_count")] == len(before) > 0
     assert online["partition_count"][0] == ts.partition_count[sample]
     assert online["hist_idx"][0].tolist() == ts.hist_idx[sample].tolist()
     assert online["user_idx"][0] == ts.user_idx[sample]
@@ -159,8 +181,9 @@ def test_implicit_feedback_samples_see_every_event_and_equal_online_inputs(tmp_p
     seconds = events.timestamp.map(lambda x: int(x) if x.isdigit() else int(pd.Timestamp(x).timestamp()))
     live = events[seconds < t_s]
     ledger, _, store = encoded_repo(tmp_path / "live", live, catalog, k=7, shape=SHAPE)
-    online = _online_inputs(store, ledger, ts, u)
+    online = _online_inputs(store, ledger, ts, u, i)
     summ, shift = ts.vectors(ts.slot_rows[i][None])
+    assert np.array_equal(online["stats"][0], ts.stats[i])
     assert online["partition_count"][0] == ts.partition_count[i] > 0
     assert online["hist_idx"][0].tolist() == ts.hist_idx[i].tolist()
     assert np.array_equal(online["summary"], summ) and np.array_equal(online["shift"], shift)

@@ -112,6 +112,11 @@ def ingest(events_path: str, catalog_path: str | None, ledger_url: str | None,
             push_short_term_cache(store, df)
     summary = run_ingest(loaded, ledger, PartitionRule(k=k, max_span_s=max_span_s),
                          progress=False if as_json else None, on_caches=on_caches)
+    from liber_features.training.statistics import refresh_stats_tables
+
+    # The user/item statistics views' tables, rebuilt from the ledger now that it holds this log
+    # (under the label rule the tables were last built with); `liber materialize` puts them online.
+    refresh_stats_tables(ledger, repo)
     # repo: where the cache history went (and, with --push, whose online store was written)
     emit({**summary.as_dict(), "ledger": ledger.safe_url(), "repo": str(repo)}, as_json,
          f"ingested {loaded.source} ({loaded.layout})")

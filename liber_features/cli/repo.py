@@ -76,7 +76,9 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
     """Bring the online store up to date with everything created since the last successful write."""
     from liber_features.features.online import store_errors
     from liber_features.features.repo import open_store
+    from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
     from liber_features.features.sync import check_sources, sync_view
+    from liber_features.training.statistics import refresh_stats_tables
 
     try:
         use_ledger(ledger_url, ledger_schema)  # the option as given: the data dir's key (settings.data_dir_for)
@@ -85,19 +87,27 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
         ledger = open_ledger(ledger_url, ledger_schema)
         with store_errors("reading the Feast registry"):
             # Another ledger's files are refused (or dropped: --replace) before anything is read.
-            check_sources(store, ledger, [v.name for v in store.list_feature_views(allow_cache=False)],
-                          replace)
+            views = [v.name for v in store.list_feature_views(allow_cache=False)]
+            check_sources(store, ledger, views, replace)
+            if USER_STATS_VIEW in views or ITEM_STATS_VIEW in views:
+                # Rebuilt from the ledger first: events a stream consumer committed since the last
+                # ingest count too. Rows whose statistics did not change keep their created_at, so
+                # the sync below writes only the entities that did change.
+                refresh_stats_tables(ledger, repo)
             ready, skipped = _views_with_data(store)
         reports = [sync_view(store, ledger, view, rebuild=rebuild, since=late_since) for view in ready]
     except LiberError as exc:
         fail(exc, debug=False)
+    stats = (USER_STATS_VIEW, ITEM_STATS_VIEW)
     summary: dict[str, Any] = {
         "ledger": ledger.safe_url(),
         "repo": str(repo),
         "project": store.project,
         "online_store": store.config.online_store.type,
         "rebuild": rebuild,
-        "users_written": {r.view: r.users_written for r in reports},
+        "users_written": {r.view: r.users_written for r in reports if r.view not in stats},
+        # Statistics views count entities of their own kind (items too), not users.
+        "stats_written": {r.view: r.users_written for r in reports if r.view in stats},
         "synced_to": {r.view: r.mark.isoformat() if r.mark else None for r in reports},
         "previously_synced_to": {r.view: r.previous_mark.isoformat() if r.previous_mark else None
                                  for r in reports},

@@ -43,7 +43,7 @@ from liber_features.features.ownership import stamp
 from liber_features.ledger.store import Ledger
 
 __all__ = ["ITEM_STATS_SCHEMA", "ITEM_STATS_VIEW", "USER_STATS_SCHEMA", "USER_STATS_VIEW", "StatsConfig",
-           "StatsTables", "stats_tables", "write_stats_tables"]
+           "StatsTables", "sample_stats", "stats_tables", "write_stats_tables"]
 
 USER_STATS_VIEW = "user_stats"
 ITEM_STATS_VIEW = "item_stats"
@@ -136,16 +136,28 @@ def stats_tables(events: pd.DataFrame, samples: pd.DataFrame, cfg: StatsConfig |
     return StatsTables(out["user"], out["item"])
 
 
-def write_stats_tables(tables: StatsTables, data_dir: str | Path, ledger: Ledger | None = None) -> list[Path]:
+def write_stats_tables(tables: StatsTables, data_dir: str | Path, ledger: Ledger | None = None,
+                       meta: dict[bytes, bytes] | None = None) -> list[Path]:
     """Write both tables into ``data_dir`` (``user_stats.parquet``, ``item_stats.parquet``) atomically,
     stamped with ``ledger`` (``features/ownership.py``). Each table is rebuilt whole from the ledger,
     never appended to, so a reader never sees half of one; two writers racing may leave the one
     built from the older snapshot, which the next refresh (every ingest, materialize and training
-    set) replaces."""
+    set) replaces. ``meta``: extra schema metadata (the label rule the samples came from)."""
     paths = []
     for name, table in ((USER_STATS_VIEW, tables.user), (ITEM_STATS_VIEW, tables.item)):
         path = Path(data_dir) / f"{name}.parquet"
+        if meta:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         with atomic_write(path) as f:
             pq.write_table(stamp(table, ledger) if ledger is not None else table, f, compression="zstd")
         paths.append(path)
     return paths
+
+
+def sample_stats(users: list[str], items: list[str], at_us: int) -> StatsTables:
+    """Statistics of a sample log (a bootstrap, and the fixture of tests and benchmarks): user ``i``
+    rated item ``(i + j) % len(items)`` at ``at_us + j`` seconds, ``j < 3``, rating ``1 + (i + j) % 5``."""
+    rows = [(u, items[(i + j) % len(items)], at_us + j * 1_000_000, 1.0 + (i + j) % 5)
+            for i, u in enumerate(users) for j in range(3)]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "ts_us", "rating"]).assign(created_us=at_us)
+    return stats_tables(ev, ev.assign(label=(ev.rating >= 4).astype(float)))

@@ -19,20 +19,37 @@ Indices come from the vocabularies (``liber_features.model.vocab``), which own t
 
 U is 1 online (one user, N candidates broadcast inside the graph) and B in training (one
 candidate per sample, U = N = B).
+
+Statistics inputs (:func:`stats_inputs`, read by the boosted backbone) come from the ``user_stats``
+and ``item_stats`` views — a point-in-time join in training, an online read in serving — as
+``(N, len(STAT_NAMES))`` float32, one row per candidate; missing rows (a user or item with no
+event before t) give counts 0, rates at the views' fixed priors, ``item_unseen`` 1 and
+``seconds_since_previous`` -1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from liber_features.errors import VectorShapeError
+from liber_features.features.stats import StatsConfig
 from liber_features.model.vocab import PAD, ItemVocab, UserVocab
 
-__all__ = ["INPUT_NAMES", "history_items", "pad_history", "user_inputs"]
+__all__ = ["INPUT_NAMES", "ITEM_STAT_FIELDS", "STAT_NAMES", "USER_STAT_FIELDS", "history_items", "pad_history",
+           "stats_inputs", "user_inputs"]
 
 INPUT_NAMES = ("user_idx", "summary", "shift", "partition_count", "hist_idx", "item_idx")
+# What the statistics views serve, and the model inputs made of them (in this order).
+USER_STAT_FIELDS = ("user_event_count", "user_label_count", "user_positive_rate", "user_mean_rating",
+                    "user_last_event_at")
+ITEM_STAT_FIELDS = ("item_event_count", "item_label_count", "item_positive_rate", "item_mean_rating")
+STAT_NAMES = ("user_event_count", "user_label_count", "user_positive_rate", "user_mean_rating",
+              "seconds_since_previous", "item_event_count", "item_label_count", "item_positive_rate",
+              "item_mean_rating", "item_unseen")
 
 
 def history_items(recent_item_ids: Sequence[str] | None, cache_item_ids: Sequence[str] | None,
@@ -92,3 +109,42 @@ def user_inputs(*, user_id: str, user_vocab: UserVocab, item_vocab: ItemVocab,
         "partition_count": np.array([int(partition_count or 0)], dtype=np.int64),
         "hist_idx": pad_history(hist, history_length)[None, :],
     }
+
+
+def _column(values: Any, n: int, missing: float) -> np.ndarray:
+    """Feast's values (None / NaN where the view has no row) → float64 of length n (1 broadcasts)."""
+    a = pd.to_numeric(pd.Series(np.asarray(values, dtype=object).ravel(), dtype=object), errors="raise")
+    a = a.astype("float64").fillna(missing).to_numpy()
+    return np.broadcast_to(a, (n,)) if a.size == 1 else a
+
+
+def _micros(values: Any, n: int) -> np.ndarray:
+    """Timestamps as Feast returns them (datetimes, pandas Timestamps, None) → float64 µs, NaN missing."""
+    t = pd.to_datetime(pd.Series(np.asarray(values, dtype=object).ravel()), utc=True)
+    a, ok = np.full(len(t), np.nan), t.notna().to_numpy()
+    a[ok] = t[ok].dt.as_unit("us").astype("int64").to_numpy()
+    return np.broadcast_to(a, (n,)) if a.size == 1 else a
+
+
+def stats_inputs(user: Mapping[str, Any], items: Mapping[str, Any], t_us: int | np.ndarray,
+                 priors: StatsConfig | None = None) -> np.ndarray:
+    """``(N, len(STAT_NAMES))`` float32 from the user's ``USER_STAT_FIELDS`` (length 1 online, N in
+    training) and the candidates' ``ITEM_STAT_FIELDS`` (length N), at time ``t_us`` (scalar or N)."""
+    p = priors or StatsConfig()
+    n = len(np.asarray(items["item_event_count"], dtype=object).ravel())
+    last = _micros(user["user_last_event_at"], n)
+    t = np.broadcast_to(np.asarray(t_us, dtype=np.float64), (n,))
+    item_events = _column(items["item_event_count"], n, 0)
+    cols = {
+        "user_event_count": _column(user["user_event_count"], n, 0),
+        "user_label_count": _column(user["user_label_count"], n, 0),
+        "user_positive_rate": _column(user["user_positive_rate"], n, p.prior_rate),
+        "user_mean_rating": _column(user["user_mean_rating"], n, p.prior_rating),
+        "seconds_since_previous": np.where(np.isnan(last), -1.0, (t - np.nan_to_num(last)) / 1e6),
+        "item_event_count": item_events,
+        "item_label_count": _column(items["item_label_count"], n, 0),
+        "item_positive_rate": _column(items["item_positive_rate"], n, p.prior_rate),
+        "item_mean_rating": _column(items["item_mean_rating"], n, p.prior_rating),
+        "item_unseen": (item_events == 0).astype(np.float64),
+    }
+    return np.column_stack([cols[c] for c in STAT_NAMES]).astype(np.float32)

@@ -31,6 +31,7 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
     from liber_features.ledger.store import Ledger
     from liber_features.training.labels import LabelRule
     from liber_features.training.samples import SampleConfig, build_training_set
+    from liber_features.training.statistics import refresh_stats_tables
 
     ledger = Ledger(ledger_url, schema=ledger_schema)
     shape = LiberFeatureConfig.from_env()
@@ -39,6 +40,9 @@ def prepare_training_set(ledger_url: str | None, ledger_schema: str | None, repo
     refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
                          memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
                          history_length=shape.history_length, replace=replace)
+    # The statistics views' tables under this training set's label rule (recorded in them, so a
+    # later ingest or materialize keeps counting the same labels).
+    refresh_stats_tables(ledger, repo, label_rule or LabelRule())
     store = open_store(repo)
     apply_repo(store, repo)
     ts = build_training_set(ledger, store, SampleConfig(labels=label_rule or LabelRule()), shape)
@@ -107,7 +111,7 @@ def ledger_facts(ledger) -> dict[str, Any]:
 
 
 _ARRAYS = ("user_ids", "item_ids", "ts_us", "label", "split", "user_idx", "item_idx", "hist_idx",
-           "partition_count", "slot_rows", "summary_table", "shift_table")
+           "partition_count", "slot_rows", "summary_table", "shift_table", "stats")
 
 
 def save_set(path, ts, item_text, versions, facts) -> None:
@@ -145,7 +149,8 @@ def load_set(path):
 
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes())
-        arrays = {k: z[k].astype(np.int64) if z[k].dtype == np.int32 else z[k] for k in _ARRAYS}
+        # A set saved before the statistics views has no "stats": lgbm then asks for a rebuild.
+        arrays = {k: z[k].astype(np.int64) if z[k].dtype == np.int32 else z[k] for k in _ARRAYS if k in z}
         item_text = z["item_text"]
     ts = TrainingSet(**arrays, part_items=meta["part_items"], part_users=meta["part_users"],
                      user_vocab=UserVocab.from_json(meta["user_vocab"]),

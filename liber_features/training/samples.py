@@ -22,6 +22,9 @@ What the sample sees, with the definitions the online path uses (``liber_feature
   partition sealed before ``t`` holds, in ``(ts, event_id)`` order. That is what an online read
   (long-term row + pushed cache) returns at the same moment.
 - **Candidate**: the sample's item index (its text vector lives with the model).
+- **Statistics** (``stats``): the ``user_stats`` / ``item_stats`` views joined at ``t`` — their rows
+  are stamped 1 µs after the events they count — through ``model.inputs.stats_inputs``
+  (``training/statistics.py``).
 
 Nothing is dropped silently: a sample with no partitions gets ``partition_count = 0`` (masked
 slots) and one with no history an all-PAD history; events the rule does not label are history
@@ -48,7 +51,7 @@ from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import items as items_t
 from liber_features.ledger.store import partitions as parts_t
-from liber_features.model.inputs import history_items, pad_history
+from liber_features.model.inputs import STAT_NAMES, history_items, pad_history
 from liber_features.model.vocab import OOV, PAD, ItemVocab, UserVocab
 from liber_features.training.labels import LabelRule, label_samples
 
@@ -100,6 +103,8 @@ class TrainingSet:
     shape: LiberFeatureConfig
     encoder_version: str
     counts: dict[str, Any] = field(default_factory=dict)
+    # (N, len(STAT_NAMES)) float32: user/item statistics strictly before t (``model.inputs.stats_inputs``)
+    stats: np.ndarray = field(default_factory=lambda: np.zeros((0, len(STAT_NAMES)), np.float32))
 
     def vectors(self, rows: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -194,14 +199,17 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
     long-term rows joined to this ledger's events would train on someone else's memory.
     """
     from liber_features.features.repo import SHORT_TERM_VIEW
+    from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
     from liber_features.features.sync import check_sources
+    from liber_features.training.statistics import point_in_time_stats
 
-    check_sources(store, ledger, [LONG_TERM_VIEW, SHORT_TERM_VIEW])
+    check_sources(store, ledger, [LONG_TERM_VIEW, SHORT_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW])
     cfg, shape = cfg or SampleConfig(), shape or LiberFeatureConfig.from_env()
     M, D, L = shape.memory_slots, shape.vector_dim, shape.history_length
     every = _events(ledger)  # the behaviour the features see; samples are the rule's subset
     got, ev, split = _samples(every, cfg)
     counts = _visible_counts(store, ev)
+    stats = point_in_time_stats(store, ev)  # the user/item statistics views, strictly before t
     mem = _memory_rows(store, D)
     versions = sorted(set(mem.encoder_version))
     if len(versions) > 1:
@@ -288,4 +296,4 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
         slot_rows=slot_rows, summary_table=summary_table, shift_table=shift_table,
         part_items=part_items, part_users=["", *mem.user_id], user_vocab=user_vocab, item_vocab=item_vocab,
         catalog=catalog,
-        shape=shape, encoder_version=versions[0] if versions else "", counts=summary)
+        shape=shape, encoder_version=versions[0] if versions else "", counts=summary, stats=stats)

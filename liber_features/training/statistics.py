@@ -6,6 +6,11 @@ Samples here are exactly the training set's (``samples._samples``), so the stati
 same labels the model learns from. Called by ``liber ingest`` (after each ingest), ``liber
 materialize`` (before the online sync) and ``prepare_training_set``: the tables are rebuilt whole
 from the ledger, the source of truth, so a missed call loses nothing the next one does not restore.
+
+:func:`point_in_time_stats` is the training set's read of them: one Feast point-in-time join of
+both views at each sample's ``t`` (rows are stamped 1 µs after their events, so the inclusive join
+sees only events strictly before ``t``), turned into inputs by ``model.inputs.stats_inputs`` — the
+function the scorer applies to an online read.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ from sqlalchemy import select
 
 from liber_features.errors import LedgerError
 from liber_features.features.repo import data_file
-from liber_features.features.stats import StatsConfig, StatsTables, stats_tables, write_stats_tables
+from liber_features.features.stats import (
+    ITEM_STATS_VIEW,
+    USER_STATS_VIEW,
+    StatsConfig,
+    StatsTables,
+    stats_tables,
+    write_stats_tables,
+)
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import events as events_t
 from liber_features.ledger.store import runs as runs_t
+from liber_features.model.inputs import ITEM_STAT_FIELDS, USER_STAT_FIELDS, stats_inputs
 from liber_features.training.labels import LabelRule, label_samples
 
-__all__ = ["ledger_stats", "refresh_stats_tables"]
+__all__ = ["RULE_KEY", "ledger_stats", "point_in_time_stats", "recorded_rule", "refresh_stats_tables"]
+
+RULE_KEY = b"liber.label_rule"
 
 
 def _events(ledger: Ledger) -> pd.DataFrame:
@@ -66,9 +81,45 @@ def ledger_stats(ledger: Ledger, rule: LabelRule | None = None, cfg: StatsConfig
     return stats_tables(ev, samples, cfg)
 
 
+def recorded_rule(repo: str | Path) -> LabelRule | None:
+    """The label rule the repo's statistics tables were last built under, or None (no table yet)."""
+    import pyarrow.parquet as pq
+
+    path = Path(data_file(f"{USER_STATS_VIEW}.parquet", repo_dir=repo))
+    if not path.exists():
+        return None
+    spec = (pq.read_schema(path).metadata or {}).get(RULE_KEY)
+    return LabelRule.model_validate_json(spec) if spec else None
+
+
 def refresh_stats_tables(ledger: Ledger, repo: str | Path, rule: LabelRule | None = None,
                          cfg: StatsConfig | None = None) -> StatsTables:
-    """Rebuild both tables from ``ledger`` and write them into the repo's data directory."""
+    """Rebuild both tables from ``ledger`` and write them into the repo's data directory.
+
+    ``rule`` None: the rule the tables were last built under (``liber train --label-rule`` records
+    it), else rating >= 4 — so an ingest or a materialize between two trainings keeps the
+    statistics counting the labels the model was trained on.
+    """
+    rule = rule or recorded_rule(repo) or LabelRule()
     tables = ledger_stats(ledger, rule, cfg)
-    write_stats_tables(tables, Path(data_file("_", repo_dir=repo)).parent, ledger)
+    write_stats_tables(tables, Path(data_file("_", repo_dir=repo)).parent, ledger,
+                       {RULE_KEY: rule.model_dump_json().encode()})
     return tables
+
+
+def point_in_time_stats(store, samples: pd.DataFrame) -> np.ndarray:
+    """``(N, len(STAT_NAMES))`` statistics inputs of samples (``user_id, item_id, ts_us``), in order."""
+    from liber_features.features.online import store_errors
+
+    entity = pd.DataFrame({"user_id": samples.user_id.to_numpy(), "item_id": samples.item_id.to_numpy(),
+                           "event_timestamp": pd.to_datetime(samples.ts_us.to_numpy(), unit="us", utc=True),
+                           "row": np.arange(len(samples))})
+    features = [f"{USER_STATS_VIEW}:{f}" for f in USER_STAT_FIELDS] + \
+        [f"{ITEM_STATS_VIEW}:{f}" for f in ITEM_STAT_FIELDS]
+    with store_errors("point-in-time join of the statistics views"):
+        out = store.get_historical_features(entity_df=entity, features=features).to_df()
+    if len(out) != len(samples):  # every sample must come back: a lost row would shift the rest
+        raise LedgerError(f"Feast returned {len(out)} statistics rows for {len(samples)} samples")
+    out = out.sort_values("row")
+    return stats_inputs({f: out[f].to_numpy(dtype=object) for f in USER_STAT_FIELDS},
+                        {f: out[f].to_numpy(dtype=object) for f in ITEM_STAT_FIELDS}, samples.ts_us.to_numpy())
