@@ -6,20 +6,11 @@ import numpy as np
 import pytest
 from modelkit import small_training_set
 
-from encoders.ctr.gbdt import BASE, LIBER, _prior, gbdt_features, train_gbdt
+from encoders.ctr.gbdt import BASE, LIBER, gbdt_features, train_gbdt
 from liber_features.features.repo import LiberFeatureConfig
+from liber_features.model.inputs import STAT_NAMES
 
 SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
-
-
-def test_prior_counts_only_earlier_seconds_and_smooths_the_rate():
-    keys = np.array(["a", "a", "a", "a", "b"])
-    ts = np.array([10, 20, 20, 30, 20])
-    y = np.array([1, 0, 1, 1, 0], np.float32)
-    n, rate = _prior(keys, ts, y, prior=0.5)
-    # a@20 (twice): one earlier event (a@10, positive), not each other; a@30 sees all three.
-    assert n.tolist() == [0, 1, 1, 3, 0]
-    assert rate.tolist() == pytest.approx([0.5, 6 / 11, 6 / 11, 7 / 13, 0.5], abs=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +38,14 @@ def test_liber_affinities_are_cosines_to_the_candidates_text(ts):
     assert col["summary_cos_mean"][full] == pytest.approx(cos.mean(), abs=1e-6)
     empty = np.flatnonzero(ts.partition_count == 0)
     assert empty.size and not x[empty][:, len(BASE) + 1:len(BASE) + len(LIBER)].any()
-    # The user's prior events: the first sample of each user has none.
+    # The statistics are the training set's point-in-time join (tests/test_stats.py checks that one
+    # against brute force), column for column; the first sample of each user sees no earlier event.
+    assert np.array_equal(np.column_stack([col[n] for n in STAT_NAMES]), ts.stats)
     first = [int(np.flatnonzero(ts.user_ids == u)[np.argmin(ts.ts_us[ts.user_ids == u])]) for u in ("1", "5", "8")]
-    assert col["user_prior_n"][first].tolist() == [0, 0, 0]
+    assert col["user_label_count"][first].tolist() == [0, 0, 0]
+    assert col["seconds_since_previous"][first].tolist() == [-1, -1, -1]
+    later = int(np.flatnonzero(ts.user_ids == "5")[-1])
+    assert col["user_label_count"][later] == np.count_nonzero((ts.user_ids == "5") & (ts.ts_us < ts.ts_us[later]))
 
 
 def test_boosted_backbone_trains_and_scores_the_test_split(ts):

@@ -7,8 +7,11 @@ point-in-time inputs (``TrainingSet``: nothing at or after the sample's time):
 - ids: user and item as categoricals;
 - history: its length, the cosine between the candidate's text vector and the mean text vector of
   the history, how many history items share a genre with the candidate;
-- the candidate's genres (multi-hot) and point-in-time statistics of the user and of the item:
-  labelled events strictly before t, and their smoothed positive rate (prior: the train split's);
+- the candidate's genres (multi-hot) and point-in-time statistics of the user and of the item
+  (``TrainingSet.stats``: the ``user_stats`` / ``item_stats`` Feast views joined at t, strictly
+  before t, through ``model.inputs.stats_inputs`` — the definition the online read uses): event
+  and label counts, smoothed positive rate and mean rating, seconds since the user's previous
+  event, the item's "unseen before t" flag;
 - LIBER (variants other than ``none``): the partition count, and for the summary and the shift
   vectors the cosine between the candidate's text vector and the newest slot, the max and the mean
   over filled slots (text vectors and LIBER vectors come from the same text encoder).
@@ -21,16 +24,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 
+from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.vocab import PAD
 from liber_features.training.samples import TrainingSet
 
 __all__ = ["FEATURE_NAMES", "gbdt_features", "train_gbdt"]
 
-_SMOOTH = 10.0  # pseudo-events at the prior rate: a user with 2 events is not "100 % positive"
-BASE = ["user", "item", "hist_len", "hist_cos_mean", "hist_same_genre", "user_prior_n", "user_prior_rate",
-        "item_prior_n", "item_prior_rate"]
+BASE = ["user", "item", "hist_len", "hist_cos_mean", "hist_same_genre", *STAT_NAMES]
 LIBER = ["partition_count", *(f"{v}_cos_{s}" for v in ("summary", "shift") for s in ("newest", "max", "mean"))]
 FEATURE_NAMES = BASE + LIBER  # then the candidate's genres, named by the catalog
 
@@ -38,21 +39,6 @@ FEATURE_NAMES = BASE + LIBER  # then the candidate's genres, named by the catalo
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
-
-
-def _prior(keys: np.ndarray, ts_us: np.ndarray, label: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample: labelled events of the same key strictly before t, and their smoothed rate."""
-    df = pd.DataFrame({"k": keys, "t": ts_us, "y": label.astype(np.float64), "i": np.arange(len(keys))})
-    df = df.sort_values(["k", "t"], kind="stable")
-    g = df.groupby("k", sort=False)
-    df["n"] = g.cumcount()
-    df["s"] = g["y"].cumsum() - df["y"]
-    # Same-second events do not see each other (the training set's rule): a tie group takes the
-    # values of its first member.
-    first = df.groupby(["k", "t"], sort=False)[["n", "s"]].transform("first")
-    n, s = np.empty(len(df)), np.empty(len(df))
-    n[df.i.to_numpy()], s[df.i.to_numpy()] = first.n.to_numpy(), first.s.to_numpy()
-    return n, (s + _SMOOTH * prior) / (n + _SMOOTH)
 
 
 def _genres(ts: TrainingSet) -> tuple[list[str], np.ndarray]:
@@ -82,12 +68,11 @@ def gbdt_features(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarr
     n = len(ts.label)
     text = _unit(item_text.astype(np.float32))
     genre_names, hot = _genres(ts)
-    train = ts.split == 0
-    prior = float(ts.label[train].mean()) if train.any() else 0.5
-    u_n, u_rate = _prior(ts.user_ids, ts.ts_us, ts.label, prior)
-    i_n, i_rate = _prior(ts.item_ids, ts.ts_us, ts.label, prior)
+    if ts.stats.shape != (n, len(STAT_NAMES)):  # a set saved before the statistics views existed
+        raise ConfigError("this training set has no user/item statistics: rebuild it (liber train / "
+                          "liber evaluate rebuild it from the ledger; an old --save-set file cannot)")
     cols = {"user": ts.user_idx.astype(np.float32), "item": ts.item_idx.astype(np.float32),
-            "user_prior_n": u_n, "user_prior_rate": u_rate, "item_prior_n": i_n, "item_prior_rate": i_rate}
+            **{name: ts.stats[:, j] for j, name in enumerate(STAT_NAMES)}}
     hist_len, hist_cos, same = np.zeros(n), np.zeros(n), np.zeros(n)
     aff = {name: np.zeros(n) for name in LIBER[1:]}
     for lo in range(0, n, chunk):  # bounded memory: (chunk, L, D) at a time
