@@ -123,7 +123,7 @@ def test_one_shared_data_directory_refuses_the_second_ledger(two, monkeypatch):
 
     got = ingest(tmp, "b", b_url, repo, first_user=2, stride=7)
     b = Ledger(b_url)
-    line = refusal(shared, "user_long_term_memory.parquet", a, b)
+    line = refusal(shared, "item_stats.parquet", a, b)  # the first of A's files, by name
     assert (got.exit_code, got.stderr) == (2, f"error: {line}\n")
     assert b.counts()["ledger_events"] == 0  # refused before anything was committed
     got = liber("materialize", "--repo", str(repo.root), "--ledger", b_url, "--json")
@@ -137,7 +137,8 @@ def test_one_shared_data_directory_refuses_the_second_ledger(two, monkeypatch):
     got = ingest(tmp, "b", b_url, repo, "--replace", first_user=2, stride=7)
     assert got.exit_code == 0, got.output
     history = shared / f"{SHORT_TERM_VIEW}.parquet"
-    assert sorted(p.name for p in shared.glob("*.parquet")) == [history.name]
+    names = sorted(p.name for p in shared.glob("*.parquet"))  # ingest also rebuilt the statistics tables
+    assert names == ["item_stats.parquet", history.name, "user_stats.parquet"]
     assert users_in(history) == B_USERS and ownership.owner(history).ledger_id == b.ledger_id
     got = liber("materialize", "--repo", str(repo.root), "--ledger", a_url, "--json")  # now A is refused
     assert (got.exit_code, got.stderr) == (2, f"error: {refusal(shared, history.name, b, a)}\n")
