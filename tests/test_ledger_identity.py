@@ -141,7 +141,7 @@ def test_one_shared_data_directory_refuses_the_second_ledger(two, monkeypatch):
     assert names == ["item_stats.parquet", history.name, "user_stats.parquet"]
     assert users_in(history) == B_USERS and ownership.owner(history).ledger_id == b.ledger_id
     got = liber("materialize", "--repo", str(repo.root), "--ledger", a_url, "--json")  # now A is refused
-    assert (got.exit_code, got.stderr) == (2, f"error: {refusal(shared, history.name, b, a)}\n")
+    assert (got.exit_code, got.stderr) == (2, f"error: {refusal(shared, 'item_stats.parquet', b, a)}\n")
 
 
 @pytest.mark.slow  # two Feast applies, materializes and training sets: ~30 s here
