@@ -162,7 +162,10 @@ user_stats = FeatureView(
     ttl=LIFELONG,  # a user's history counts however long ago it was
     online=True,
     schema=[Field(name="user_id", dtype=String), *_counts("user"),
-            Field(name="user_last_event_at", dtype=UnixTimestamp, description="the newest event strictly before t")],
+            Field(name="user_last_event_at", dtype=UnixTimestamp, description="the newest event strictly before t"),
+            Field(name="user_genre_label_counts", dtype=Array(Int64),
+                  description="labels per genre, in the tables' genre vocabulary (Parquet metadata liber.genres)"),
+            Field(name="user_genre_positive_counts", dtype=Array(Int64), description="positives per genre")],
     source=user_stats_source,
     description="Point-in-time user statistics: counts, smoothed positive rate and mean rating.",
 )

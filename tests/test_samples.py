@@ -17,8 +17,8 @@ from liber_features.features.repo import (
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
 )
-from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
-from liber_features.features.sync import sync_view
+from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW, genre_hot, genre_vocab
+from liber_features.features.sync import source_path, sync_view
 from liber_features.ledger.store import partitions
 from liber_features.model.inputs import (
     ITEM_STAT_FIELDS,
@@ -103,7 +103,9 @@ def _online_inputs(store, ledger, ts, u: str, sample: int | None = None) -> dict
                                          entity_rows=[{"user_id": u}]).to_dict()
         item = store.get_online_features(features=[f"{ITEM_STATS_VIEW}:{f}" for f in ITEM_STAT_FIELDS],
                                          entity_rows=[{"item_id": ts.item_ids[sample]}]).to_dict()
-        stats = {"stats": stats_inputs(user, item, int(ts.ts_us[sample]))}
+        genres = genre_vocab(source_path(store, USER_STATS_VIEW))
+        hot = genre_hot(list(ts.catalog.set_index("item_id").categories.reindex([ts.item_ids[sample]])), genres)
+        stats = {"stats": stats_inputs(user, item, int(ts.ts_us[sample]), item_genres=hot)}
     return stats | user_inputs(
         user_id=u, user_vocab=ts.user_vocab, item_vocab=ts.item_vocab, memory_slots=2, vector_dim=4,
         history_length=5, summary_vectors=row[lt + "summary_vectors"][0],
@@ -138,6 +140,7 @@ def test_training_inputs_equal_online_inputs_at_the_same_moment(tmp_path, moment
     assert np.array_equal(online["stats"][0], ts.stats[sample])  # bit-equal, every statistic
     before = events[(events.user_id == u) & (events.timestamp < t)]  # the ratings strictly before t
     assert ts.stats[sample][STAT_NAMES.index("user_label_count")] == len(before) > 0
+    assert ts.stats[sample][STAT_NAMES.index("user_genre_label_count")] > 0  # genres are exercised too
     assert online["partition_count"][0] == ts.partition_count[sample]
     assert online["hist_idx"][0].tolist() == ts.hist_idx[sample].tolist()
     assert online["user_idx"][0] == ts.user_idx[sample]

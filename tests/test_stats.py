@@ -23,7 +23,14 @@ from liber_features.features.repo import (
     sample_long_term,
     write_parquet,
 )
-from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW, StatsConfig, stats_tables
+from liber_features.features.stats import (
+    ITEM_STATS_VIEW,
+    USER_STATS_VIEW,
+    StatsConfig,
+    genre_hot,
+    genre_vocab,
+    stats_tables,
+)
 from liber_features.ingest.events import load_events
 from liber_features.ingest.job import ingest
 from liber_features.ingest.partition import PartitionRule
@@ -41,7 +48,9 @@ EVENTS = pd.DataFrame({
     "timestamp": [100, 100, 150, 200, 200, 250, 300, 400],
     "rating": [5.0, 2.0, 4.0, 3.5, 4.5, np.nan, 1.0, 4.0],
 })  # fmt: skip
-CATALOG = pd.DataFrame({"item_id": list("abcde"), "title": list("ABCDE"), "categories": "Drama"})
+CATALOG = pd.DataFrame({"item_id": list("abcde"), "title": list("ABCDE"),
+                        "categories": ["Drama|Comedy", "Comedy", "(no genres listed)", "Drama", "Horror"]})
+GENRES = ("Comedy", "Drama", "Horror")  # sorted; MovieLens' placeholder is no genre
 USER_FEATURES = ["event_count", "label_count", "positive_count", "rated_count", "positive_rate", "mean_rating"]
 
 
@@ -53,7 +62,13 @@ def brute_force(ev: pd.DataFrame, key: str, entity: str, t_us: int, cfg: StatsCo
     return {"event_count": len(mine), "label_count": len(rated), "positive_count": pos, "rated_count": len(rated),
             "positive_rate": (pos + cfg.smoothing * cfg.prior_rate) / (len(rated) + cfg.smoothing),
             "mean_rating": (rated.sum() + cfg.smoothing * cfg.prior_rating) / (len(rated) + cfg.smoothing),
-            "last_event_at": int(mine.timestamp.max()) * S if len(mine) else None}
+            "last_event_at": int(mine.timestamp.max()) * S if len(mine) else None,
+            "genre_labels": [int(sum(g in _cats(x) for x in mine[mine.rating.notna()].item_id)) for g in GENRES],
+            "genre_positives": [int(sum(g in _cats(x) for x in mine[mine.rating >= 4].item_id)) for g in GENRES]}
+
+
+def _cats(item: str) -> list[str]:
+    return CATALOG.set_index("item_id").categories[item].split("|")
 
 
 @pytest.fixture
@@ -88,7 +103,9 @@ def _historical(store, key: str, view: str, prefix: str, moments, extra=()) -> p
 def test_point_in_time_user_stats_are_those_of_events_strictly_before_t(stats_repo):
     _, _, store = stats_repo
     cfg = StatsConfig()
-    out = _historical(store, "user_id", USER_STATS_VIEW, "user", USER_MOMENTS, extra=("last_event_at",))
+    out = _historical(store, "user_id", USER_STATS_VIEW, "user", USER_MOMENTS,
+                      extra=("last_event_at", "genre_label_counts", "genre_positive_counts"))
+    assert genre_vocab(data_file(f"{USER_STATS_VIEW}.parquet", repo_dir=stats_repo[1].root)) == GENRES
     for i, (user, t) in enumerate(USER_MOMENTS):
         want = brute_force(EVENTS, "user_id", user, t, cfg)
         row = out.iloc[i]
@@ -99,6 +116,8 @@ def test_point_in_time_user_stats_are_those_of_events_strictly_before_t(stats_re
         got = {f: row[f"user_{f}"] for f in USER_FEATURES}
         assert got == pytest.approx({f: want[f] for f in USER_FEATURES}, abs=0, rel=1e-15), (user, t)
         assert pd.Timestamp(row.user_last_event_at).value // 1000 == want["last_event_at"], (user, t)
+        assert list(row.user_genre_label_counts) == want["genre_labels"], (user, t)
+        assert list(row.user_genre_positive_counts) == want["genre_positives"], (user, t)
     # Spot values, by hand: u1 at 150 s sees the two same-second ratings at 100 (5 → positive, 2).
     u1 = out.iloc[3]
     assert (u1.user_event_count, u1.user_label_count, u1.user_positive_count) == (2, 2, 1)
@@ -106,6 +125,24 @@ def test_point_in_time_user_stats_are_those_of_events_strictly_before_t(stats_re
     # u2 just after 250 s: its unrated event counts as an event, not as a label.
     u2 = out.iloc[7]
     assert (u2.user_event_count, u2.user_label_count) == (2, 1)
+    # u1 at 150 s: a (Drama|Comedy, 5: positive) and b (Comedy, 2) → Comedy 2 labels 1 positive, Drama 1 / 1.
+    assert (list(u1.user_genre_label_counts), list(u1.user_genre_positive_counts)) == ([2, 1, 0], [1, 1, 0])
+
+
+def test_genre_conditional_rate_pools_the_candidates_genres():
+    from liber_features.model.inputs import STAT_NAMES, stats_inputs
+
+    user = {"user_event_count": [5], "user_label_count": [4], "user_positive_rate": [0.6], "user_mean_rating": [4.0],
+            "user_last_event_at": [None], "user_genre_label_counts": [[2, 1, 0]],
+            "user_genre_positive_counts": [[1, 1, 0]]}
+    items = {f: [1, 1, 1] for f in ("item_event_count", "item_label_count")} | {
+        "item_positive_rate": [0.5] * 3, "item_mean_rating": [3.0] * 3}
+    hot = genre_hot(["Drama|Comedy", "Horror", "Western"], GENRES)  # Western: not in the vocabulary
+    x = stats_inputs(user, items, 10**6, StatsConfig(smoothing=0), item_genres=hot)
+    col = {n: x[:, i] for i, n in enumerate(STAT_NAMES)}
+    assert col["user_genre_label_count"].tolist() == [3, 0, 0]
+    assert col["user_genre_positive_rate"].tolist() == pytest.approx([2 / 3, 0.5, 0.5])  # none seen: the prior
+    assert col["seconds_since_previous"].tolist() == [-1, -1, -1]
 
 
 def test_point_in_time_item_stats_and_the_unseen_flag(stats_repo):

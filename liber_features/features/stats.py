@@ -16,7 +16,10 @@ sits below ``training``):
 - ``*_positive_rate``: ``(positives + S·p0) / (labels + S)``;
 - ``*_rated_count`` / ``*_mean_rating``: samples carrying their event's rating (a sampled negative's
   candidate has none) and ``(sum + S·r0) / (rated + S)``;
-- ``user_last_event_at``: the user's newest event time (the basis of "time since the previous event").
+- ``user_last_event_at``: the user's newest event time (the basis of "time since the previous event");
+- ``user_genre_label_counts`` / ``user_genre_positive_counts``: labels and positives per genre of the
+  candidate item, aligned with the tables' genre vocabulary (the catalog's categories, sorted; in the
+  Parquet metadata, ``liber.genres``): the basis of the genre-conditional positive rate.
 
 The smoothing ``S`` and the priors ``p0``, ``r0`` are fixed numbers (:class:`StatsConfig`), not
 fitted on the data: a prior from all events would carry the future into every past row.
@@ -29,6 +32,7 @@ after it, which then carry its run's time.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +46,9 @@ from liber_features.features.files import atomic_write
 from liber_features.features.ownership import stamp
 from liber_features.ledger.store import Ledger
 
-__all__ = ["ITEM_STATS_SCHEMA", "ITEM_STATS_VIEW", "USER_STATS_SCHEMA", "USER_STATS_VIEW", "StatsConfig",
-           "StatsTables", "sample_stats", "stats_tables", "write_stats_tables"]
+__all__ = ["GENRES_KEY", "ITEM_STATS_SCHEMA", "ITEM_STATS_VIEW", "USER_STATS_SCHEMA", "USER_STATS_VIEW",
+           "StatsConfig", "StatsTables", "genre_hot", "genre_vocab", "sample_stats", "split_categories",
+           "stats_tables", "write_stats_tables"]
 
 USER_STATS_VIEW = "user_stats"
 ITEM_STATS_VIEW = "item_stats"
@@ -52,7 +57,10 @@ _COUNTS = ("event_count", "label_count", "positive_count", "rated_count")
 USER_STATS_SCHEMA = pa.schema(
     [("user_id", pa.string()), ("event_timestamp", _TS), ("created_at", _TS)]
     + [(f"user_{c}", pa.int64()) for c in _COUNTS]
-    + [("user_positive_rate", pa.float64()), ("user_mean_rating", pa.float64()), ("user_last_event_at", _TS)])
+    + [("user_positive_rate", pa.float64()), ("user_mean_rating", pa.float64()), ("user_last_event_at", _TS),
+       ("user_genre_label_counts", pa.list_(pa.int64())), ("user_genre_positive_counts", pa.list_(pa.int64()))])
+GENRES_KEY = b"liber.genres"
+_NO_GENRE = "(no genres listed)"  # MovieLens' placeholder: not a genre
 ITEM_STATS_SCHEMA = pa.schema(
     [("item_id", pa.string()), ("event_timestamp", _TS), ("created_at", _TS)]
     + [(f"item_{c}", pa.int64()) for c in _COUNTS]
@@ -81,6 +89,29 @@ class StatsConfig(BaseModel):
 class StatsTables:
     user: pa.Table
     item: pa.Table
+    genres: tuple[str, ...] = ()  # the vocabulary of the user rows' per-genre counts
+
+
+def split_categories(text: object) -> list[str]:
+    """A catalog ``categories`` value (``Drama|Comedy``) → its genres (none for empty or placeholder)."""
+    return [g for g in str(text or "").split("|") if g and g != _NO_GENRE]
+
+
+def genre_vocab(path: str | Path) -> tuple[str, ...]:
+    """The genre vocabulary a statistics table was written with (empty: none, or no catalog)."""
+    raw = (pq.read_schema(path).metadata or {}).get(GENRES_KEY)
+    return tuple(json.loads(raw)) if raw else ()
+
+
+def genre_hot(categories: list[object], genres: tuple[str, ...]) -> np.ndarray:
+    """``(N, G)`` multi-hot of each item's genres in ``genres``' order (unknown genres ignored)."""
+    col = {g: j for j, g in enumerate(genres)}
+    hot = np.zeros((len(categories), len(genres)), np.int64)
+    for i, c in enumerate(categories):
+        for g in split_categories(c):
+            if g in col:
+                hot[i, col[g]] = 1
+    return hot
 
 
 def _running(parts: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -108,14 +139,23 @@ def _table(per: pd.DataFrame, key: str, prefix: str, cfg: StatsConfig, schema: p
                                                       per.rated_count.to_numpy(float)))
     if prefix == "user":
         cols["user_last_event_at"] = pa.array(ts).cast(_TS)  # the row's own time: its newest event
+        for kind in ("label", "positive"):
+            flat = per[[c for c in per.columns if c.startswith(f"g_{kind}_")]].to_numpy(np.int64)
+            offsets = np.arange(len(per) + 1, dtype=np.int32) * flat.shape[1]
+            cols[f"user_genre_{kind}_counts"] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.ravel()))
     return pa.table(cols, schema=schema)
 
 
-def stats_tables(events: pd.DataFrame, samples: pd.DataFrame, cfg: StatsConfig | None = None) -> StatsTables:
+def stats_tables(events: pd.DataFrame, samples: pd.DataFrame, cfg: StatsConfig | None = None,
+                 categories: pd.Series | None = None) -> StatsTables:
     """Both tables from every event (``user_id, item_id, ts_us, created_us``) and the label rule's
     samples (``user_id, item_id, ts_us, label, rating``; ``rating`` NaN when the sample has none,
-    ``created_us`` of the event the sample stands at)."""
+    ``created_us`` of the event the sample stands at); ``categories``: the catalog's, by item id."""
     cfg = cfg or StatsConfig()
+    cats = categories if categories is not None else pd.Series(dtype=object)
+    genres = tuple(sorted({g for c in cats for g in split_categories(c)}))
+    hot = genre_hot(list(cats.reindex(samples.item_id.to_numpy()).to_numpy()), genres)
+    positive = (samples.label.to_numpy(float) > 0.5).astype(np.int64)
     zeros = np.zeros(len(events), np.int64)
     ev = pd.DataFrame({"ts_us": events.ts_us.to_numpy(np.int64), "created_us": events.created_us.to_numpy(np.int64),
                        "event_count": np.ones(len(events), np.int64), "label_count": zeros,
@@ -126,14 +166,17 @@ def stats_tables(events: pd.DataFrame, samples: pd.DataFrame, cfg: StatsConfig |
                        "created_us": samples.created_us.to_numpy(np.int64),
                        "event_count": np.zeros(len(samples), np.int64),
                        "label_count": np.ones(len(samples), np.int64),
-                       "positive_count": (samples.label.to_numpy(float) > 0.5).astype(np.int64),
+                       "positive_count": positive,
                        "rated_count": rated.astype(np.int64), "rating_sum": np.where(rated, rating, 0.0)})
+    per_genre = {**{f"g_label_{j}": hot[:, j] for j in range(len(genres))},
+                 **{f"g_positive_{j}": hot[:, j] * positive for j in range(len(genres))}}
     out = {}
     for key, prefix, schema in (("user_id", "user", USER_STATS_SCHEMA), ("item_id", "item", ITEM_STATS_SCHEMA)):
-        parts = pd.concat([ev.assign(**{key: events[key].to_numpy()}),
-                           sm.assign(**{key: samples[key].to_numpy()})], ignore_index=True)
+        extra = per_genre if prefix == "user" else {}
+        parts = pd.concat([ev.assign(**{key: events[key].to_numpy()}, **{c: 0 for c in extra}),
+                           sm.assign(**{key: samples[key].to_numpy()}, **extra)], ignore_index=True)
         out[prefix] = _table(_running(parts, key), key, prefix, cfg, schema)
-    return StatsTables(out["user"], out["item"])
+    return StatsTables(out["user"], out["item"], genres)
 
 
 def write_stats_tables(tables: StatsTables, data_dir: str | Path, ledger: Ledger | None = None,
@@ -146,8 +189,8 @@ def write_stats_tables(tables: StatsTables, data_dir: str | Path, ledger: Ledger
     paths = []
     for name, table in ((USER_STATS_VIEW, tables.user), (ITEM_STATS_VIEW, tables.item)):
         path = Path(data_dir) / f"{name}.parquet"
-        if meta:
-            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        meta = {**(meta or {}), GENRES_KEY: json.dumps(list(tables.genres)).encode()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         with atomic_write(path) as f:
             pq.write_table(stamp(table, ledger) if ledger is not None else table, f, compression="zstd")
         paths.append(path)

@@ -45,11 +45,11 @@ __all__ = ["INPUT_NAMES", "ITEM_STAT_FIELDS", "STAT_NAMES", "USER_STAT_FIELDS", 
 INPUT_NAMES = ("user_idx", "summary", "shift", "partition_count", "hist_idx", "item_idx")
 # What the statistics views serve, and the model inputs made of them (in this order).
 USER_STAT_FIELDS = ("user_event_count", "user_label_count", "user_positive_rate", "user_mean_rating",
-                    "user_last_event_at")
+                    "user_last_event_at", "user_genre_label_counts", "user_genre_positive_counts")
 ITEM_STAT_FIELDS = ("item_event_count", "item_label_count", "item_positive_rate", "item_mean_rating")
 STAT_NAMES = ("user_event_count", "user_label_count", "user_positive_rate", "user_mean_rating",
               "seconds_since_previous", "item_event_count", "item_label_count", "item_positive_rate",
-              "item_mean_rating", "item_unseen")
+              "item_mean_rating", "item_unseen", "user_genre_label_count", "user_genre_positive_rate")
 
 
 def history_items(recent_item_ids: Sequence[str] | None, cache_item_ids: Sequence[str] | None,
@@ -126,12 +126,34 @@ def _micros(values: Any, n: int) -> np.ndarray:
     return np.broadcast_to(a, (n,)) if a.size == 1 else a
 
 
+def _genre_counts(values: Any, n: int, g: int) -> np.ndarray:
+    """Per-genre count lists (None where the user has no row) → ``(n, G)`` int64 (1 row broadcasts)."""
+    rows = list(values)
+    out = np.zeros((len(rows), g), np.int64)
+    for i, v in enumerate(rows):
+        if v is None or (np.ndim(v) == 0 and pd.isna(v)):
+            continue
+        a = np.asarray(v, dtype=np.int64)
+        if a.size != g:  # a table written under another genre vocabulary: never realigned silently
+            raise VectorShapeError(f"per-genre counts hold {a.size} genres, the candidates' vocabulary {g}")
+        out[i] = a
+    return np.broadcast_to(out, (n, g)) if len(rows) == 1 else out
+
+
 def stats_inputs(user: Mapping[str, Any], items: Mapping[str, Any], t_us: int | np.ndarray,
-                 priors: StatsConfig | None = None) -> np.ndarray:
+                 priors: StatsConfig | None = None, item_genres: np.ndarray | None = None) -> np.ndarray:
     """``(N, len(STAT_NAMES))`` float32 from the user's ``USER_STAT_FIELDS`` (length 1 online, N in
-    training) and the candidates' ``ITEM_STAT_FIELDS`` (length N), at time ``t_us`` (scalar or N)."""
+    training) and the candidates' ``ITEM_STAT_FIELDS`` (length N), at time ``t_us`` (scalar or N).
+
+    ``item_genres``: ``(N, G)`` multi-hot of the candidates' genres in the statistics tables' genre
+    vocabulary (``features.stats.genre_hot``); the genre-conditional rate pools the user's labels and
+    positives over the candidate's genres. None: no genres (the rate stays at its prior).
+    """
     p = priors or StatsConfig()
     n = len(np.asarray(items["item_event_count"], dtype=object).ravel())
+    hot = np.zeros((n, 0), np.int64) if item_genres is None else np.asarray(item_genres, np.int64)
+    g_lab = (_genre_counts(user["user_genre_label_counts"], n, hot.shape[1]) * hot).sum(1).astype(np.float64)
+    g_pos = (_genre_counts(user["user_genre_positive_counts"], n, hot.shape[1]) * hot).sum(1).astype(np.float64)
     last = _micros(user["user_last_event_at"], n)
     t = np.broadcast_to(np.asarray(t_us, dtype=np.float64), (n,))
     item_events = _column(items["item_event_count"], n, 0)
@@ -146,5 +168,7 @@ def stats_inputs(user: Mapping[str, Any], items: Mapping[str, Any], t_us: int | 
         "item_positive_rate": _column(items["item_positive_rate"], n, p.prior_rate),
         "item_mean_rating": _column(items["item_mean_rating"], n, p.prior_rating),
         "item_unseen": (item_events == 0).astype(np.float64),
+        "user_genre_label_count": g_lab,
+        "user_genre_positive_rate": p.rate(g_pos, g_lab),
     }
     return np.column_stack([cols[c] for c in STAT_NAMES]).astype(np.float32)

@@ -209,7 +209,6 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
     every = _events(ledger)  # the behaviour the features see; samples are the rule's subset
     got, ev, split = _samples(every, cfg)
     counts = _visible_counts(store, ev)
-    stats = point_in_time_stats(store, ev)  # the user/item statistics views, strictly before t
     mem = _memory_rows(store, D)
     versions = sorted(set(mem.encoder_version))
     if len(versions) > 1:
@@ -222,6 +221,7 @@ def build_training_set(ledger: Ledger, store: FeatureStore, cfg: SampleConfig | 
         catalog = pd.DataFrame(conn.execute(select(items_t.c.item_id, items_t.c.title,
                                                    items_t.c.categories)).all(),
                                columns=["item_id", "title", "categories"])
+    stats = point_in_time_stats(store, ev, catalog)  # the user/item statistics views, strictly before t
     parts = parts.sort_values(["user_id", "seq"]).reset_index(drop=True)
     event_part = {}  # event_id -> (user, seq) of the partition holding it
     part_items_by_key: dict[tuple[str, int], list[str]] = {}

@@ -28,11 +28,14 @@ from liber_features.features.stats import (
     USER_STATS_VIEW,
     StatsConfig,
     StatsTables,
+    genre_hot,
+    genre_vocab,
     stats_tables,
     write_stats_tables,
 )
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import events as events_t
+from liber_features.ledger.store import items as items_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.model.inputs import ITEM_STAT_FIELDS, USER_STAT_FIELDS, stats_inputs
 from liber_features.training.labels import LabelRule, label_samples
@@ -78,7 +81,9 @@ def ledger_stats(ledger: Ledger, rule: LabelRule | None = None, cfg: StatsConfig
                                 "ts_us": ev.ts_us.to_numpy()[rows], "label": got.label.astype(float),
                                 "rating": np.where(own_item, ev.rating.to_numpy()[rows], np.nan),
                                 "created_us": ev.created_us.to_numpy()[rows]})
-    return stats_tables(ev, samples, cfg)
+    with ledger.engine.connect() as conn:
+        cats = dict(conn.execute(select(items_t.c.item_id, items_t.c.categories)).all())
+    return stats_tables(ev, samples, cfg, pd.Series(cats, dtype=object))
 
 
 def recorded_rule(repo: str | Path) -> LabelRule | None:
@@ -107,9 +112,11 @@ def refresh_stats_tables(ledger: Ledger, repo: str | Path, rule: LabelRule | Non
     return tables
 
 
-def point_in_time_stats(store, samples: pd.DataFrame) -> np.ndarray:
-    """``(N, len(STAT_NAMES))`` statistics inputs of samples (``user_id, item_id, ts_us``), in order."""
+def point_in_time_stats(store, samples: pd.DataFrame, catalog: pd.DataFrame) -> np.ndarray:
+    """``(N, len(STAT_NAMES))`` statistics inputs of samples (``user_id, item_id, ts_us``), in order;
+    ``catalog`` (``item_id, categories``) gives each candidate's genres."""
     from liber_features.features.online import store_errors
+    from liber_features.features.sync import source_path
 
     entity = pd.DataFrame({"user_id": samples.user_id.to_numpy(), "item_id": samples.item_id.to_numpy(),
                            "event_timestamp": pd.to_datetime(samples.ts_us.to_numpy(), unit="us", utc=True),
@@ -121,5 +128,9 @@ def point_in_time_stats(store, samples: pd.DataFrame) -> np.ndarray:
     if len(out) != len(samples):  # every sample must come back: a lost row would shift the rest
         raise LedgerError(f"Feast returned {len(out)} statistics rows for {len(samples)} samples")
     out = out.sort_values("row")
+    genres = genre_vocab(source_path(store, USER_STATS_VIEW))
+    cats = catalog.set_index("item_id").categories
+    hot = genre_hot(list(cats.reindex(samples.item_id.to_numpy()).to_numpy()), genres)
     return stats_inputs({f: out[f].to_numpy(dtype=object) for f in USER_STAT_FIELDS},
-                        {f: out[f].to_numpy(dtype=object) for f in ITEM_STAT_FIELDS}, samples.ts_us.to_numpy())
+                        {f: out[f].to_numpy(dtype=object) for f in ITEM_STAT_FIELDS}, samples.ts_us.to_numpy(),
+                        item_genres=hot)
