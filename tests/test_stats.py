@@ -244,3 +244,15 @@ def test_liber_materialize_puts_the_latest_stats_online(tmp_path, monkeypatch, b
             assert second["previously_synced_to"][view] == second["synced_to"][view] == marks[view]
     finally:
         cleanup(repo)
+
+
+def test_the_training_join_in_blocks_equals_one_join(stats_repo):
+    from liber_features.training.statistics import point_in_time_stats
+
+    _, _, store = stats_repo
+    samples = pd.DataFrame({"user_id": [m[0] for m in USER_MOMENTS],
+                            "item_id": [m[0] for m in ITEM_MOMENTS] + ["a", "b"],
+                            "ts_us": [m[1] for m in USER_MOMENTS]})
+    whole = point_in_time_stats(store, samples, CATALOG)
+    assert np.array_equal(point_in_time_stats(store, samples, CATALOG, chunk=5), whole)
+    assert whole.shape == (len(samples), 12) and whole[:, 0].tolist()[:3] == [0, 0, 2]  # u1: 50 s, 100 s, +1 µs

@@ -112,7 +112,7 @@ def refresh_stats_tables(ledger: Ledger, repo: str | Path, rule: LabelRule | Non
     return tables
 
 
-def point_in_time_stats(store, samples: pd.DataFrame, catalog: pd.DataFrame) -> np.ndarray:
+def point_in_time_stats(store, samples: pd.DataFrame, catalog: pd.DataFrame, chunk: int = 20_000) -> np.ndarray:
     """``(N, len(STAT_NAMES))`` statistics inputs of samples (``user_id, item_id, ts_us``), in order;
     ``catalog`` (``item_id, categories``) gives each candidate's genres."""
     from liber_features.features.online import store_errors
@@ -123,8 +123,11 @@ def point_in_time_stats(store, samples: pd.DataFrame, catalog: pd.DataFrame) -> 
                            "row": np.arange(len(samples))})
     features = [f"{USER_STATS_VIEW}:{f}" for f in USER_STAT_FIELDS] + \
         [f"{ITEM_STATS_VIEW}:{f}" for f in ITEM_STAT_FIELDS]
+    # In blocks of samples: Feast's DuckDB join pairs each sample with every earlier row of its
+    # user before keeping the newest, so its memory grows with block size × history length.
     with store_errors("point-in-time join of the statistics views"):
-        out = store.get_historical_features(entity_df=entity, features=features).to_df()
+        out = pd.concat([store.get_historical_features(entity_df=entity.iloc[lo:lo + chunk], features=features)
+                         .to_df() for lo in range(0, len(entity), chunk)] or [entity], ignore_index=True)
     if len(out) != len(samples):  # every sample must come back: a lost row would shift the rest
         raise LedgerError(f"Feast returned {len(out)} statistics rows for {len(samples)} samples")
     out = out.sort_values("row")
