@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from feastrepo import DATA, Repo, redis_client
 from sqlalchemy import select
-from test_recovery import OwnRedis
+from test_recovery import OwnRedis, kill_mid_write
 from tinymodels import tiny_bert_dir  # noqa: F401
 
+from liber_features.features import online as online_writer
 from liber_features.features import sync
 from liber_features.features.memory import memory_table, to_frame
 from liber_features.features.repo import LONG_TERM_VIEW
@@ -143,6 +144,43 @@ def test_partitions_sealed_while_following_are_online_one_batch_later(world):
     assert (rep.passes, rep.sync_failures, rep.ended) == (2, 0, "stopped")
     assert_online_is_the_table(store, ledger)
     assert [status for status, _ in encode_runs(ledger)] == ["ok"]  # one run for the worker's whole life
+
+
+def test_redis_killed_in_the_middle_of_a_sync_the_worker_goes_on_and_a_later_sync_writes_every_user(
+        world, monkeypatch):
+    own, repo, ledger, store = world
+    ingest(phase(event_log(3, 8), 0, 4), ledger, PartitionRule(k=2), progress=False)
+    monkeypatch.setattr(online_writer, "_BATCH", 1)  # one user per pipeline: a sync of 3 runs 6
+    kill_mid_write(monkeypatch, own, before=4)  # the first sync: u0 read + written, u1 read, then the kill
+    llm, stop, out, warned = CountingLLM(), threading.Event(), {}, []
+    cfg = EncodeConfig(batch_size=8)
+
+    def warn(line: str) -> None:  # what the sync state said while the store was down
+        warned.append((line, sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW)))
+
+    def worker() -> None:
+        out["result"] = follow_encode(ledger, InProcess(llm, HashEncoder(dim=D), cfg), llm, HashEncoder(dim=D), cfg,
+                                      FollowConfig(poll_s=0.05, max_seconds=120), stop=stop.is_set,
+                                      sync=lambda: sync.sync_long_term(store, ledger), say=warn)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        wait_for(lambda: len(warned) >= 2)  # after batch 1 (the kill), then after batch 2 or at a poll
+        own.start()  # back with what the sync had written: u0 after batch 1
+        wait_for(lambda: online(store)[f"{LONG_TERM_VIEW}__partition_count"] == [2, 2, 2])
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    s, rep = out["result"]
+    assert (s.partitions_done, s.llm_calls, rep.ended) == (6, 9, "stopped")  # the worker never stopped
+    assert warned[0][0].startswith("warning: online sync failed, retried at the next poll: "
+                                   "writing user_long_term_memory failed: ConnectionError")
+    assert {mark for _, mark in warned} == {None}  # nothing was ever recorded as online while it failed
+    assert rep.sync_failures == len(warned) and rep.syncs >= 1
+    assert_online_is_the_table(store, ledger)
+    table = memory_table(ledger, memory_slots=2, vector_dim=D)
+    assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == max(table["created_at"].cast("int64").to_pylist())
 
 
 def wait_for(condition, timeout_s: float = 60) -> None:
