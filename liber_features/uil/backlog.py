@@ -1,9 +1,10 @@
 """The encode backlog: sealed partitions that still lack an output for one (prompt version, LLM id).
 
-``liber encode --follow`` polls it to see newly sealed partitions (one indexed query per poll,
-cheap next to an LLM call), and ``liber status`` shows it for the version being encoded now: the
-newest encode run that is live or finished well (a run that failed at once, a typo'd ``--llm``,
-must not turn every partition into backlog).
+``liber status`` shows it for the version being encoded now: the newest encode run that is live
+or finished well (a run that failed at once, a typo'd ``--llm``, must not turn every partition
+into backlog). ``liber encode --follow`` polls only :func:`sealed_count`: partitions are never
+deleted, so a new one changes the count, and one count per poll costs little however large the
+backlog (a partition committed late with a lower id, PostgreSQL sequences, still changes it).
 """
 
 from __future__ import annotations
@@ -11,14 +12,23 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 
 from liber_features.ledger.store import Ledger
 from liber_features.ledger.store import interests as int_t
 from liber_features.ledger.store import partitions as parts_t
 from liber_features.ledger.store import runs as runs_t
 
-__all__ = ["Backlog", "encode_backlog", "unencoded"]
+__all__ = ["Backlog", "encode_backlog", "sealed_count", "unencoded"]
+
+
+def sealed_count(ledger: Ledger, users: list[str] | None = None) -> int:
+    """Sealed partitions in scope (all users, or ``users``)."""
+    q = select(func.count()).select_from(parts_t)
+    if users:
+        q = q.where(parts_t.c.user_id.in_(users))
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(q).scalar() or 0)
 
 
 def unencoded(ledger: Ledger, pv: str, llm_id: str, users: list[str] | None = None) -> dict[int, tuple[str, int]]:

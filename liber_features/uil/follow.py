@@ -1,10 +1,11 @@
 """``liber encode --follow``: one encode run that stays up and takes partitions as they are sealed.
 
-It polls, on SQLite and PostgreSQL alike: every ``poll_s`` one query for the partitions still
-owed an output (``backlog.unencoded``), cheap next to one LLM call. When one appears that was not
-owed at the end of the previous pass, a pass runs (``interest.encode_pass``) inside the same run
-row, lease and heartbeat, so ``liber status`` shows one live worker however long it runs, and the
-claims keep two followers (or a follower and a plain ``liber encode``) from generating anything twice.
+It polls, on SQLite and PostgreSQL alike: every ``poll_s`` one count of the sealed partitions
+(``backlog.sealed_count``), cheap next to one LLM call. When the count moved since the last pass
+began, a pass runs (``interest.encode_pass``) inside the same run row, lease and heartbeat, so
+``liber status`` shows one live worker however long it runs, and the claims keep two followers (or
+a follower and a plain ``liber encode``) from generating anything twice. LISTEN/NOTIFY would save
+the poll on PostgreSQL but needs every writer of partitions to notify; a count a second does not.
 
 ``sync`` (the CLI: rebuild the long-term table, write what changed online) runs after every
 committed batch, so a sealed partition's vectors are online one batch of LLM calls after its seal,
@@ -12,7 +13,7 @@ without ``liber materialize``. A failed sync (the online store down) is a warnin
 the worker: it is retried at every poll until it succeeds, and the ledger's sync state
 (``features/sync.py``) keeps every user it did not write pending meanwhile.
 
-A partition whose batch failed stays owed but is retried only by a pass that something new
+A partition whose batch failed stays owed but is retried only by a pass that a new seal
 starts (or by a restart): a partition the LLM cannot do must not keep the worker spinning.
 ``stop()`` (set by SIGINT/SIGTERM in the CLI) ends the pass after the batch in flight, then the run
 finishes ``ok``; ``max_seconds`` stops it the same way; ``until_idle`` returns once a poll finds
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from liber_features.errors import LiberError
 from liber_features.ledger.store import Ledger
 from liber_features.redact import redact_text
-from liber_features.uil.backlog import unencoded
+from liber_features.uil.backlog import sealed_count
 from liber_features.uil.context import RunContext
 from liber_features.uil.interest import BatchRunner, encode_pass
 from liber_features.uil.types import EncodeConfig, EncodeSummary, LLMLike, Part, TextEncoderLike
@@ -105,17 +106,17 @@ def follow_encode(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEn
             dirty = True
             try_sync()
 
-    seen: set[int] = set()  # owed at the end of the last pass: nothing new there
+    seen: int | None = None  # sealed partitions counted before the last pass began
     try:
         with ctx.lease.heartbeat():
             while not halt():
-                owed = unencoded(ledger, ctx.pv, llm.llm_id, cfg.users)
-                if owed.keys() - seen:
+                count = sealed_count(ledger, cfg.users)
+                if count != seen:
+                    seen = count  # counted before the pass loads them: a seal in between is not missed
                     skipped = encode_pass(ctx, runner, stop=halt, on_commit=committed)
                     if rep.passes == 0:
                         ctx.summary.skipped_already_done = skipped
                     rep.passes += 1
-                    seen = set(unencoded(ledger, ctx.pv, llm.llm_id, cfg.users))
                     continue  # look again at once: partitions may have been sealed during the pass
                 if dirty:
                     try_sync()
