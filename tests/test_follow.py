@@ -26,7 +26,7 @@ from tinymodels import tiny_bert_dir  # noqa: F401
 
 from liber_features.features import online as online_writer
 from liber_features.features import sync
-from liber_features.features.memory import memory_table, to_frame
+from liber_features.features.memory import latest_versions, memory_table, to_frame
 from liber_features.features.repo import LONG_TERM_VIEW
 from liber_features.ingest.events import LoadedEvents
 from liber_features.ingest.job import ingest
@@ -35,7 +35,7 @@ from liber_features.ledger.store import Ledger, runs
 from liber_features.testing import CountingLLM, FakeOpenAIServer, HashEncoder, event_log
 from liber_features.uil.backlog import encode_backlog
 from liber_features.uil.follow import FollowConfig, follow_encode
-from liber_features.uil.interest import EncodeConfig, InProcess
+from liber_features.uil.interest import EncodeConfig, InProcess, prompt_version
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 USERS = ["u0", "u1", "u2"]
@@ -104,16 +104,28 @@ def test_until_idle_puts_every_sealed_partition_online_without_materialize(world
     ingest(phase(event_log(3, 8), 0, 4), ledger, PartitionRule(k=2), progress=False)  # 2 partitions each
     llm, enc, cfg = CountingLLM(), HashEncoder(dim=D), EncodeConfig(batch_size=2)
     committed: list[int] = []
+    published: list[dict] = []
+
+    def publish(users: list[str]) -> int:  # what is online right after each batch, before any sync
+        n = sync.write_users_online(store, ledger, users)
+        published.append(dict(zip(USERS, online(store)[f"{LONG_TERM_VIEW}__partition_count"])))
+        return n
+
     s, rep = follow_encode(ledger, InProcess(llm, enc, cfg), llm, enc, cfg, FollowConfig(until_idle=True),
-                           sync=lambda: sync.sync_long_term(store, ledger),
+                           publish=publish, sync=lambda: sync.sync_long_term(store, ledger),
                            on_commit=lambda parts: committed.append(len(parts)))
     assert (s.partitions_done, s.llm_calls, s.failed) == (6, 9, 0)  # 3 × (1 summary + 1 summary and 1 shift)
     assert llm.calls == 9 and committed == [2, 2, 2]  # u0/u1 0, then u2 0 + u0 1 (its wave is ready), then u1/u2 1
-    assert (rep.passes, rep.syncs, rep.sync_failures, rep.ended) == (1, 3, 0, "idle")  # a sync per batch
+    assert published == [{"u0": 1, "u1": 1, "u2": None}, {"u0": 2, "u1": 1, "u2": 1}, {"u0": 2, "u1": 2, "u2": 2}]
+    # Each batch's users written at once; the table and the sync state once, when idle.
+    assert (rep.passes, rep.users_published, rep.syncs, rep.write_failures, rep.ended) == (1, 6, 1, 0, "idle")
     assert online(store)[f"{LONG_TERM_VIEW}__partition_count"] == [2, 2, 2]
     assert_online_is_the_table(store, ledger)
     [(status, params)] = encode_runs(ledger)
-    assert status == "ok" and params["follow"] == {"poll_s": 1.0, "until_idle": True, "max_seconds": None}
+    assert status == "ok" and params["follow"] == {"poll_s": 1.0, "until_idle": True, "max_seconds": None,
+                                                   "sync_every_s": 60.0}
+    assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == max(
+        memory_table(ledger, memory_slots=2, vector_dim=D)["created_at"].cast("int64").to_pylist())
     assert encode_backlog(ledger).partitions == 0
 
 
@@ -127,12 +139,15 @@ def test_partitions_sealed_while_following_are_online_one_batch_later(world):
     def worker() -> None:
         out["result"] = follow_encode(ledger, InProcess(llm, HashEncoder(dim=D), cfg), llm, HashEncoder(dim=D), cfg,
                                       FollowConfig(poll_s=0.05, max_seconds=120), stop=stop.is_set,
+                                      publish=lambda users: sync.write_users_online(store, ledger, users),
                                       sync=lambda: sync.sync_long_term(store, ledger))
 
     thread = threading.Thread(target=worker)
     thread.start()
     try:
         wait_for(lambda: online(store)[f"{LONG_TERM_VIEW}__partition_count"] == [2, 2, 2])
+        # A worker that is still running is what the ledger encodes now (training, the report).
+        assert latest_versions(ledger) == (prompt_version(cfg.prompts), llm.llm_id, HashEncoder(dim=D).encoder_id)
         ingest(phase(log, 4, 8), Ledger(ledger.url), PartitionRule(k=2), progress=False)  # 2 more each
         wait_for(lambda: online(store)[f"{LONG_TERM_VIEW}__partition_count"] == [4, 4, 4])
     finally:
@@ -141,7 +156,8 @@ def test_partitions_sealed_while_following_are_online_one_batch_later(world):
     s, rep = out["result"]
     # Partitions 0 and 1, then 2 and 3 of each user: 1 + 2 + 2 + 2 calls each, none twice.
     assert (s.partitions_done, s.llm_calls, llm.calls) == (12, 21, 21)
-    assert (rep.passes, rep.sync_failures, rep.ended) == (2, 0, "stopped")
+    # 4 waves (partitions 0, 1, 2, 3) of 3 users, each written online right after its batch.
+    assert (rep.passes, rep.users_published, rep.write_failures, rep.ended) == (2, 12, 0, "stopped")
     assert_online_is_the_table(store, ledger)
     assert [status for status, _ in encode_runs(ledger)] == ["ok"]  # one run for the worker's whole life
 
@@ -151,7 +167,7 @@ def test_redis_killed_in_the_middle_of_a_sync_the_worker_goes_on_and_a_later_syn
     own, repo, ledger, store = world
     ingest(phase(event_log(3, 8), 0, 4), ledger, PartitionRule(k=2), progress=False)
     monkeypatch.setattr(online_writer, "_BATCH", 1)  # one user per pipeline: a sync of 3 runs 6
-    kill_mid_write(monkeypatch, own, before=4)  # the first sync: u0 read + written, u1 read, then the kill
+    kill_mid_write(monkeypatch, own, before=4)  # batch 1's write: u0 read + written, u1 read, then the kill
     llm, stop, out, warned = CountingLLM(), threading.Event(), {}, []
     cfg = EncodeConfig(batch_size=8)
 
@@ -161,23 +177,24 @@ def test_redis_killed_in_the_middle_of_a_sync_the_worker_goes_on_and_a_later_syn
     def worker() -> None:
         out["result"] = follow_encode(ledger, InProcess(llm, HashEncoder(dim=D), cfg), llm, HashEncoder(dim=D), cfg,
                                       FollowConfig(poll_s=0.05, max_seconds=120), stop=stop.is_set,
+                                      publish=lambda users: sync.write_users_online(store, ledger, users),
                                       sync=lambda: sync.sync_long_term(store, ledger), say=warn)
 
     thread = threading.Thread(target=worker)
     thread.start()
     try:
         wait_for(lambda: len(warned) >= 2)  # after batch 1 (the kill), then after batch 2 or at a poll
-        own.start()  # back with what the sync had written: u0 after batch 1
+        own.start()  # back with what the write had done: u0 after batch 1
         wait_for(lambda: online(store)[f"{LONG_TERM_VIEW}__partition_count"] == [2, 2, 2])
     finally:
         stop.set()
         thread.join(timeout=60)
     s, rep = out["result"]
     assert (s.partitions_done, s.llm_calls, rep.ended) == (6, 9, "stopped")  # the worker never stopped
-    assert warned[0][0].startswith("warning: online sync failed, retried at the next poll: "
+    assert warned[0][0].startswith("warning: online write failed, retried at the next poll: "
                                    "writing user_long_term_memory failed: ConnectionError")
     assert {mark for _, mark in warned} == {None}  # nothing was ever recorded as online while it failed
-    assert rep.sync_failures == len(warned) and rep.syncs >= 1
+    assert rep.write_failures == len(warned) and rep.syncs >= 1
     assert_online_is_the_table(store, ledger)
     table = memory_table(ledger, memory_slots=2, vector_dim=D)
     assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == max(table["created_at"].cast("int64").to_pylist())

@@ -1,8 +1,8 @@
 """``liber encode --follow``: the options, the signal handling and the online sync of the follow worker.
 
-The worker itself is ``uil/follow.py``; here it gets the real backends, a sync that rebuilds the
-long-term table and writes what changed online (``features.sync.sync_long_term``) after every
-committed batch, and a stop flag that SIGINT/SIGTERM set. The first signal lets the batch in flight
+The worker itself is ``uil/follow.py``; here it gets the real backends, its online writes (each
+committed batch's users: ``features.sync.write_users_online``; the table and the sync state:
+``features.sync.sync_long_term``), and a stop flag that SIGINT/SIGTERM set. The first signal lets the batch in flight
 commit (its LLM calls are paid for) and then ends the run cleanly; a second one stops at once, as
 ``liber encode`` without ``--follow`` does (ledger/stopping.py).
 """
@@ -78,22 +78,26 @@ def run_follow(ledger: Any, cfg: Any, spec: tuple, *, repo: str, table: bool, po
 
     fc = FollowConfig(poll_s=poll_s, until_idle=until_idle, max_seconds=max_seconds)
     llm, enc = model_backends(*spec)
-    sync = None
+    publish = sync = None
     if table:
         from liber_features.features.repo import open_store
-        from liber_features.features.sync import sync_long_term
+        from liber_features.features.sync import sync_long_term, write_users_online
 
         store = open_store(repo)
 
+        def publish(users: list[str]) -> int:
+            return write_users_online(store, ledger, users)
+
         def sync() -> None:
             r = sync_long_term(store, ledger)
-            info(f"follow: {r.users_written} user(s) written online, synced to {r.mark.isoformat() if r.mark else '-'}")
+            info(f"follow: table rebuilt, {r.users_written} user(s) written online, "
+                 f"synced to {r.mark.isoformat() if r.mark else '-'}")
 
     def committed(parts: list) -> None:
         info(f"follow: committed {len(parts)} partition(s) of {len({x.user_id for x in parts})} user(s)")
 
     info(f"follow: encoding with {llm.llm_id}, looking for new partitions every {poll_s:g} s")
     with StopOnSignal(warn) as stop:
-        s, rep = follow_encode(ledger, InProcess(llm, enc, cfg), llm, enc, cfg, fc, stop=stop, sync=sync,
-                               on_commit=committed, say=warn)
+        s, rep = follow_encode(ledger, InProcess(llm, enc, cfg), llm, enc, cfg, fc, stop=stop, publish=publish,
+                               sync=sync, on_commit=committed, say=warn)
     return {**s.as_dict(), **{f"follow_{k}": v for k, v in rep.as_dict().items()}}
