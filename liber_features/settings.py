@@ -71,7 +71,8 @@ class LiberSettings(BaseSettings):
         None, description="SQLAlchemy URL of the ledger (default: `sqlite:///.liber/ledger.db`)")
     llm: str | None = Field(
         None, description="LLM of `liber encode`: `smollm2` (packaged, default), a checkpoint dir, a .gguf "
-                          "file, or `openai:http://host:port#model`")
+                          "file, or `openai:http://host:port[,http://host2:port,...]#model` "
+                          "(several: a pool of replicas)")
     llm_api_key: SecretStr | None = Field(
         None, description="API key of an `openai:` LLM server (else `OPENAI_API_KEY`)")
     memory_slots: int = Field(

@@ -157,13 +157,20 @@ class FakeOpenAIServer:
     manager. ``reply(user_message) -> (text, prompt_tokens)`` answers (default: `` echo:<msg> ``);
     the first ``fail_first`` requests get HTTP 500. It records the request bodies, the
     Authorization headers and the peak number of requests in flight.
+
+    ``GET /v1/models`` lists ``model`` (vLLM's card: ``id``, and ``root`` when given). With
+    ``die_after`` n the server dies on its n-th completion request: it stops listening and drops
+    that request's connection unanswered, as a vLLM replica killed mid-request would.
     """
 
     def __init__(self, fail_first: int = 0, delay_s: float = 0.0,
-                 reply: Callable[[str], tuple[str, int]] = _echo) -> None:
+                 reply: Callable[[str], tuple[str, int]] = _echo, *, model: str = "tiny",
+                 root: str | None = None, die_after: int | None = None) -> None:
         self.fail_first, self.delay_s, self.reply = fail_first, delay_s, reply
+        self.model, self.root, self.die_after = model, root, die_after
         self.lock = threading.Lock()
-        self.in_flight = self.peak = self.seen = 0
+        self.in_flight = self.peak = self.seen = self.answered = self.model_queries = 0
+        self.dead = False
         self.bodies: list[dict] = []
         self.auth: list[str] = []
         outer = self
@@ -172,35 +179,66 @@ class FakeOpenAIServer:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.seen += 1
-                    fail = outer.seen <= outer.fail_first
-                    outer.in_flight += 1
-                    outer.peak = max(outer.peak, outer.in_flight)
-                    outer.bodies.append(body)
-                    outer.auth.append(self.headers.get("Authorization", ""))
-                time.sleep(outer.delay_s)
-                with outer.lock:
-                    outer.in_flight -= 1
-                text, prompt_tokens = outer.reply(body["messages"][-1]["content"])
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
-                                   "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 3}}).encode()
-                self.send_response(500 if fail else 200)
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") != "/v1/models":
+                    self._send(404, {"error": "not found"})
+                    return
+                with outer.lock:
+                    outer.model_queries += 1
+                card = {"id": outer.model, "object": "model", "owned_by": "fake"}
+                if outer.root is not None:
+                    card["root"] = outer.root
+                self._send(200, {"object": "list", "data": [card]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.seen += 1
+                    fail = outer.seen <= outer.fail_first
+                    die = outer.die_after is not None and outer.seen >= outer.die_after
+                    outer.in_flight += 1
+                    outer.peak = max(outer.peak, outer.in_flight)
+                    outer.bodies.append(body)
+                    outer.auth.append(self.headers.get("Authorization", ""))
+                if die:
+                    outer.kill()  # no new connections; this request is dropped unanswered
+                    with outer.lock:
+                        outer.in_flight -= 1
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                time.sleep(outer.delay_s)
+                with outer.lock:
+                    outer.in_flight -= 1
+                    outer.answered += 1
+                text, prompt_tokens = outer.reply(body["messages"][-1]["content"])
+                self._send(500 if fail else 200, {"choices": [{"message": {"role": "assistant", "content": text}}],
+                                                  "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 3}})
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def kill(self) -> None:
+        """Stop listening now (idempotent): later connections are refused."""
+        with self.lock:
+            if self.dead:
+                return
+            self.dead = True
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     def __enter__(self) -> FakeOpenAIServer:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.kill()

@@ -112,8 +112,7 @@ def test_openai_gives_up_with_the_url() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    llm = load_llm(f"openai:http://127.0.0.1:{port}#tiny")
-    llm._retrying = llm._retrying.copy(wait=lambda _: 0.01)  # keep the test fast
+    llm = OpenAICompatLLM(f"http://127.0.0.1:{port}", "tiny", backoff_s=0.01)
     with pytest.raises(LLMUnavailable, match=f"127.0.0.1:{port}/v1/chat/completions"):
         llm.generate([chat("hello")])
     with FakeOpenAIServer(fail_first=100) as server:

@@ -1,5 +1,6 @@
-"""The online store always catches up: Redis down during `liber materialize`, Redis wiped, a fleet
-moving to a new LLM, and Feast's own materialization never replacing newer rows with older ones.
+"""The online store always catches up: Redis down during `liber materialize`, Redis killed in the
+middle of a write (materialize, the stream's flusher), Redis wiped, a fleet moving to a new LLM, and
+Feast's own materialization never replacing newer rows with older ones.
 
 Redis is the test's own ``redis-server`` on a free port (stopped and restarted here; the shared
 server is never touched), the Feast registry the real PostgreSQL, the ledger SQLite.
@@ -23,14 +24,16 @@ from feastrepo import DATA, LONG_PATH, SHORT_PATH, Repo, cleanup, redis_client
 from test_concurrency import events
 
 from liber_features.cli.main import cli
+from liber_features.features import online as online_writer
 from liber_features.features import sync
 from liber_features.features.caches import append_cache_history, current_caches
 from liber_features.features.memory import encoder_version, refresh_memory_table
 from liber_features.features.online import push_short_term_cache, write_online
 from liber_features.features.repo import LONG_TERM_VIEW, SHORT_TERM_VIEW, sample_long_term, sample_short_term
 from liber_features.ingest.job import ingest
-from liber_features.ingest.partition import PartitionRule
+from liber_features.ingest.partition import CachedEvent, PartitionRule, UserState
 from liber_features.ledger.store import Ledger
+from liber_features.stream.flusher import Flusher
 from liber_features.testing import CountingLLM, HashEncoder
 from liber_features.uil.interest import EncodeConfig, prompt_version, run_encode
 
@@ -67,6 +70,26 @@ class OwnRedis:
     def stop(self) -> None:
         self.client().shutdown(save=True)
         self.proc.wait(timeout=10)
+
+
+def kill_mid_write(monkeypatch, own: OwnRedis, before: int) -> list[int]:
+    """SIGKILL ``own`` right before this process runs its ``before``-th Redis pipeline from now on,
+    after a SAVE: restarted, the server holds exactly what the write had done until then (a server
+    with persistence dying mid-write). The writer pipelines ``online._BATCH`` rows per round trip:
+    a read of their stored timestamps, then their HSETs. Returns the pipeline count so far."""
+    calls = [0]
+    execute = redis.client.Pipeline.execute
+
+    def counting(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == before:
+            own.client().save()
+            own.proc.kill()
+            own.proc.wait(timeout=10)
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counting)
+    return calls
 
 
 @pytest.fixture
@@ -159,6 +182,53 @@ def test_redis_down_then_back_next_plain_materialize_writes_every_pending_user(s
     assert_online_equals_offline(store, ledger)
     code, again = materialize()
     assert again["users_written"] == {LONG_TERM_VIEW: 0, SHORT_TERM_VIEW: 0}
+
+
+def test_redis_killed_in_the_middle_of_a_materialize_then_the_next_one_writes_every_pending_user(setup,
+                                                                                                 monkeypatch):
+    own, repo, ledger, store = setup
+    monkeypatch.setattr(sync, "SYNC_OVERLAP", timedelta(0))  # count exactly what was pending
+    monkeypatch.setattr(online_writer, "_BATCH", 1)  # one user per pipeline: a write of 3 takes 6
+    assert materialize()[0] == 0
+    encode(ledger, repo, USERS[3:])  # three more users, pending
+    mark = sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW)
+
+    calls = kill_mid_write(monkeypatch, own, before=4)  # u3 read + written, u4 read, then the kill
+    code, err = materialize()
+    assert code == 2 and err.startswith("error: writing user_long_term_memory failed: ConnectionError")
+    assert calls[0] >= 4 and sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) == mark  # not advanced
+    own.start()  # back with what the write had done: u3 new, u4 and u5 not there
+    assert online(store)[f"{LONG_TERM_VIEW}__partition_count"] == [3, 3, 3, 3, None, None]
+
+    code, summary = materialize()
+    assert code == 0, summary
+    assert summary["users_written"] == {LONG_TERM_VIEW: 3, SHORT_TERM_VIEW: 0}  # u3 again, u4, u5
+    assert sync.synced_mark(ledger, repo.project, LONG_TERM_VIEW) > mark
+    assert_online_equals_offline(store, ledger)
+
+
+def test_redis_killed_in_the_middle_of_a_flush_keeps_every_user_pending_for_the_next(setup, monkeypatch):
+    own, repo, ledger, store = setup
+    monkeypatch.setattr(online_writer, "_BATCH", 1)
+    said: list[str] = []
+    f = Flusher(lambda df: push_short_term_cache(store, df), interval_s=0.0, say=said.append)
+    states = {u: UserState(u, cache=[CachedEvent(9_000_000 + i * 10 + j, f"{u}n{j}", f"m{i}{j}") for j in range(i + 1)])
+              for i, u in enumerate(USERS[:3])}
+    f.add(list(states.values()))
+
+    kill_mid_write(monkeypatch, own, before=4)  # u0 read + written, u1 read, then the kill
+    assert f.flush() == 0 and f.failures == 1 and sorted(f.pending) == USERS[:3]
+    assert len(said) == 1 and said[0].startswith("warning: online write failed, 3 user(s) kept for the next flush")
+    own.start()
+    assert cached_items(store) == [["m00"], None, None]
+
+    assert f.flush() == 3 and f.pending == {} and f.users_written == 3
+    assert cached_items(store) == [["m00"], ["m10", "m11"], ["m20", "m21", "m22"]]
+
+
+def cached_items(store) -> list:
+    return store.get_online_features(features=[f"{SHORT_TERM_VIEW}:cache_item_ids"],
+                                     entity_rows=[{"user_id": u} for u in USERS[:3]]).to_dict()["cache_item_ids"]
 
 
 def test_rebuild_restores_every_user_after_redis_is_wiped(setup, monkeypatch):

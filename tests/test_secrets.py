@@ -149,9 +149,10 @@ def test_llm_endpoint_password_kept_out_of_a_successful_run(sealed_ledger,
     with led.engine.connect() as conn:
         ids = set(conn.execute(select(interests.c.llm_id)).scalars())
         audited = conn.execute(select(prompt_audit.c.llm_id)).scalars().all()
-    # The id names host and model, never credentials; the server still got them (basic auth).
+    # The id names the model the server reports (encoders/uil/openai_pool.py), never a host or
+    # credentials; the server still got them (basic auth).
     assert server.auth and all(a.startswith("Basic ") for a in server.auth)
-    assert ids == {f"openai:{server.url}/tiny"} and set(audited) == ids and len(audited) == 4
+    assert ids == {"openai:tiny"} and set(audited) == ids and len(audited) == 4
 
 
 @pytest.mark.parametrize("liber_key, openai_key, sent", [

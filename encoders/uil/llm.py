@@ -10,7 +10,8 @@ Spec grammar of :func:`load_llm`::
 
     None | "" | "smollm2"        the packaged SmolLM2-135M-Instruct (cached plain checkpoint)
     "openai:<base_url>#<model>"  an OpenAI-compatible server, e.g. openai:http://gpu1:8000#Qwen/Qwen2.5-7B-Instruct
-                                 (API key from $LIBER_LLM_API_KEY, else $OPENAI_API_KEY)
+                                 (API key from $LIBER_LLM_API_KEY, else $OPENAI_API_KEY); several
+                                 comma-separated URLs make a pool of replicas (openai_pool.py)
     "<dir>"                      a local transformers checkpoint folder
     "<dir>/<file>.gguf"          a GGUF file, loaded through transformers (dequantised)
 """
@@ -26,10 +27,11 @@ from encoders.uil import checkpoints
 # ``from encoders.uil.llm import ...`` stays the one import a caller needs.
 from encoders.uil.generation import LLM, DecodingConfig, Generation, Prompt, check_prompts
 from encoders.uil.openai_llm import OpenAICompatLLM
+from encoders.uil.openai_pool import OpenAIPool
 from liber_features.errors import ConfigError, EncoderError
 from liber_features.redact import redact_url
 
-__all__ = ["LLM", "DecodingConfig", "Generation", "OpenAICompatLLM", "TransformersLLM", "load_llm"]
+__all__ = ["LLM", "DecodingConfig", "Generation", "OpenAICompatLLM", "OpenAIPool", "TransformersLLM", "load_llm"]
 
 
 class TransformersLLM:
@@ -158,14 +160,16 @@ def load_llm(
         path = checkpoints.smollm2_checkpoint()
         return TransformersLLM(path, device=device, decoding=decoding, name="SmolLM2-135M-Instruct")
     if spec.startswith("openai:"):
-        base_url, sep, model = spec[len("openai:") :].partition("#")
-        if not sep or not model or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"LLM spec {redact_url(spec)!r}: expected openai:http(s)://host:port#model")
+        urls, sep, model = spec[len("openai:") :].partition("#")
+        bases = [u.strip() for u in urls.split(",")]
+        if not sep or not model or not all(b.startswith(("http://", "https://")) for b in bases):
+            raise ConfigError(f"LLM spec {redact_url(spec)!r}: expected openai:http(s)://host:port[,...]#model")
         from liber_features.settings import get_settings
 
         key = get_settings().llm_api_key
         api_key = key.get_secret_value() if key is not None else os.environ.get("OPENAI_API_KEY")
-        return OpenAICompatLLM(base_url, model, api_key=api_key, decoding=decoding)
+        # A pool even of one server: the id is then the model's, so adding a replica re-encodes nothing.
+        return OpenAIPool(bases, model, api_key=api_key, decoding=decoding)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return TransformersLLM(path.parent, gguf_file=path.name, device=device, decoding=decoding)

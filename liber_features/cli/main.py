@@ -31,6 +31,7 @@ from liber_features.cli.common import (
     setting_default,
     use_ledger,
 )
+from liber_features.cli.follow import follow_options, run_follow
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
 from liber_features.cli.project import COMMANDS as _PROJECT_COMMANDS
 from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
@@ -179,10 +180,15 @@ def _table_path(repo: str, name: str) -> Path:
               help="with --ray: actors, each loading one LLM and text encoder (1 GPU each if any)")
 @click.option("--actor-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="with --ray: CPUs per actor (its torch threads)")
+@follow_options
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encoder_path, device,
-           max_new_tokens, domain, repo, table, replace, lease_s, ray_address, actors, actor_cpus, as_json) -> None:
-    """UIL: summary then shift for every sealed partition not yet encoded (exactly once)."""
+           max_new_tokens, domain, repo, table, replace, lease_s, ray_address, actors, actor_cpus, follow,
+           until_idle, max_seconds, poll_s, as_json) -> None:
+    """UIL: summary then shift for every sealed partition not yet encoded (exactly once).
+
+    With --follow it keeps running and encodes partitions as they are sealed (docs/encoding.md).
+    """
     from liber_features.cli.progress import EncodeProgress
     from liber_features.features.memory import refresh_memory_table
     from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
@@ -195,6 +201,10 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     # as failed instead of leaving it "running" forever. Committed batches are kept either way;
     # a signal that arrives inside a ledger write waits for it (ledger/stopping.py).
     exit_on_sigterm()
+    if not follow and (until_idle or max_seconds is not None):
+        raise click.UsageError("--until-idle and --max-seconds go with --follow")
+    if follow and (ray_address is not None or limit is not None):
+        raise click.UsageError("--follow encodes in this process, without --ray or --limit")
     prompts = PromptConfig(domain=load_domain(domain))  # a bad template fails now, before any model loads
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
@@ -203,10 +213,14 @@ def encode(ledger_url, ledger_schema, users, limit, batch_size, llm_spec, encode
     cfg = EncodeConfig(batch_size=batch_size, limit=limit, lease_s=lease_s, users=users, prompts=prompts)
     # Our own reporter instead of the loop's bar: it also counts calls/s, and writes plain lines
     # when stderr is not a terminal (cli/progress.py).
-    shown = None if as_json else EncodeProgress()
+    shown = None if as_json or follow else EncodeProgress()
+    spec = (llm_spec, encoder_path, device, max_new_tokens, batch_size)
     try:
-        summary = _run_encode(ledger, cfg, shown, (llm_spec, encoder_path, device, max_new_tokens,
-                                                   batch_size), ray_address, actors, actor_cpus)
+        if follow:
+            summary = run_follow(ledger, cfg, spec, repo=repo, table=table, poll_s=poll_s, until_idle=until_idle,
+                                 max_seconds=max_seconds, quiet=as_json)
+        else:
+            summary = _run_encode(ledger, cfg, shown, spec, ray_address, actors, actor_cpus)
     finally:
         if shown is not None:
             shown.close()

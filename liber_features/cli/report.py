@@ -65,20 +65,28 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(), help="read by --online")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
-    """Ledger totals, encoder progress, and runs: live, finished, failed, stale (dead workers)."""
+    """Ledger totals, encoder progress and backlog, and runs: live, finished, failed, stale (dead workers).
+
+    The encode backlog counts the sealed partitions still without an output for the version being
+    encoded now (the newest live or finished encode run's prompt version and LLM); ready: those
+    the cascade allows now (partition 0, or its predecessor done).
+    """
     from liber_features.ledger.runs import encode_domains, run_report, stream_report
     from liber_features.ledger.store import encode_progress
+    from liber_features.uil.backlog import encode_backlog
     from liber_features.uil.prompts import preset_prompt_versions
 
     use_ledger(ledger_url, ledger_schema)
     ledger = open_ledger(ledger_url, ledger_schema)
     report = run_report(ledger)
     streams = stream_report(ledger)
+    backlog = encode_backlog(ledger)  # of the version being encoded now: what `encode --follow` has to do
     summary = {"ledger": ledger.safe_url(), "ledger_id": ledger.ledger_id, **ledger.counts(), **encode_progress(ledger),
+               "encode_backlog": backlog.partitions, "encode_backlog_ready": backlog.ready,
+               "encode_backlog_llm": backlog.llm_id or "- (nothing encoded yet)",
                # which prompt domain(s) encoded this ledger, newest first (uil/domain.py, Domain.label)
                "encoded_with_domain": ", ".join(encode_domains(ledger, preset_prompt_versions())) or "none",
-               **report,
-               "streams": streams}
+               **report, "streams": streams}
     if online:  # this ledger's rows counted, other ledgers' and versions' named (features/census.py)
         from liber_features.features.census import census_of_ledger
         from liber_features.features.repo import open_store

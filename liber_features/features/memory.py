@@ -48,7 +48,8 @@ def encoder_version(prompt_version: str, llm_id: str, encoder_id: str) -> str:
 
 def latest_versions(ledger: Ledger, *, required: bool = True,
                     dim: int | None = None) -> tuple[str, str, str] | None:
-    """(prompt_version, llm_id, encoder_id) of the newest successful encode run.
+    """(prompt_version, llm_id, encoder_id) of the newest successful encode run — or of a running one
+    that has committed partitions (``liber encode --follow`` runs for as long as it is up).
 
     What the ledger encodes *now* — not necessarily what a table holds: during a migration each
     user keeps their newest complete version (``_chosen_vectors``); a model names the version it
@@ -57,8 +58,9 @@ def latest_versions(ledger: Ledger, *, required: bool = True,
     """
     with ledger.engine.connect() as conn:
         row = conn.execute(select(runs_t.c.params).where(
-            runs_t.c.kind == "encode", runs_t.c.status == "ok").order_by(runs_t.c.id.desc())
-            .limit(1)).first()
+            runs_t.c.kind == "encode", (runs_t.c.status == "ok")
+            | ((runs_t.c.status == "running") & (runs_t.c.partitions_done > 0)))
+            .order_by(runs_t.c.id.desc()).limit(1)).first()
     if row is None:
         if not required:
             return None

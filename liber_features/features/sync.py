@@ -37,7 +37,8 @@ from liber_features.ledger.store import Ledger, now_us, online_sync
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["SYNC_OVERLAP", "SyncReport", "check_sources", "source_path", "sync_view", "synced_mark"]
+__all__ = ["SYNC_OVERLAP", "SyncReport", "check_sources", "source_path", "sync_long_term", "sync_view",
+           "synced_mark", "write_users_online"]
 
 SYNC_OVERLAP = timedelta(minutes=10)
 
@@ -146,3 +147,31 @@ def sync_view(store: FeatureStore, ledger: Ledger, view_name: str, *, rebuild: b
     else:
         mark = previous
     return SyncReport(view_name, written, _dt(previous), _dt(mark))
+
+
+def sync_long_term(store: FeatureStore, ledger: Ledger) -> SyncReport:
+    """Rebuild the long-term table from the ledger where the registry reads it, then :func:`sync_view`
+    it: what ``liber encode --follow`` runs after every committed batch, instead of a materialize."""
+    from liber_features.features.memory import refresh_memory_table
+    from liber_features.features.repo import LiberFeatureConfig
+
+    shape = LiberFeatureConfig.from_env()
+    with store_errors(f"reading {LONG_TERM_VIEW}"):
+        path = source_path(store, LONG_TERM_VIEW)
+    refresh_memory_table(ledger, path, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                         history_length=shape.history_length)
+    return sync_view(store, ledger, LONG_TERM_VIEW)
+
+
+def write_users_online(store: FeatureStore, ledger: Ledger, users: list[str]) -> int:
+    """Write ``users``' long-term rows online now, built from the ledger for them alone (the rows the
+    full table holds for them): what ``liber encode --follow`` does after each committed batch. The
+    sync state is not advanced (the table is not rewritten): the next :func:`sync_long_term` writes
+    them again, harmlessly, and covers them if this write failed."""
+    from liber_features.features.memory import memory_table, to_frame
+    from liber_features.features.repo import LiberFeatureConfig
+
+    shape = LiberFeatureConfig.from_env()
+    table = memory_table(ledger, memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
+                         history_length=shape.history_length, users=users)
+    return write_online(store, LONG_TERM_VIEW, to_frame(table)) if table.num_rows else 0

@@ -39,10 +39,10 @@ from liber_features.uil.interest_store import (
 )
 from liber_features.uil.prompts import prompt_version
 from liber_features.uil.scheduler import Scheduler
-from liber_features.uil.types import EncodeConfig, EncodeSummary, LLMLike, TextEncoderLike
+from liber_features.uil.types import EncodeConfig, EncodeSummary, LLMLike, Part, TextEncoderLike
 
 __all__ = ["BatchRunner", "EncodeConfig", "EncodeSummary", "InProcess", "LLMLike", "LostBatch", "OnProgress",
-           "TextEncoderLike", "encode_loop", "prompt_version", "run_encode"]
+           "TextEncoderLike", "encode_loop", "encode_pass", "prompt_version", "run_encode"]
 
 
 class BatchRunner(Protocol):
@@ -105,56 +105,78 @@ def encode_loop(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEnco
                 params: dict[str, Any] | None = None, on_progress: OnProgress | None = None) -> EncodeSummary:
     """Claim ready batches, hand them to ``runner``, commit what comes back (one run in the ledger).
 
+    ``params`` go into the run row next to the config; ``progress`` / ``on_progress`` as in
+    :func:`encode_pass`, the one pass this run makes over what is sealed now.
+    """
+    ctx = RunContext.start(ledger, llm, enc, cfg, summary or EncodeSummary(), params)
+    status = "ok"
+    try:
+        with ctx.lease.heartbeat():
+            ctx.summary.skipped_already_done = encode_pass(ctx, runner, progress=progress,
+                                                           on_progress=on_progress)
+    except BaseException as exc:
+        status = "failed"
+        ctx.summary.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
+        raise
+    finally:
+        ctx.finish(status)
+    return ctx.summary
+
+
+def _never() -> bool:
+    return False
+
+
+def encode_pass(ctx: RunContext, runner: BatchRunner, *, progress: bool | None = None,
+                on_progress: OnProgress | None = None, stop: Callable[[], bool] = _never,
+                on_commit: Callable[[list[Part]], None] | None = None) -> int:
+    """Encode what is sealed when the pass starts, within the run ``ctx``; return how many of
+    those partitions were done already (by this run's earlier passes or anyone else).
+
     A batch is in flight from its claim to its commit; its partitions' successors wait for it
-    (the cascade needs their summaries). ``params`` go into the run row next to the config.
+    (the cascade needs their summaries). Once ``stop()`` is true no batch is claimed: those in
+    flight are committed, then the pass returns (``liber encode --follow`` stops so on a signal).
+    ``on_commit(parts)`` runs after each batch that committed partitions, with those partitions.
     ``progress`` shows the tqdm bar (None: when stderr is a terminal); ``on_progress(done, total,
     llm_calls)`` is called once the work is known (done = 0) and after every settled batch.
     """
-    ctx = RunContext.start(ledger, llm, enc, cfg, summary or EncodeSummary(), params)
-    s, lease, status, bar = ctx.summary, ctx.lease, "ok", None
+    ledger, cfg, s, lease, llm_id = ctx.ledger, ctx.cfg, ctx.summary, ctx.lease, ctx.llm.llm_id
+    s.vectors_backfilled += fill_vectors(ctx)
+    parts, catalog = load_partitions(ledger, cfg.users), load_catalog(ledger)
+    sched = Scheduler(parts, done_summaries(ledger, ctx.pv, llm_id), batch_size=cfg.batch_size, limit=cfg.limit)
+    bar = tqdm(total=sched.todo, unit="part", desc="encode", disable=None if progress is None else not progress)
+    total, finished = sched.todo, 0  # for on_progress: a disabled bar counts nothing
     try:
-        with lease.heartbeat():
-            s.vectors_backfilled += fill_vectors(ctx)
-            parts, catalog = load_partitions(ledger, cfg.users), load_catalog(ledger)
-            sched = Scheduler(parts, done_summaries(ledger, ctx.pv, llm.llm_id),
-                              batch_size=cfg.batch_size, limit=cfg.limit)
-            s.skipped_already_done = sched.skipped
-            bar = tqdm(total=sched.todo, unit="part", desc="encode",
-                       disable=None if progress is None else not progress)
-            total, finished = sched.todo, 0  # for on_progress: a disabled bar counts nothing
-            if on_progress is not None:
-                on_progress(0, total, s.llm_calls)
-            while True:
-                while runner.free() and (batch := sched.claim(lease)):
-                    lease.count_calls(sum(x.calls for x in batch))  # before the calls are made
-                    runner.submit(BatchJob(batch, sched.prev, catalog))
-                if runner.pending():
-                    for done in runner.wait(s):
-                        n = sched.finished(done.parts, settle_batch(ctx, done))
-                        bar.update(n)
-                        finished += n
-                    bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
-                    if on_progress is not None:
-                        on_progress(finished, total, s.llm_calls)
-                    continue
-                if sched.budget <= 0:
+        if on_progress is not None:
+            on_progress(0, total, s.llm_calls)
+        while True:
+            while runner.free() and not stop() and (batch := sched.claim(lease)):
+                lease.count_calls(sum(x.calls for x in batch))  # before the calls are made
+                runner.submit(BatchJob(batch, sched.prev, catalog))
+            if runner.pending():
+                for done in runner.wait(s):
+                    settled = settle_batch(ctx, done)
+                    n = sched.finished(done.parts, settled)
+                    bar.update(n)
+                    finished += n
+                    if n and on_commit is not None:
+                        on_commit([x for x in done.parts if x.id in settled.summaries])
+                bar.set_postfix(tok_s=f"{s.completion_tokens / max(s.seconds_llm, 1e-9):.1f}")
+                if on_progress is not None:
+                    on_progress(finished, total, s.llm_calls)
+                continue
+            if sched.budget <= 0 or stop():
+                break
+            # Nothing of ours in flight, nothing ready: other workers may have finished
+            # partitions (ours to continue from), still hold some, or have died.
+            sched.learn(done_summaries(ledger, ctx.pv, llm_id))
+            waited_on_others = sched.retry_busy()
+            if not sched.ready():
+                if not lease.others_holding(cfg.users):
                     break
-                # Nothing of ours in flight, nothing ready: other workers may have finished
-                # partitions (ours to continue from), still hold some, or have died.
-                sched.learn(done_summaries(ledger, ctx.pv, llm.llm_id))
-                waited_on_others = sched.retry_busy()
-                if not sched.ready():
-                    if not lease.others_holding(cfg.users):
-                        break
-                    time.sleep(poll_interval(cfg.lease_s))
-                elif waited_on_others:  # what is ready may still be theirs: do not spin on it
-                    time.sleep(poll_interval(cfg.lease_s))
-    except BaseException as exc:
-        status = "failed"
-        s.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
-        raise
+                time.sleep(poll_interval(cfg.lease_s))
+            elif waited_on_others:  # what is ready may still be theirs: do not spin on it
+                time.sleep(poll_interval(cfg.lease_s))
     finally:
-        if bar is not None:
-            bar.close()
-        ctx.finish(status)
-    return s
+        bar.close()
+    return sched.skipped
