@@ -102,3 +102,24 @@ def test_kafka_consumer_sigkilled_mid_stream_then_restarted_equals_file_ingest(m
     finish(start(url, ledger, "--batch", "50", "--until-idle", "8"))
     assert_each_event_once(ledger)
     assert ledger_rows(ledger) == replayed
+
+
+def test_lag_is_the_watermarks_beyond_the_ledgers_offsets(mock_cluster, ledger, unique_name):
+    """`liber status --lag`: what the partitions hold past the ledger's committed offsets, and when the
+    oldest of it was produced (stream/lag.py); read-only, so asking twice gives the same count."""
+    import dataclasses
+    import time
+
+    from liber_features.stream.lag import broker_lag
+
+    s = movielens_slice()
+    url = f"kafka://{mock_cluster}/lag_{unique_name}?group=g_{unique_name}"
+    assert publish(url, dataclasses.replace(s, events=s.events.iloc[:300], read=300)) == 300
+    consume(url, ledger, idle_s=4)
+    assert (broker_lag(url, ledger).messages, broker_lag(url, ledger).oldest_us) == (0, None)
+    t0 = int(time.time() * 1000) * 1000
+    assert publish(url, dataclasses.replace(s, events=s.events.iloc[300:425].reset_index(drop=True), read=125)) == 125
+    t1 = int(time.time() * 1000) * 1000 + 1000
+    first, again = broker_lag(url, ledger), broker_lag(url, ledger)
+    assert (first.messages, again.messages) == (125, 125)
+    assert t0 <= first.oldest_us <= t1  # a producer timestamp (ms) of this second publish

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from liber_features.cli.common import IdList, emit, ledger_option, open_ledger, schema_option, use_ledger
+from liber_features.cli.common import IdList, emit, fail, ledger_option, open_ledger, schema_option, use_ledger
 
 __all__ = ["COMMANDS"]
 
@@ -63,8 +63,11 @@ def report_cmd(ledger_url, ledger_schema, repo, no_online, model_dir, evaluation
 @schema_option
 @click.option("--online", is_flag=True, help="also count what the online store of --repo holds for this ledger")
 @click.option("--repo", default="feature_repo", show_default=True, type=click.Path(), help="read by --online")
+@click.option("--lag", "lag_urls", multiple=True, metavar="URL",
+              help="also ask this broker (the URL given to `liber stream --from`) how far its consumer is "
+                   "behind: messages not yet committed, age of the oldest (repeatable; read-only)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
-def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
+def status(ledger_url, ledger_schema, online, repo, lag_urls, as_json) -> None:
     """Ledger totals, encoder progress and backlog, and runs: live, finished, failed, stale (dead workers).
 
     The encode backlog counts the sealed partitions still without an output for the version being
@@ -92,11 +95,22 @@ def status(ledger_url, ledger_schema, online, repo, as_json) -> None:
         from liber_features.features.repo import open_store
 
         summary |= {"repo": str(repo), **census_of_ledger(open_store(repo), ledger).summary()}
+    if lag_urls:  # asked of each broker (stream/lag.py): the ledger knows what it committed, not what came since
+        from liber_features.errors import LiberError
+        from liber_features.stream.lag import broker_lag
+
+        try:
+            summary["lag"] = [broker_lag(u, ledger).as_dict() for u in lag_urls]
+        except LiberError as exc:
+            fail(exc, debug=False)
     if as_json:
         emit(summary, as_json, "")
     else:
-        emit({k: v for k, v in summary.items() if k not in ("ledger", "runs", "workers", "streams")}, as_json,
-             f"ledger {ledger.safe_url()}")
+        emit({k: v for k, v in summary.items() if k not in ("ledger", "runs", "workers", "streams", "lag")},
+             as_json, f"ledger {ledger.safe_url()}")
+        for lag in summary.get("lag", []):
+            age = "-" if lag["oldest_age_s"] is None else f"{lag['oldest_age_s']} s"
+            click.echo(f"  lag {lag['source']}: {lag['messages']} messages not committed, oldest {age}")
         for st in streams:  # liber stream: where each broker source is committed up to
             click.echo(f"  stream {st['source']}: {st['events']} events, {st['quarantined']} quarantined, "
                        f"at {st['position'] or '-'} (newest event {st['newest_event_at'] or '-'}, "
