@@ -29,8 +29,6 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from liber_features.features.online import push_short_term_cache
 from liber_features.features.repo import feast_redis_connection, open_store
 from liber_features.ingest.events import load_events
@@ -40,6 +38,7 @@ from liber_features.ledger.store import Ledger, partitions
 from liber_features.stream.connect import open_publisher, open_source
 from liber_features.stream.consumer import Consumer, StreamConfig
 from liber_features.stream.flusher import Flusher
+from liber_features.stream.freshness import Freshness
 from liber_features.stream.producer import produce
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +67,6 @@ def make_store(root: Path, project: str, redis_url: str):
     store = open_store(root, environ={})
     store.apply([defs.user, defs.short_term_push, defs.user_short_term_cache])
     return store
-
-
-def stats(values: list[float]) -> dict[str, float | int]:
-    a = np.asarray(values, dtype=float)
-    if not len(a):
-        return {"n": 0}
-    return {"n": int(len(a)), "p50": round(float(np.percentile(a, 50)), 1),
-            "p99": round(float(np.percentile(a, 99)), 1), "max": round(float(a.max()), 1)}
 
 
 def url_for(broker: str, tag: str, args) -> str:
@@ -149,21 +140,8 @@ def latency(broker: str, backend: str, rate: int, store, args, root: Path) -> di
     n = int(rate * args.seconds)
     open_publisher(url).close()  # the stream exists before the consumer subscribes
     ledger = new_ledger(backend, root)
-    commit_ms: list[float] = []
-    online_ms: list[float] = []
-    waiting: dict[str, list[int]] = {}
-
-    def on_commit(ev, commit_us: int) -> None:
-        broker_us = ev["broker_us"].to_numpy()
-        commit_ms.extend(((commit_us - broker_us) / 1000).tolist())
-        for user, b in zip(ev["user_id"], broker_us):
-            waiting.setdefault(user, []).append(int(b))
-
-    def on_flush(users: list[str], done_us: int) -> None:
-        for u in users:
-            online_ms.extend((done_us - b) / 1000 for b in waiting.pop(u, []))
-
-    flusher = Flusher(lambda df: push_short_term_cache(store, df), 0.2, on_flush=on_flush)
+    fresh = Freshness()
+    flusher = Flusher(lambda df: push_short_term_cache(store, df), 0.2, on_flush=fresh.on_flush)
     source = open_source(url, 500)
     producer = subprocess.Popen(
         [sys.executable, "-m", "liber_features.cli", "produce", "--events", str(args.data), "--to", url,
@@ -171,7 +149,7 @@ def latency(broker: str, backend: str, rate: int, store, args, root: Path) -> di
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         s = Consumer(source, ledger, PartitionRule(k=20), StreamConfig(batch=500, until_idle_s=3.0),
-                     flusher=flusher, on_commit=on_commit, say=lambda _l: None).run()
+                     flusher=flusher, on_commit=fresh.on_commit, say=lambda _l: None).run()
     finally:
         source.close()
     out, err = producer.communicate(timeout=120)
@@ -179,7 +157,7 @@ def latency(broker: str, backend: str, rate: int, store, args, root: Path) -> di
     ledger.drop_schema()
     drop(broker, tag, args)
     return {"rate": rate, "events": s.accepted, "produced_events_per_s": produced.get("events_per_s"),
-            "commit_ms": stats(commit_ms), "online_ms": stats(online_ms), "batches": s.batches}
+            **fresh.summary(), "batches": s.batches}
 
 
 def main() -> None:

@@ -9,15 +9,17 @@ Rerunning it does no LLM work twice.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
+import click
 
-__all__ = ["run_demo", "default_data_dir", "check_data", "MOVIELENS_URL"]
+from liber_features.cli.common import IdList
+
+__all__ = ["COMMANDS", "run_demo", "default_data_dir", "check_data", "MOVIELENS_URL"]
 
 MOVIELENS_URL = "https://grouplens.org/datasets/movielens/latest/"
 
@@ -49,9 +51,12 @@ def check_data(data: Path) -> None:
 
 
 def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
-             max_new_tokens: int, say: Callable[[str], None]) -> dict[str, Any]:
+             max_new_tokens: int, say: Callable[[str], None], stream: str | None = None) -> dict[str, Any]:
     check_data(data)  # before any import or write: a missing download is the likeliest failure
     import warnings
+
+    import numpy as np
+    import pandas as pd
 
     from liber_features.cli.common import use_ledger
     from liber_features.features.caches import append_cache_history, cache_frame, current_caches
@@ -82,9 +87,17 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     # The demo's ledger is not the environment's: its tables go to its own data directory
     # (settings.data_dir_for), and the Feast definitions apply_repo loads must compute the same one.
     use_ledger(ledger.url, None)
-    say(f"1/9 ingest {data} (K={k}) into {ledger.safe_url()}")
+    n = 10 if stream else 9  # --stream adds step 10: the newest events through a broker
+    loaded, tail = load_events(data), None
+    if stream:
+        from liber_features.cli.demo_stream import HELD, demo_broker_url, split_tail
+
+        stream = demo_broker_url(stream, ledger.ledger_id)
+        loaded, tail = split_tail(loaded, HELD)
+    say(f"1/{n} ingest {data} (K={k}) into {ledger.safe_url()}"
+        + (f", all but the newest {len(tail.events):,} events (streamed in step 10)" if tail else ""))
     caches: list[pd.DataFrame] = []
-    s = ingest(load_events(data), ledger, PartitionRule(k=k), progress=False,
+    s = ingest(loaded, ledger, PartitionRule(k=k), progress=False,
                on_caches=lambda states: caches.append(cache_frame(states)))
     out["ingest"] = {key: getattr(s, key) for key in (
         "read", "accepted", "duplicates", "quarantined", "late", "partitions_sealed",
@@ -92,7 +105,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    {s.accepted} new events, {s.partitions_sealed} partitions sealed, "
         f"{s.cached_events} events in short-term caches")
 
-    say(f"2/9 encode users {','.join(users)}: SmolLM2-135M summaries + shifts, MiniLM vectors")
+    say(f"2/{n} encode users {','.join(users)}: SmolLM2-135M summaries + shifts, MiniLM vectors")
     from encoders.uil.llm import DecodingConfig, load_llm
     from encoders.uil.text import TextEncoder
 
@@ -105,7 +118,7 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    {e.partitions_done} partitions encoded with {e.llm_calls} LLM calls "
         f"({e.skipped_already_done} already done), {e.failed} failed")
 
-    say("3/9 offline tables for Feast")
+    say(f"3/{n} offline tables for Feast")
     shape = LiberFeatureConfig.from_env()
     table = refresh_memory_table(ledger, data_file(f"{LONG_TERM_VIEW}.parquet", repo_dir=repo),
                                  memory_slots=shape.memory_slots, vector_dim=shape.vector_dim,
@@ -116,18 +129,18 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
         append_cache_history(current, history, ledger)
     say(f"    {table.num_rows} long-term rows, {len(current)} short-term caches")
 
-    say(f"4/9 feast apply ({repo})")
+    say(f"4/{n} feast apply ({repo})")
     store = open_store(repo)
     out["applied"] = apply_repo(store, repo)
 
-    say("5/9 materialize long-term memory, push short-term caches online")
+    say(f"5/{n} materialize long-term memory, push short-term caches online")
     synced = sync_view(store, ledger, LONG_TERM_VIEW)  # what `liber materialize` does
     pushed = push_short_term_cache(store, current)
     out["online"] = {"store": store.config.online_store.type, "caches_pushed": pushed,
                      "users_written": synced.users_written}
 
     user = users[0]
-    say(f"6/9 ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")
+    say(f"6/{n} ranker fetch by user_id={user} through FeatureService {RANKER_SERVICE}")
     service = store.get_feature_service(RANKER_SERVICE)
     online = store.get_online_features(features=service, entity_rows=[{"user_id": user}],
                                        full_feature_names=True).to_dict()
@@ -155,12 +168,19 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    latest summary: {f['latest_summary']}")
     say(f"    latest shift:   {f['latest_shift']}")
     say(f"    online == offline point-in-time vectors: {f['online_equals_offline']}")
-    out["model"] = _model_steps(ledger, repo, workdir, user, enc, say)
+    out["model"] = _model_steps(ledger, repo, workdir, user, enc, say, n)
+    if tail is not None:
+        from liber_features.cli.demo_stream import stream_tail
+
+        say(f"10/10 stream the newest {len(tail.events):,} events through {stream}: consume exactly once, "
+            "caches online, encode what they sealed")
+        out["stream"] = stream_tail(stream, tail, ledger, repo, k=k, llm=llm, enc=enc, say=say)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
-def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable[[str], None]) -> dict[str, Any]:
+def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable[[str], None],
+                 n: int = 9) -> dict[str, Any]:
     """7-9: a small LIBER model on the leak-free training set → ONNX → scored online by user_id."""
     from sqlalchemy import select
 
@@ -171,7 +191,7 @@ def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callabl
     from liber_features.serving.scorer import LiberScorer
     from liber_features.training.prepare import checkpoint_meta, prepare_training_set
 
-    say("7/9 train DIN + LIBER on the leak-free training set (a small demo model: 20k samples, 2 epochs)")
+    say(f"7/{n} train DIN + LIBER on the leak-free training set (a small demo model: 20k samples, 2 epochs)")
     _, ts, versions = prepare_training_set(ledger.url, None, str(repo), say=lambda m: say("    " + m))
     items = item_vectors(ts.item_vocab, ts.catalog, enc)  # once per catalog; cached on disk
     r = train(ts, items, TrainConfig(backbone="din", liber="both", epochs=2, max_train_samples=20_000,
@@ -181,10 +201,10 @@ def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callabl
     model_dir = workdir / "model"
     meta = checkpoint_meta(ts, r, versions, ledger)
     save_checkpoint(r.model, meta, model_dir)
-    say(f"8/9 export {model_dir}/model.onnx + model_card.json")
+    say(f"8/{n} export {model_dir}/model.onnx + model_card.json")
     card = export_onnx(r.model, meta, model_dir)
 
-    say(f"9/9 score user {user} online: one read of {card.feature_service}, one onnxruntime call")
+    say(f"9/{n} score user {user} online: one read of {card.feature_service}, one onnxruntime call")
     scorer = LiberScorer.load(model_dir, repo)
     with ledger.engine.connect() as conn:
         seen = set(conn.execute(select(events.c.item_id).where(events.c.user_id == user)).scalars())
@@ -198,3 +218,39 @@ def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callabl
         say(f"      {p:.3f}  {titles.get(item, item)}")
     return {"test_auc": r.test["auc"], "model_dir": str(model_dir), "top": best,
             "cold_start": res.cold_start, "encoder_version": res.encoder_version}
+
+
+@click.command()
+@click.option("--data", type=click.Path(), default=None,
+              help="GroupLens directory [default: ../shared/data/ml-latest-small or "
+                   "$LIBER_ML_LATEST_SMALL]")
+@click.option("--workdir", type=click.Path(), default=None,
+              help="where the demo's SQLite ledger lives [default: .liber/demo, with --stream .liber/demo-stream]")
+@click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
+@click.option("--users", type=IdList(), default="5,8,9", show_default=True,
+              help="users whose partitions the LLM encodes (the whole log is ingested)")
+@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
+@click.option("--stream", "stream_url", default=None, metavar="URL",
+              help="also stream the newest events through this broker (nats://HOST:PORT, redis://HOST:PORT) "
+                   "into the ledger, caches online, and encode what they seal (docs/streaming.md)")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
+def demo(data, workdir, repo, users, k, max_new_tokens, stream_url, as_json) -> None:
+    """Run the whole pipeline end to end on the embedded defaults (SQLite ledger + online store)."""
+    if stream_url is not None:  # a bad URL, or an unreachable broker, before any work
+        from liber_features.cli.demo_stream import demo_broker_url
+        from liber_features.stream.brokers import parse_broker_url
+        from liber_features.stream.nats_source import probe
+
+        cfg = parse_broker_url(demo_broker_url(stream_url, "00000000"))
+        probe(cfg.host, cfg.port, f"{cfg.scheme}://{cfg.host}:{cfg.port}")
+    workdir = workdir or (".liber/demo-stream" if stream_url else ".liber/demo")
+    result = run_demo(data=Path(data) if data else default_data_dir(), workdir=Path(workdir),
+                      repo=Path(repo), users=users,
+                      k=k, max_new_tokens=max_new_tokens,
+                      say=(lambda _m: None) if as_json else click.echo, stream=stream_url)
+    if as_json:
+        click.echo(json.dumps(result, default=str, sort_keys=True))
+
+
+COMMANDS = [demo]

@@ -9,7 +9,6 @@ cli/common.py); row-level problems are quarantined and reported in the counts in
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import sysconfig
 import warnings
@@ -31,6 +30,7 @@ from liber_features.cli.common import (
     setting_default,
     use_ledger,
 )
+from liber_features.cli.demo import COMMANDS as _DEMO_COMMANDS
 from liber_features.cli.follow import follow_options, run_follow
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
 from liber_features.cli.project import COMMANDS as _PROJECT_COMMANDS
@@ -258,31 +258,7 @@ def _run_encode(ledger, cfg, on_progress, spec: tuple, ray_address, actors, acto
     return run_ray_encode(ledger, backends, cfg, rc, progress=False, on_progress=on_progress).as_dict()
 
 
-@cli.command()
-@click.option("--data", type=click.Path(), default=None,
-              help="GroupLens directory [default: ../shared/data/ml-latest-small or "
-                   "$LIBER_ML_LATEST_SMALL]")
-@click.option("--workdir", type=click.Path(), default=".liber/demo", show_default=True,
-              help="where the demo's SQLite ledger lives")
-@click.option("--repo", default="feature_repo", show_default=True, type=click.Path())
-@click.option("--users", type=IdList(), default="5,8,9", show_default=True,
-              help="users whose partitions the LLM encodes (the whole log is ingested)")
-@click.option("--k", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=48, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
-def demo(data, workdir, repo, users, k, max_new_tokens, as_json) -> None:
-    """Run the whole pipeline end to end on the embedded defaults (SQLite ledger + online store)."""
-    from liber_features.cli.demo import default_data_dir, run_demo
-
-    result = run_demo(data=Path(data) if data else default_data_dir(), workdir=Path(workdir),
-                      repo=Path(repo), users=users,
-                      k=k, max_new_tokens=max_new_tokens,
-                      say=(lambda _m: None) if as_json else click.echo)
-    if as_json:
-        click.echo(json.dumps(result, default=str, sort_keys=True))
-
-
-for _command in (*_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS,
+for _command in (*_DEMO_COMMANDS, *_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS,
                  *_PROJECT_COMMANDS, *_STREAM_COMMANDS):
     cli.add_command(_command)
 
