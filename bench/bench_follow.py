@@ -17,35 +17,19 @@ Needs only Redis (the registry is a file in a temp dir). Runs in well under a mi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[0] / "feature_repo"
-
-
-def make_store(root: Path, project: str, redis_url: str):
-    """A temp copy of feature_repo/ whose default yaml points at Redis (file registry)."""
-    from liber_features.features.repo import feast_redis_connection, open_store
-
-    shutil.copy(REPO / "definitions.py", root)
-    yaml = (REPO / "feature_store.yaml").read_text().replace("project: liber\n", f"project: {project}\n")
-    yaml = yaml.replace("  type: sqlite\n  path: data/online_store.db\n",
-                        f"  type: redis\n  connection_string: \"{feast_redis_connection(redis_url)}\"\n")
-    (root / "feature_store.yaml").write_text(yaml)
-    spec = importlib.util.spec_from_file_location("bench_defs", root / "definitions.py")
-    defs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(defs)
-    store = open_store(root, environ={})
-    store.apply([defs.user, defs.user_long_term_memory])
-    return store
+sys.path.insert(0, str(HERE))
+from bench_online_write import make_store  # noqa: E402  (a temp copy of feature_repo/ on Redis)
 
 
 def main() -> None:

@@ -46,7 +46,6 @@ def make_store(root: Path, project: str, redis_url: str):
     yaml = yaml.replace("  type: sqlite\n  path: data/online_store.db\n",
                         f"  type: redis\n  connection_string: \"{feast_redis_connection(redis_url)}\"\n")
     (root / "feature_store.yaml").write_text(yaml)
-    os.environ["LIBER_DATA_DIR"] = "data"  # the sample table is written to <root>/data
     spec = importlib.util.spec_from_file_location("bench_defs", root / "definitions.py")
     defs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(defs)
@@ -79,6 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_parquet(rows.head(1), root / "data/user_long_term_memory.parquet", LONG_TERM_SCHEMA)
+        os.environ["LIBER_DATA_DIR"] = "data"  # the sample table is written to <root>/data
         store = make_store(root, project, args.redis)
         try:
             t0 = time.perf_counter()
