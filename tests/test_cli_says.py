@@ -238,10 +238,10 @@ class TableScorer:
 
 @pytest.fixture
 def table_scorer(monkeypatch):
-    from liber_features.cli import model
+    from liber_features.cli import serve as serve_cli
 
     scorer = TableScorer({"10": 0.5, "11": 0.75, "12": 0.25, "new": 0.875}, known=["10", "11", "12"])
-    monkeypatch.setattr(model, "_scorer", lambda *a: scorer)
+    monkeypatch.setattr(serve_cli, "_scorer", lambda *a: scorer)
     return scorer
 
 
