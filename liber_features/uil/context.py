@@ -57,6 +57,23 @@ class RunContext:
         lease = Lease(ledger, run_id, pv, llm.llm_id, cfg.lease_s)
         return cls(ledger, run_id, lease, cfg, llm, enc, summary, started)
 
+    @contextlib.contextmanager
+    def running(self):
+        """The run's body: the lease heartbeat while it runs, then the run row closed ``ok``, or
+        ``failed`` with the error recorded (redacted) before it propagates."""
+        from liber_features.redact import redact_text
+
+        status = "ok"
+        try:
+            with self.lease.heartbeat():
+                yield self
+        except BaseException as exc:
+            status = "failed"
+            self.summary.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
+            raise
+        finally:
+            self.finish(status)
+
     def finish(self, status: str) -> None:
         """Round the counters, give back what is still claimed, close the run row."""
         s = self.summary

@@ -87,7 +87,7 @@ def follow_encode(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEn
     they fail. ``on_commit(parts)`` hears of each committed batch.
     """
     ctx = RunContext.start(ledger, llm, enc, cfg, EncodeSummary(), {"follow": fc.model_dump(), **(params or {})})
-    rep, status = FollowReport(), "ok"
+    rep = FollowReport()
     started = time.monotonic()
     deadline = None if fc.max_seconds is None else started + fc.max_seconds
 
@@ -127,33 +127,26 @@ def follow_encode(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEn
                 try_sync()
 
     seen: int | None = None  # sealed partitions counted before the last pass began
-    try:
-        with ctx.lease.heartbeat():
-            while not halt():
-                count = sealed_count(ledger, cfg.users)
-                if count != seen:
-                    seen = count  # counted before the pass loads them: a seal in between is not missed
-                    skipped = encode_pass(ctx, runner, stop=halt, on_commit=committed)
-                    if rep.passes == 0:
-                        ctx.summary.skipped_already_done = skipped
-                    rep.passes += 1
-                    continue  # look again at once: partitions may have been sealed during the pass
-                if state["unsynced"]:  # idle: the table and the sync state catch up now
-                    try_sync()
-                if fc.until_idle:
-                    rep.ended = "idle"
-                    break
-                until = time.monotonic() + fc.poll_s
-                while not halt() and time.monotonic() < until:
-                    time.sleep(min(0.1, fc.poll_s))
-            if not rep.ended:
-                rep.ended = "stopped" if stop() else "max_seconds"
-            if state["unsynced"]:  # one last try: the table and the sync state as of the last commit
+    with ctx.running():
+        while not halt():
+            count = sealed_count(ledger, cfg.users)
+            if count != seen:
+                seen = count  # counted before the pass loads them: a seal in between is not missed
+                skipped = encode_pass(ctx, runner, stop=halt, on_commit=committed)
+                if rep.passes == 0:
+                    ctx.summary.skipped_already_done = skipped
+                rep.passes += 1
+                continue  # look again at once: partitions may have been sealed during the pass
+            if state["unsynced"]:  # idle: the table and the sync state catch up now
                 try_sync()
-    except BaseException as exc:
-        status = "failed"
-        ctx.summary.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
-        raise
-    finally:
-        ctx.finish(status)
+            if fc.until_idle:
+                rep.ended = "idle"
+                break
+            until = time.monotonic() + fc.poll_s
+            while not halt() and time.monotonic() < until:
+                time.sleep(min(0.1, fc.poll_s))
+        if not rep.ended:
+            rep.ended = "stopped" if stop() else "max_seconds"
+        if state["unsynced"]:  # one last try: the table and the sync state as of the last commit
+            try_sync()
     return ctx.summary, rep

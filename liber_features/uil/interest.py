@@ -26,7 +26,6 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from liber_features.ledger.store import Ledger
-from liber_features.redact import redact_text
 from liber_features.uil.batch import BatchJob, Finished, LostBatch, run_batch
 from liber_features.uil.claims import poll_interval
 from liber_features.uil.context import RunContext
@@ -109,17 +108,8 @@ def encode_loop(ledger: Ledger, runner: BatchRunner, llm: LLMLike, enc: TextEnco
     :func:`encode_pass`, the one pass this run makes over what is sealed now.
     """
     ctx = RunContext.start(ledger, llm, enc, cfg, summary or EncodeSummary(), params)
-    status = "ok"
-    try:
-        with ctx.lease.heartbeat():
-            ctx.summary.skipped_already_done = encode_pass(ctx, runner, progress=progress,
-                                                           on_progress=on_progress)
-    except BaseException as exc:
-        status = "failed"
-        ctx.summary.errors.append(redact_text(f"{type(exc).__name__}: {exc}")[:300])
-        raise
-    finally:
-        ctx.finish(status)
+    with ctx.running():
+        ctx.summary.skipped_already_done = encode_pass(ctx, runner, progress=progress, on_progress=on_progress)
     return ctx.summary
 
 
