@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Table, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random
 
 from liber_features.errors import ConfigError, LedgerError
 from liber_features.ledger import migrate
@@ -73,6 +74,19 @@ def default_ledger_url() -> str:
     return f"sqlite:///{Path('.liber/ledger.db').resolve()}"
 
 
+@retry(retry=retry_if_exception(lambda e: "locked" in str(e)), wait=wait_random(0.005, 0.05),
+       stop=stop_after_delay(30), reraise=True)
+def _switch_to_wal(cur) -> None:  # noqa: ANN001 - a DBAPI cursor
+    """``PRAGMA journal_mode=WAL``, retried while another opener holds the file's lock.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers SQLITE_BUSY at once,
+    without its busy handler, where waiting could deadlock — so four workers opening one new
+    ledger together failed about one time in six (CI, 2026-12-05). A short random wait ends it:
+    the winner's switch is done in milliseconds and the others then find the file in WAL already.
+    """
+    cur.execute("PRAGMA journal_mode=WAL")
+
+
 class Ledger:
     """Connection to the ledger; creates the tables on first use, upgrades an older ledger's."""
 
@@ -112,9 +126,8 @@ class Ledger:
             def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI hook
                 # WAL lets a reader (the encoder) run while ingest writes; NORMAL is durable in WAL.
                 cur = dbapi_conn.cursor()
-                # busy_timeout first: switching a new file to WAL takes a lock another opener may hold.
                 cur.execute("PRAGMA busy_timeout=30000")
-                cur.execute("PRAGMA journal_mode=WAL")
+                _switch_to_wal(cur)
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
         if schema:
