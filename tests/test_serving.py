@@ -13,6 +13,7 @@ from datetime import UTC
 
 import numpy as np
 import pytest
+from modelkit import movielens_users
 from servekit import ENV, SHAPE, USERS
 
 from liber_features.errors import ConfigError, OnlineStoreError
@@ -36,6 +37,27 @@ def test_fast_path_equals_feast_path(world):
             else:
                 assert ra[f] == rb[f], f
     assert a[0]["partition_count"] == 23 and len(a[0]["recent_item_ids"]) == 6  # user 1: 232 ratings, K=10
+
+
+def test_fast_path_reads_the_users_statistics_as_feast_does(world):
+    """A boosted ranker's read adds the user_stats view: still one HMGET, the same values as Feast's
+    read, timestamps included (Feast keeps them in whole seconds)."""
+    from liber_features.features.stats import USER_STATS_VIEW
+    from liber_features.features.sync import sync_view
+    from liber_features.serving.fetch import RANKER_FEATURES
+
+    store = world["store"]
+    sync_view(store, world["ledger"], USER_STATS_VIEW)
+    users = USERS + ["nobody"]
+    a = RedisFetcher(store, features=RANKER_FEATURES).fetch(users)
+    b = FeastFetcher(store, features=RANKER_FEATURES).fetch(users)
+    assert a[3] is None and b[3] is None
+    for ra, rb in zip(a[:3], b[:3]):
+        assert {f: ra[f] for _, f in RANKER_FEATURES[len(FEATURES):]} == \
+            {f: rb[f] for _, f in RANKER_FEATURES[len(FEATURES):]}
+    events = movielens_users(["1"])[0]
+    assert a[0]["user_event_count"] == len(events) == 232
+    assert a[0]["user_last_event_at"].timestamp() == events.timestamp.max()
 
 
 def test_fast_path_reads_what_feast_itself_wrote(world):

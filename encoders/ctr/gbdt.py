@@ -16,98 +16,96 @@ point-in-time inputs (``TrainingSet``: nothing at or after the sample's time):
   vectors the cosine between the candidate's text vector and the newest slot, the max and the mean
   over filled slots (text vectors and LIBER vectors come from the same text encoder).
 
+The row itself is ``liber_features.model.ranker_features`` — the definition the online scorer
+uses too, so an exported booster (``gbdt_export.py``) scores online what it was trained on.
 Early stopping on validation AUC; the test split is scored once, like the neural backbones.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from liber_features.errors import ConfigError
 from liber_features.model.inputs import STAT_NAMES
-from liber_features.model.vocab import PAD
+from liber_features.model.ranker_features import BASE, LIBER, RankerItems, feature_names, ranker_features
 from liber_features.training.samples import TrainingSet
 
-__all__ = ["FEATURE_NAMES", "gbdt_features", "train_gbdt"]
+__all__ = ["BASE", "LIBER", "GbdtConfig", "GbdtResult", "fit_gbdt", "gbdt_features", "train_gbdt"]
 
-BASE = ["user", "item", "hist_len", "hist_cos_mean", "hist_same_genre", *STAT_NAMES]
-LIBER = ["partition_count", *(f"{v}_cos_{s}" for v in ("summary", "shift") for s in ("newest", "max", "mean"))]
-FEATURE_NAMES = BASE + LIBER  # then the candidate's genres, named by the catalog
+CHUNK = 2048  # samples per step: the (chunk, M, D) memory gathered from the tables
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+class GbdtConfig(BaseModel):
+    """What a saved LightGBM ranker was trained with (its card's ``train_config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: Literal["lgbm"] = "lgbm"
+    liber: Literal["none", "both", "summary"] = "both"
+    seed: int = 0
+    rounds: int = Field(2000, ge=1, description="at most; early stopping on validation AUC")
 
 
-def _genres(ts: TrainingSet) -> tuple[list[str], np.ndarray]:
-    """(genre names, ``(items, G)`` multi-hot by item index)."""
-    cats = ts.catalog.set_index("item_id").categories.astype(str)
-    names = sorted({g for c in cats for g in c.split("|") if g and g != "(no genres listed)"})
-    col = {g: j for j, g in enumerate(names)}
-    hot = np.zeros((ts.item_vocab.size, len(names)), np.float32)
-    for item, c in cats.items():
-        i = ts.item_vocab.index(np.array([item]))[0]
-        for g in c.split("|"):
-            if g in col:
-                hot[i, col[g]] = 1
-    return names, hot
+@dataclass
+class GbdtResult:
+    """A trained ranker's figures, in the shape ``liber train`` and ``checkpoint_meta`` read."""
+
+    config: GbdtConfig
+    validation: dict[str, float]
+    test: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    samples_per_s: float
+    peak_rss_mb: float
+
+    @classmethod
+    def of(cls, res: dict[str, Any], liber: str, seed: int, samples: int) -> GbdtResult:
+        import resource
+
+        return cls(GbdtConfig(liber=liber, seed=seed), res["validation"], res["test"], res["best_epoch"],
+                   res["epochs_run"], res["seconds"], samples / max(res["seconds"], 1e-9),
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def gbdt_features(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None,
-                  chunk: int = 2048) -> tuple[np.ndarray, list[str]]:
+                  items: RankerItems | None = None) -> tuple[np.ndarray, list[str]]:
     """``(N, F)`` float32 features and their names; ``tables`` None: no LIBER features."""
-    from liber_features.errors import ConfigError
-
     if tables is not None and tables[0].shape[1] != item_text.shape[1]:
         # A cosine needs one space: the item texts and the summaries through the same text encoder
         # (a D′ projection would have to project the item texts too; not done here).
         raise ConfigError(f"LIBER affinity features need the memory vectors (D={tables[0].shape[1]}) in the "
                           f"item text vectors' space (D={item_text.shape[1]}): run lgbm at the text encoder's D")
-    n = len(ts.label)
-    text = _unit(item_text.astype(np.float32))
-    genre_names, hot = _genres(ts)
-    if ts.stats.shape != (n, len(STAT_NAMES)):  # a set saved before the statistics views existed
+    if ts.stats.shape != (len(ts.label), len(STAT_NAMES)):  # a set saved before the statistics views existed
         raise ConfigError("this training set has no user/item statistics: rebuild it (liber train / "
                           "liber evaluate rebuild it from the ledger; an old --save-set file cannot)")
-    cols = {"user": ts.user_idx.astype(np.float32), "item": ts.item_idx.astype(np.float32),
-            **{name: ts.stats[:, j] for j, name in enumerate(STAT_NAMES)}}
-    hist_len, hist_cos, same = np.zeros(n), np.zeros(n), np.zeros(n)
-    aff = {name: np.zeros(n) for name in LIBER[1:]}
-    for lo in range(0, n, chunk):  # bounded memory: (chunk, L, D) at a time
-        sl = slice(lo, lo + chunk)
-        cand, hist = ts.item_idx[sl], ts.hist_idx[sl]
-        filled = hist != PAD
-        hist_len[sl] = filled.sum(1)
-        mean = _unit((text[hist] * filled[..., None]).sum(1))
-        hist_cos[sl] = (mean * text[cand]).sum(1)
-        same[sl] = ((hot[hist] @ hot[cand][..., None])[..., 0] > 0).sum(1)  # PAD/OOV rows: no genre
+    items = items or RankerItems.from_catalog(ts.item_vocab, ts.catalog, item_text)
+    parts = []
+    for lo in range(0, len(ts.label), CHUNK):  # bounded memory: the slots' vectors a chunk at a time
+        sl = slice(lo, lo + CHUNK)
+        liber = {}
         if tables is not None:
             rows = ts.slot_rows[sl]
-            used = rows > 0
-            for name, table in (("summary", tables[0]), ("shift", tables[1])):
-                cos = (_unit(table[rows]) * text[cand][:, None, :]).sum(-1)  # (chunk, M)
-                aff[f"{name}_cos_newest"][sl] = np.where(used[:, 0], cos[:, 0], 0)
-                aff[f"{name}_cos_max"][sl] = np.where(used.any(1), np.where(used, cos, -2).max(1), 0)
-                aff[f"{name}_cos_mean"][sl] = (cos * used).sum(1) / np.maximum(used.sum(1), 1)
-    cols |= {"hist_len": hist_len, "hist_cos_mean": hist_cos, "hist_same_genre": same}
-    names = list(BASE)
-    if tables is not None:
-        cols |= {"partition_count": ts.partition_count.astype(np.float64), **aff}
-        names += LIBER
-    x = np.column_stack([cols[c] for c in names] + [hot[ts.item_idx]]).astype(np.float32)
-    return x, names + [f"genre={g}" for g in genre_names]
+            liber = {"summary": tables[0][rows], "shift": tables[1][rows], "slots_used": rows > 0,
+                     "partition_count": ts.partition_count[sl]}
+        parts.append(ranker_features(items, user_idx=ts.user_idx[sl], item_idx=ts.item_idx[sl],
+                                     hist_idx=ts.hist_idx[sl], stats=ts.stats[sl], **liber))
+    return np.concatenate(parts), feature_names(items, tables is not None)
 
 
-def train_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None,
-               seed: int = 0, rounds: int = 2000) -> tuple[dict, np.ndarray]:
-    """Train on the train split, stop on validation AUC; (result dict, test predictions)."""
+def fit_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None,
+             seed: int = 0, rounds: int = 2000, items: RankerItems | None = None):
+    """Train on the train split, stop on validation AUC; (booster, result dict, test predictions)."""
     import lightgbm as lgb
 
     from encoders.ctr.train import metrics
 
-    x, names = gbdt_features(ts, item_text, tables)
+    x, names = gbdt_features(ts, item_text, tables, items)
     tr, va, te = (np.flatnonzero(ts.split == s) for s in (0, 1, 2))
     params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05, "num_leaves": 63,
               "min_data_in_leaf": 50, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
@@ -121,7 +119,14 @@ def train_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray,
     seconds = time.perf_counter() - t0
     p_va = booster.predict(x[va], num_iteration=booster.best_iteration)
     p_te = booster.predict(x[te], num_iteration=booster.best_iteration)
-    return {"validation": metrics(ts.label[va], p_va, ts.user_ids[va]),
-            "test": metrics(ts.label[te], p_te, ts.user_ids[te]), "best_epoch": booster.best_iteration,
-            "epochs_run": booster.current_iteration(), "seconds": round(seconds, 1), "features": names,
-            "importance": dict(zip(names, booster.feature_importance("gain").round(1).tolist()))}, p_te
+    return booster, {"validation": metrics(ts.label[va], p_va, ts.user_ids[va]),
+                     "test": metrics(ts.label[te], p_te, ts.user_ids[te]), "best_epoch": booster.best_iteration,
+                     "epochs_run": booster.current_iteration(), "seconds": round(seconds, 1), "features": names,
+                     "importance": dict(zip(names, booster.feature_importance("gain").round(1).tolist()))}, p_te
+
+
+def train_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None,
+               seed: int = 0, rounds: int = 2000) -> tuple[dict, np.ndarray]:
+    """:func:`fit_gbdt` for the evaluation grid: (result dict, test predictions)."""
+    _, result, p_te = fit_gbdt(ts, item_text, tables, seed, rounds)
+    return result, p_te

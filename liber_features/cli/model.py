@@ -43,7 +43,8 @@ label_rule_option = click.option(
 @ledger_option
 @schema_option
 @repo_option
-@click.option("--backbone", type=click.Choice(["din", "dcnv2"]), default="din", show_default=True)
+@click.option("--backbone", type=click.Choice(["din", "dcnv2", "lgbm"]), default="din", show_default=True,
+              help="lgbm: LightGBM over the side features, LIBER as affinity features (no torch to serve)")
 @click.option("--liber", "variant", type=click.Choice(["none", "both", "summary"]), default="both",
               show_default=True, help="which LIBER vectors the model reads")
 @click.option("--epochs", type=click.IntRange(1, 200), default=10, show_default=True)
@@ -68,10 +69,13 @@ def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, 
     use_ledger(ledger_url, ledger_schema)
     ledger, ts, versions = prepare_training_set(require_ledger(ledger_url), ledger_schema, repo, say=say,
                                                 label_rule=rule, replace=replace)
-    cfg = TrainConfig(backbone=backbone, liber=variant, epochs=epochs, seed=seed, dim=dim,
-                      device=device, max_train_samples=max_train_samples)
-    result = train(ts, _item_vectors(ts, device), cfg, log=say)
-    path = save_checkpoint(result.model, checkpoint_meta(ts, result, versions, ledger), out_dir)
+    if backbone == "lgbm":
+        result, path = _train_gbdt(ts, _item_vectors(ts, device), variant, seed, versions, ledger, out_dir)
+    else:
+        cfg = TrainConfig(backbone=backbone, liber=variant, epochs=epochs, seed=seed, dim=dim,
+                          device=device, max_train_samples=max_train_samples)
+        result = train(ts, _item_vectors(ts, device), cfg, log=say)
+        path = save_checkpoint(result.model, checkpoint_meta(ts, result, versions, ledger), out_dir)
     emit({"ledger": ledger.safe_url(), "repo": str(repo), "checkpoint": str(path),
           "test_auc": round(result.test["auc"], 4),
           "test_gauc": round(result.test["gauc"], 4), "test_logloss": round(result.test["logloss"], 4),
@@ -81,15 +85,37 @@ def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, 
           "label_rule": rule.describe()}, as_json, f"trained {backbone} (LIBER: {variant})")
 
 
+def _train_gbdt(ts, item_text, variant, seed, versions, ledger, out_dir):
+    """LightGBM on the same training set: (result, path of its saved metadata)."""
+    import numpy as np
+
+    from encoders.ctr.gbdt import GbdtResult, fit_gbdt
+    from encoders.ctr.gbdt_export import save_gbdt
+    from liber_features.model.ranker_features import RankerItems
+
+    items = RankerItems.from_catalog(ts.item_vocab, ts.catalog, item_text)
+    tables = {"none": None, "both": (ts.summary_table, ts.shift_table),
+              "summary": (ts.summary_table, np.zeros_like(ts.shift_table))}[variant]
+    booster, res, _ = fit_gbdt(ts, item_text, tables, seed=seed, items=items)
+    result = GbdtResult.of(res, variant, seed, len(ts.label))
+    meta = checkpoint_meta(ts, result, versions, ledger) | {"features": res["features"]}
+    return result, save_gbdt(booster, meta, items, out_dir)
+
+
 @click.command("export")
 @click.argument("model_dir", type=click.Path(), default="models/liber")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def export_cmd(model_dir, as_json) -> None:
     """Export a trained checkpoint to MODEL_DIR/model.onnx + model_card.json."""
-    from encoders.ctr.export import export_onnx, load_checkpoint
+    from encoders.ctr.gbdt_export import GBDT_META, export_gbdt
 
-    model, meta = load_checkpoint(model_dir)
-    card = export_onnx(model, meta, model_dir)
+    if (Path(model_dir) / GBDT_META).is_file():  # a LightGBM ranker: no torch needed
+        card = export_gbdt(model_dir)
+    else:
+        from encoders.ctr.export import export_onnx, load_checkpoint
+
+        model, meta = load_checkpoint(model_dir)
+        card = export_onnx(model, meta, model_dir)
     emit({"model": str(Path(model_dir) / "model.onnx"), "backbone": card.backbone, "liber": card.liber,
           "opset": card.opset, "items": len(card.item_vocab), "users": len(card.user_vocab),
           "encoder_version": card.encoder_version}, as_json, "exported")

@@ -30,16 +30,19 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from liber_features.errors import OnlineStoreError
 from liber_features.features import redis_layout as layout
 from liber_features.features.repo import LONG_TERM_VIEW, RANKER_SERVICE, SHORT_TERM_VIEW
+from liber_features.features.stats import USER_STATS_VIEW
+from liber_features.model.inputs import USER_STAT_FIELDS
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-__all__ = ["FEATURES", "FeastFetcher", "RedisFetcher", "make_fetcher", "pool_connection"]
+__all__ = ["FEATURES", "RANKER_FEATURES", "FeastFetcher", "RedisFetcher", "make_fetcher", "pool_connection"]
 
 # (view, feature) pairs the scorer reads; the service may hold more, these are what it needs.
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -47,7 +50,11 @@ FEATURES: tuple[tuple[str, str], ...] = (
     (LONG_TERM_VIEW, "partition_count"), (LONG_TERM_VIEW, "recent_item_ids"),
     (LONG_TERM_VIEW, "encoder_version"), (SHORT_TERM_VIEW, "cache_item_ids"),
 )  # fmt: skip
+# A boosted ranker (card backbone lgbm) also reads the user's statistics view, kept by Feast in
+# the same Redis hash as the user's other views: still one HMGET.
+RANKER_FEATURES: tuple[tuple[str, str], ...] = FEATURES + tuple((USER_STATS_VIEW, f) for f in USER_STAT_FIELDS)
 _VECTORS = {"summary_vectors", "shift_vectors"}
+_TIMESTAMPS = {"user_last_event_at"}  # unix_timestamp_val (seconds), as Feast's own read returns them
 
 
 class FeastFetcher:
@@ -55,21 +62,25 @@ class FeastFetcher:
 
     name = "feast"
 
-    def __init__(self, store: FeatureStore, service: str = RANKER_SERVICE) -> None:
+    def __init__(self, store: FeatureStore, service: str = RANKER_SERVICE,
+                 features: tuple[tuple[str, str], ...] | None = None) -> None:
         self.store = store
-        self.service = store.get_feature_service(service)
+        self.features = features or FEATURES
+        # The service unless more is asked for (a boosted ranker's statistics): then the references.
+        self.refs = (store.get_feature_service(service) if features is None
+                     else [f"{v}:{f}" for v, f in self.features])
         self.where = f"Feast online store ({store.config.online_store.type})"
 
     def fetch(self, user_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         try:
             rows = self.store.get_online_features(
-                features=self.service, entity_rows=[{"user_id": u} for u in user_ids],
+                features=self.refs, entity_rows=[{"user_id": u} for u in user_ids],
                 full_feature_names=True).to_dict()
         except Exception as exc:  # Feast surfaces store failures as many unrelated types
             raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
         out: list[dict[str, Any] | None] = []
         for i in range(len(user_ids)):
-            values = {f: rows[f"{v}__{f}"][i] for v, f in FEATURES}
+            values = {f: rows[f"{v}__{f}"][i] for v, f in self.features}
             out.append(None if all(x is None for x in values.values()) else values)
         return out
 
@@ -88,7 +99,8 @@ class RedisFetcher:
 
     name = "redis"
 
-    def __init__(self, store: FeatureStore, timeout_ms: float = 50.0) -> None:
+    def __init__(self, store: FeatureStore, timeout_ms: float = 50.0,
+                 features: tuple[tuple[str, str], ...] | None = None) -> None:
         import redis
         from feast.infra.online_stores.redis import RedisOnlineStore
 
@@ -99,8 +111,9 @@ class RedisFetcher:
         if redis_type not in ("redis", "redis_cluster"):
             raise OnlineStoreError(f"the Redis fast path reads a single Redis or a Redis Cluster, not {redis_type!r}")
         self.project, self.version = cfg.project, cfg.entity_key_serialization_version
-        names = {v: layout.view_name(store, store.get_feature_view(v)) for v in (LONG_TERM_VIEW, SHORT_TERM_VIEW)}
-        self.fields = [layout.feature_field(names[v], f) for v, f in FEATURES]
+        self.features = features or FEATURES
+        names = {v: layout.view_name(store, store.get_feature_view(v)) for v, _ in self.features}
+        self.fields = [layout.feature_field(names[v], f) for v, f in self.features]
         self.fields += [layout.ts_field(names[LONG_TERM_VIEW]), layout.ts_field(names[SHORT_TERM_VIEW])]
         nodes, kwargs = RedisOnlineStore._parse_connection_string(cfg.online_store.connection_string)
         from redis.backoff import NoBackoff
@@ -167,11 +180,14 @@ class RedisFetcher:
         if all(v is None for v in values):
             return None
         out: dict[str, Any] = {}
-        for (_, f), raw in zip(FEATURES, values):
+        for (_, f), raw in zip(self.features, values):
             if raw is None:
                 out[f] = None
             elif f in _VECTORS:
                 out[f] = self.codec.decode(raw)
+            elif f in _TIMESTAMPS:
+                secs = layout.decode_value(raw)
+                out[f] = None if secs is None else datetime.fromtimestamp(secs, tz=UTC)
             else:
                 out[f] = layout.decode_value(raw)
         return out
@@ -189,13 +205,15 @@ class RedisFetcher:
                     replies = pipe.execute()
         except self._errors as exc:
             raise OnlineStoreError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
-        return [self._decode(r[: len(FEATURES)]) for r in replies]
+        return [self._decode(r[: len(self.features)]) for r in replies]
 
 
-def make_fetcher(store: FeatureStore, path: str = "auto", timeout_ms: float = 50.0):
-    """``auto``: the Redis fast path on a Redis online store, Feast's path on any other."""
+def make_fetcher(store: FeatureStore, path: str = "auto", timeout_ms: float = 50.0,
+                 features: tuple[tuple[str, str], ...] | None = None):
+    """``auto``: the Redis fast path on a Redis online store, Feast's path on any other.
+    ``features``: what to read (default :data:`FEATURES`, the service's memory and cache)."""
     if path not in ("auto", "redis", "feast"):
         raise OnlineStoreError(f"unknown fetch path {path!r}: auto, redis or feast")
     if path == "redis" or (path == "auto" and store.config.online_store.type == "redis"):
-        return RedisFetcher(store, timeout_ms)
-    return FeastFetcher(store)
+        return RedisFetcher(store, timeout_ms, features)
+    return FeastFetcher(store, features=features)

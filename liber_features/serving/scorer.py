@@ -37,6 +37,8 @@ from liber_features.serving.breaker import StoreBreaker
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from liber_features.serving.ranker import RankerRows
+
 __all__ = ["LiberScorer", "ScoreResult", "ScorerConfig", "check_card", "onnx_session"]
 
 
@@ -124,8 +126,10 @@ def check_card(card: ModelCard, store: FeatureStore, shape: LiberFeatureConfig |
 class LiberScorer:
     """``score(user_id, item_ids)`` → :class:`ScoreResult` (module docstring)."""
 
-    def __init__(self, card: ModelCard, session, fetcher, config: ScorerConfig) -> None:
+    def __init__(self, card: ModelCard, session, fetcher, config: ScorerConfig, ranker: RankerRows | None = None
+                 ) -> None:
         self.card, self.session, self.fetcher, self.config = card, session, fetcher, config
+        self.ranker = ranker  # a boosted ranker's feature rows (card backbone lgbm); None: a neural graph
         self.providers = session.get_providers()
         self.items, self.users = card.item_vocabulary(), card.user_vocabulary()
         self.breaker = StoreBreaker(config.retry_ms)
@@ -136,7 +140,8 @@ class LiberScorer:
              shape: LiberFeatureConfig | None = None) -> LiberScorer:
         """``shape``: the repo's M × D, L (default: from the environment, as the definitions read it)."""
         from liber_features.features.repo import open_store
-        from liber_features.serving.fetch import make_fetcher
+        from liber_features.serving.fetch import RANKER_FEATURES, make_fetcher
+        from liber_features.serving.ranker import RankerRows
 
         config = config or ScorerConfig()
         model_dir = Path(model_dir)
@@ -145,8 +150,10 @@ class LiberScorer:
             raise ConfigError(f"no {MODEL_FILE} in {model_dir}: run `liber export {model_dir}`")
         store = store or open_store(repo)
         check_card(card, store, shape)
-        fetcher = make_fetcher(store, config.fetch, config.timeout_ms)
-        return cls(card, onnx_session(model_dir / MODEL_FILE, config.threads), fetcher, config)
+        ranker = RankerRows.load(card, model_dir, store) if card.backbone == "lgbm" else None
+        # A boosted ranker also reads the user's statistics: the same hash, one read still.
+        fetcher = make_fetcher(store, config.fetch, config.timeout_ms, RANKER_FEATURES if ranker else None)
+        return cls(card, onnx_session(model_dir / MODEL_FILE, config.threads), fetcher, config, ranker)
 
     # -- inputs ----------------------------------------------------------------------------
     def user_side(self, user_id: str, row: dict[str, Any] | None) -> dict[str, np.ndarray]:
@@ -160,7 +167,7 @@ class LiberScorer:
             cache_item_ids=row.get("cache_item_ids"))
 
     def _result(self, user_id: str, row: dict[str, Any] | None, item_ids: Sequence[str],
-                failure: str | None, fetch_ms: float) -> ScoreResult:
+                failure: str | None, fetch_ms: float, at_us: int | None = None) -> ScoreResult:
         t0 = time.perf_counter()
         degraded, reason = failure is not None, failure
         version = (row or {}).get("encoder_version")
@@ -177,12 +184,16 @@ class LiberScorer:
                 raise OnlineStoreError(f"{self.fetcher.where}: wrong-shaped value: {exc}") from exc
             feeds, degraded, reason = self.user_side(user_id, None), True, f"wrong-shaped value: {exc}"
         items = self.items.index(item_ids)
-        feeds["item_idx"] = items
+        used_memory = bool(feeds["partition_count"][0] > 0)
+        if self.ranker is not None:  # the booster takes rows built with the training code
+            feeds = {"features": self.ranker.rows(feeds, row, items, item_ids, at_us)}
+        else:
+            feeds["item_idx"] = items
         scores = self.session.run(None, feeds)[0]
         return ScoreResult(
             user_id=user_id, scores=scores, unknown_items=np.flatnonzero(items == OOV).tolist(),
             cold_start=row is None and not degraded, degraded=degraded, reason=reason,
-            encoder_version=version if row is not None and feeds["partition_count"][0] > 0 else None,
+            encoder_version=version if row is not None and used_memory else None,
             fetch_ms=fetch_ms, score_ms=(time.perf_counter() - t0) * 1000)
 
     def _fetch(self, user_ids: Sequence[str]) -> tuple[list[dict[str, Any] | None], str | None, float]:
@@ -203,10 +214,14 @@ class LiberScorer:
         return rows, failure, (time.perf_counter() - t0) * 1000
 
     # -- scoring ---------------------------------------------------------------------------
-    def score(self, user_id: str, item_ids: Sequence[str]) -> ScoreResult:
-        """One read of the user's features, one model call over every candidate."""
+    def score(self, user_id: str, item_ids: Sequence[str], at_us: int | None = None) -> ScoreResult:
+        """One read of the user's features, one model call over every candidate.
+
+        ``at_us``: the request's moment for time-dependent inputs (a boosted ranker's seconds since
+        the user's previous event); default now.
+        """
         rows, failure, ms = self._fetch([str(user_id)])
-        return self._result(str(user_id), rows[0], item_ids, failure, ms)
+        return self._result(str(user_id), rows[0], item_ids, failure, ms, at_us)
 
     def score_many(self, requests: Sequence[tuple[str, Sequence[str]]]) -> list[ScoreResult]:
         """Several users: their features in one pipelined read, then one model call per user."""
