@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from modelkit import encoded_repo, movielens_users, online_caches
 
-from encoders.ctr.gbdt import fit_gbdt, gbdt_features
+from encoders.ctr.gbdt import GbdtConfig, GbdtResult, fit_gbdt, gbdt_features
 from encoders.ctr.gbdt_export import GBDT_META, ITEM_TABLE, export_gbdt, save_gbdt
 from liber_features.errors import ConfigError
+from liber_features.features.memory import versions_of
 from liber_features.features.online import push_short_term_cache
 from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
 from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
@@ -22,7 +23,6 @@ from liber_features.model.card import ModelCard
 from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.ranker_features import BASE, LIBER, RankerItems
 from liber_features.serving.scorer import LiberScorer, ScorerConfig, onnx_session
-from liber_features.features.memory import versions_of
 from liber_features.training.prepare import checkpoint_meta
 from liber_features.training.samples import SampleConfig, build_training_set
 
@@ -55,11 +55,11 @@ def full(tmp_path_factory):
     text[:2] = 0
     items = RankerItems.from_catalog(ts.item_vocab, ts.catalog, text)
     tables = (ts.summary_table, ts.shift_table)
-    booster, res, _ = fit_gbdt(ts, text, tables, rounds=40, items=items)
-    from encoders.ctr.gbdt import GbdtResult
-
-    result = GbdtResult.of(res, "both", 0, len(ts.label))
-    meta = checkpoint_meta(ts, result, versions_of(ledger, ts.encoder_version), _Ledger()) | {"features": res["features"]}
+    cfg = GbdtConfig(rounds=40, categorical=["user", "item"])  # categorical splits exported too
+    booster, res, _ = fit_gbdt(ts, text, tables, cfg, items=items)
+    result = GbdtResult.of(res, cfg, len(ts.label))
+    versions = versions_of(ledger, ts.encoder_version)
+    meta = checkpoint_meta(ts, result, versions, _Ledger()) | {"features": res["features"]}
     model_dir = tmp / "model"
     save_gbdt(booster, meta, items, model_dir)
     card = export_gbdt(model_dir)

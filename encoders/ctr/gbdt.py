@@ -49,6 +49,13 @@ class GbdtConfig(BaseModel):
     liber: Literal["none", "both", "summary"] = "both"
     seed: int = 0
     rounds: int = Field(2000, ge=1, description="at most; early stopping on validation AUC")
+    # Categorical splits cost at serving time: onnxruntime's tree ensemble has no set-membership
+    # node, so each split on a categorical becomes a chain of equality nodes. On the K = 50 ledger
+    # (docs/model.md) user + item with LightGBM's default 32 categories per split had the best
+    # validation AUC (0.8007) at 28 ms per 100 candidates; user alone with at most 4 categories per
+    # split had 0.7978 at 1.4 ms, and no categorical 0.7920 at 0.5 ms.
+    categorical: list[Literal["user", "item"]] = Field(default_factory=lambda: ["user"])
+    max_cat_threshold: int = Field(4, ge=1, description="categories on one side of a categorical split")
 
 
 @dataclass
@@ -65,10 +72,10 @@ class GbdtResult:
     peak_rss_mb: float
 
     @classmethod
-    def of(cls, res: dict[str, Any], liber: str, seed: int, samples: int) -> GbdtResult:
+    def of(cls, res: dict[str, Any], config: GbdtConfig, samples: int) -> GbdtResult:
         import resource
 
-        return cls(GbdtConfig(liber=liber, seed=seed), res["validation"], res["test"], res["best_epoch"],
+        return cls(config, res["validation"], res["test"], res["best_epoch"],
                    res["epochs_run"], res["seconds"], samples / max(res["seconds"], 1e-9),
                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -99,22 +106,24 @@ def gbdt_features(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarr
 
 
 def fit_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None,
-             seed: int = 0, rounds: int = 2000, items: RankerItems | None = None):
+             config: GbdtConfig | None = None, items: RankerItems | None = None):
     """Train on the train split, stop on validation AUC; (booster, result dict, test predictions)."""
     import lightgbm as lgb
 
     from encoders.ctr.train import metrics
 
+    cfg = config or GbdtConfig()
     x, names = gbdt_features(ts, item_text, tables, items)
     tr, va, te = (np.flatnonzero(ts.split == s) for s in (0, 1, 2))
     params = {"objective": "binary", "metric": "auc", "learning_rate": 0.05, "num_leaves": 63,
               "min_data_in_leaf": 50, "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
-              "lambda_l2": 1.0, "cat_smooth": 20, "seed": seed, "num_threads": 2, "verbose": -1}
+              "lambda_l2": 1.0, "cat_smooth": 20, "max_cat_threshold": cfg.max_cat_threshold,
+              "seed": cfg.seed, "num_threads": 2, "verbose": -1}
     t0 = time.perf_counter()
-    train_set = lgb.Dataset(x[tr], ts.label[tr], feature_name=names, categorical_feature=["user", "item"],
+    train_set = lgb.Dataset(x[tr], ts.label[tr], feature_name=names, categorical_feature=list(cfg.categorical),
                             free_raw_data=False)
     valid = lgb.Dataset(x[va], ts.label[va], reference=train_set)
-    booster = lgb.train(params, train_set, rounds, valid_sets=[valid],
+    booster = lgb.train(params, train_set, cfg.rounds, valid_sets=[valid],
                         callbacks=[lgb.early_stopping(50, verbose=False)])
     seconds = time.perf_counter() - t0
     p_va = booster.predict(x[va], num_iteration=booster.best_iteration)
@@ -128,5 +137,5 @@ def fit_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, n
 def train_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, np.ndarray] | None,
                seed: int = 0, rounds: int = 2000) -> tuple[dict, np.ndarray]:
     """:func:`fit_gbdt` for the evaluation grid: (result dict, test predictions)."""
-    _, result, p_te = fit_gbdt(ts, item_text, tables, seed, rounds)
+    _, result, p_te = fit_gbdt(ts, item_text, tables, GbdtConfig(seed=seed, rounds=rounds))
     return result, p_te

@@ -89,15 +89,16 @@ def _train_gbdt(ts, item_text, variant, seed, versions, ledger, out_dir):
     """LightGBM on the same training set: (result, path of its saved metadata)."""
     import numpy as np
 
-    from encoders.ctr.gbdt import GbdtResult, fit_gbdt
+    from encoders.ctr.gbdt import GbdtConfig, GbdtResult, fit_gbdt
     from encoders.ctr.gbdt_export import save_gbdt
     from liber_features.model.ranker_features import RankerItems
 
     items = RankerItems.from_catalog(ts.item_vocab, ts.catalog, item_text)
     tables = {"none": None, "both": (ts.summary_table, ts.shift_table),
               "summary": (ts.summary_table, np.zeros_like(ts.shift_table))}[variant]
-    booster, res, _ = fit_gbdt(ts, item_text, tables, seed=seed, items=items)
-    result = GbdtResult.of(res, variant, seed, len(ts.label))
+    cfg = GbdtConfig(liber=variant, seed=seed)
+    booster, res, _ = fit_gbdt(ts, item_text, tables, cfg, items=items)
+    result = GbdtResult.of(res, cfg, len(ts.label))
     meta = checkpoint_meta(ts, result, versions, ledger) | {"features": res["features"]}
     return result, save_gbdt(booster, meta, items, out_dir)
 
