@@ -26,6 +26,7 @@ from tqdm import tqdm
 from liber_features.errors import ConfigError
 from liber_features.ingest.events import LoadedEvents
 from liber_features.ingest.partition import CachedEvent, PartitionRule, SealedPartition, UserState, advance
+from liber_features.ledger.bulk import copy_new, known_keys
 from liber_features.ledger.runs import fix_setting
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import events as events_t
@@ -105,19 +106,6 @@ def _write_side_tables(ledger: Ledger, loaded: LoadedEvents, run_id: int) -> Non
         ledger.insert_ignore(conn, quarantine_t, rows, ["key"])
 
 
-_ID_BATCH = 5_000  # bound parameters per query: SQLite allows 32,766, psycopg 65,535
-
-
-def _known_ids(conn, event_ids: list[str]) -> set[str]:
-    """The ids among ``event_ids`` that the ledger holds already, for any user."""
-    seen: set[str] = set()
-    for start in range(0, len(event_ids), _ID_BATCH):
-        batch = event_ids[start:start + _ID_BATCH]
-        seen.update(r[0] for r in conn.execute(
-            select(events_t.c.event_id).where(events_t.c.event_id.in_(batch))))
-    return seen
-
-
 @dataclass
 class Written:
     """What one ``write_events`` call committed (with its transaction)."""
@@ -138,16 +126,22 @@ def write_events(ledger: Ledger, conn, batch: dict[str, list[CachedEvent]], rule
 
     The one write step of file ingest (a chunk of users) and of the stream consumer (a fetched
     batch), so replay and streaming partition by the same code. ``batch`` maps a user to events of
-    that user with ids unique within the batch; the caller commits, or rolls everything back.
+    that user; an id seen earlier in the batch (for any user) is a duplicate too. The new rows are
+    COPYed on PostgreSQL (``ledger.bulk``): a concurrent writer that inserts one of them meanwhile
+    fails this transaction (``LedgerError``). The caller commits, or rolls everything back.
     ``labels``: explicit labels by event id (implicit feedback, ``ingest/feedback.py``); none: NULL.
     """
     labels = labels or {}
-    seen = _known_ids(conn, [e.event_id for events in batch.values() for e in events])
+    seen = known_keys(conn, events_t.c.event_id, [e.event_id for events in batch.values() for e in events])
     new_events, new_parts, states, sealed = [], [], [], []
     duplicates = late = accepted = 0
     current = load_states(conn, sorted(batch))
     for user in sorted(batch):
-        fresh = [e for e in batch[user] if e.event_id not in seen]
+        fresh = []
+        for e in batch[user]:  # ids are global: a second copy in the batch, any user's, is a duplicate
+            if e.event_id not in seen:
+                seen.add(e.event_id)
+                fresh.append(e)
         duplicates += len(batch[user]) - len(fresh)
         if not fresh:
             continue
@@ -160,9 +154,9 @@ def write_events(ledger: Ledger, conn, batch: dict[str, list[CachedEvent]], rule
                         "event_type": e.event_type, "label": labels.get(e.event_id)} for e in fresh]
         new_parts += [partition_row(p, run_id) for p in out.sealed]
         states.append(out.state)
-    ledger.insert_ignore(conn, events_t, new_events, ["event_id"])
-    if new_parts:
-        conn.execute(parts_t.insert(), new_parts)
+    # New by the look-up above, in this transaction: COPY on PostgreSQL (ledger/bulk.py).
+    copy_new(conn, events_t, new_events)
+    copy_new(conn, parts_t, new_parts)
     save_states(ledger, conn, states, run_id)
     return Written(accepted, duplicates, late, len(new_parts), states, sealed)
 

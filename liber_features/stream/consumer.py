@@ -41,6 +41,7 @@ from liber_features.errors import BrokerError
 from liber_features.ingest.events import LoadConfig
 from liber_features.ingest.job import check_rule, load_states, partition_row, save_states, write_events
 from liber_features.ingest.partition import CachedEvent, PartitionRule, UserState, seal_quiet
+from liber_features.ledger.bulk import copy_new
 from liber_features.ledger.stopping import critical
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import items as items_t
@@ -298,6 +299,6 @@ class Consumer:
                 changed.append(out.state)
                 rows += [partition_row(p, run_id) for p in out.sealed]
         if rows:
-            conn.execute(parts_t.insert(), rows)
+            copy_new(conn, parts_t, rows)
             save_states(self.ledger, conn, changed, run_id)
         return changed
