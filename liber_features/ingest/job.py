@@ -37,7 +37,7 @@ from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 
 __all__ = ["IngestSummary", "Written", "check_rule", "ingest", "load_states", "partition_row", "save_states",
-           "write_events"]
+           "states_where", "write_events"]
 
 
 @dataclass
@@ -77,12 +77,17 @@ def check_rule(ledger: Ledger, rule: PartitionRule) -> None:
 def load_states(conn, user_ids: list[str]) -> dict[str, UserState]:
     """The persisted partitioner state of these users (new users get a fresh state)."""
     states = {u: UserState(user_id=u) for u in user_ids}
-    for row in conn.execute(select(cache_t).where(cache_t.c.user_id.in_(user_ids))):
-        states[row.user_id] = UserState(
-            user_id=row.user_id, next_seq=row.next_seq, last_seal_us=row.last_seal_us,
-            cache=[CachedEvent.from_row(r) for r in json.loads(row.cache_json)],
-            late_total=row.late_total)
+    states.update(states_where(conn, cache_t.c.user_id.in_(user_ids)))
     return states
+
+
+def states_where(conn, condition) -> dict[str, UserState]:
+    """The persisted states of the users ``condition`` (on ``user_cache``) selects, without
+    naming them: a query of every user whose cache is not empty needs no list of bound ids."""
+    return {row.user_id: UserState(user_id=row.user_id, next_seq=row.next_seq, last_seal_us=row.last_seal_us,
+                                   cache=[CachedEvent.from_row(r) for r in json.loads(row.cache_json)],
+                                   late_total=row.late_total)
+            for row in conn.execute(select(cache_t).where(condition))}
 
 
 def partition_row(p: SealedPartition, run_id: int) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exp
 
 from liber_features.errors import BrokerError
 from liber_features.ingest.events import LoadConfig
-from liber_features.ingest.job import check_rule, load_states, partition_row, save_states, write_events
+from liber_features.ingest.job import check_rule, partition_row, save_states, states_where, write_events
 from liber_features.ingest.partition import CachedEvent, PartitionRule, UserState, seal_quiet
 from liber_features.ledger.bulk import copy_new
 from liber_features.ledger.stopping import critical
@@ -269,9 +269,8 @@ class Consumer:
         if time.monotonic() - self._last_sweep < self.cfg.sweep_every_s:
             return []
         self._last_sweep = time.monotonic()
-        users = conn.execute(select(cache_t.c.user_id).where(cache_t.c.n_cached > 0)).scalars().all()
         changed, rows = [], []
-        for state in load_states(conn, list(users)).values():
+        for state in states_where(conn, cache_t.c.n_cached > 0).values():
             out = seal_quiet(state, clock, self.rule)
             if out.sealed:
                 changed.append(out.state)

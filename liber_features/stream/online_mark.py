@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from liber_features.ingest.job import load_states
+from liber_features.ingest.job import states_where
 from liber_features.ingest.partition import UserState
 from liber_features.ledger.runs import run_is_live
 from liber_features.ledger.store import Ledger, now_us
@@ -57,9 +57,7 @@ class OnlineMark:
             dead = [r for r in rows if r.status is None or not run_is_live(r.status, r.heartbeat_us, r.lease_us, now)]
             if not dead:
                 return []
-            users = conn.execute(select(cache_t.c.user_id).where(
-                cache_t.c.updated_run >= min(r.run_id for r in dead))).scalars().all()
-            states = list(load_states(conn, list(users)).values())
+            states = list(states_where(conn, cache_t.c.updated_run >= min(r.run_id for r in dead)).values())
             self.since_us = min(r.pending_since_us for r in dead)
             conn.execute(online_t.update().where(online_t.c.run_id.in_([r.run_id for r in dead]))
                          .values(pending_since_us=None, pending_users=0, updated_us=now))
