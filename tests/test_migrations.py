@@ -34,7 +34,7 @@ FIXTURE = Path(__file__).parent / "fixtures/ledger/ledger-0.1.0.sqlite"
 COUNTS = {"events": 70, "partitions": 21, "interests": 8, "vectors": 8, "runs": 5, "settings": 1,
           "quarantine": 2, "items": 30, "user_cache": 7, "claims": 8, "prompt_audit": 12,
           "online_sync": 1, "locks": 1}
-HEAD = "0006"  # the newest revision: an upgrade must reach it
+HEAD = "0007"  # the newest revision: an upgrade must reach it
 HEARTBEAT = ("worker", "lease_us", "heartbeat_us", "partitions_done", "llm_calls",
              "llm_calls_committed", "rejected_commits")
 
@@ -110,6 +110,7 @@ def test_old_ledger_upgrades_in_place_with_every_row_kept(tmp_path):
     assert (len(ident[1]), int(ident[1], 16) >> 76 & 0xF, ident[2]) == (32, 4, None)
     assert ident[1] == ledger.ledger_id
     assert after.pop("projections") == []  # 0006 adds the D′ projections' table, empty
+    assert after.pop("stream_online") == []  # 0007 adds the consumers' online marks, empty
     assert after == before  # every row of every table, byte for byte
     with ledger.engine.connect() as conn:  # each heartbeat row moved onto its run
         moved = {r.id: tuple(r[1:]) for r in conn.execute(

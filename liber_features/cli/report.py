@@ -115,6 +115,12 @@ def status(ledger_url, ledger_schema, online, repo, lag_urls, as_json) -> None:
             click.echo(f"  stream {st['source']}: {st['events']} events, {st['quarantined']} quarantined, "
                        f"at {st['position'] or '-'} (newest event {st['newest_event_at'] or '-'}, "
                        f"last commit {st['last_commit_age_s']} s ago)")
+            for m in st["online"]:  # the flusher of each consumer that writes caches online
+                last = "never" if m["last_write_age_s"] is None else f"{m['last_write_age_s']} s ago"
+                pending = ("none pending" if m["oldest_unflushed_age_s"] is None else
+                           f"oldest unflushed change committed {m['oldest_unflushed_age_s']} s ago "
+                           f"({m['pending_users']} users waiting)")
+                click.echo(f"    online, run {m['run_id']} ({m['state']}): {pending}; last complete write {last}")
         click.echo("  runs                   " + ", ".join(f"{n} {k}" for k, n in report["runs"].items()))
         click.echo(f"  {'run':>6} {'kind':<7} {'state':<9} {'worker':<28} {'beat_s':>8} {'parts':>6} "
                    f"{'calls':>6} {'uncommitted':>11} {'rejected':>8}")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from liber_features.errors import ConfigError
 from liber_features.ingest.events import LoadedEvents
 from liber_features.ingest.partition import CachedEvent, PartitionRule, SealedPartition, UserState, advance
+from liber_features.ledger.bulk import copy_new, known_keys
 from liber_features.ledger.runs import fix_setting
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import events as events_t
@@ -36,7 +37,7 @@ from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import user_cache as cache_t
 
 __all__ = ["IngestSummary", "Written", "check_rule", "ingest", "load_states", "partition_row", "save_states",
-           "write_events"]
+           "states_where", "write_events"]
 
 
 @dataclass
@@ -76,12 +77,17 @@ def check_rule(ledger: Ledger, rule: PartitionRule) -> None:
 def load_states(conn, user_ids: list[str]) -> dict[str, UserState]:
     """The persisted partitioner state of these users (new users get a fresh state)."""
     states = {u: UserState(user_id=u) for u in user_ids}
-    for row in conn.execute(select(cache_t).where(cache_t.c.user_id.in_(user_ids))):
-        states[row.user_id] = UserState(
-            user_id=row.user_id, next_seq=row.next_seq, last_seal_us=row.last_seal_us,
-            cache=[CachedEvent.from_row(r) for r in json.loads(row.cache_json)],
-            late_total=row.late_total)
+    states.update(states_where(conn, cache_t.c.user_id.in_(user_ids)))
     return states
+
+
+def states_where(conn, condition) -> dict[str, UserState]:
+    """The persisted states of the users ``condition`` (on ``user_cache``) selects, without
+    naming them: a query of every user whose cache is not empty needs no list of bound ids."""
+    return {row.user_id: UserState(user_id=row.user_id, next_seq=row.next_seq, last_seal_us=row.last_seal_us,
+                                   cache=[CachedEvent.from_row(r) for r in json.loads(row.cache_json)],
+                                   late_total=row.late_total)
+            for row in conn.execute(select(cache_t).where(condition))}
 
 
 def partition_row(p: SealedPartition, run_id: int) -> dict[str, Any]:
@@ -105,19 +111,6 @@ def _write_side_tables(ledger: Ledger, loaded: LoadedEvents, run_id: int) -> Non
         ledger.insert_ignore(conn, quarantine_t, rows, ["key"])
 
 
-_ID_BATCH = 5_000  # bound parameters per query: SQLite allows 32,766, psycopg 65,535
-
-
-def _known_ids(conn, event_ids: list[str]) -> set[str]:
-    """The ids among ``event_ids`` that the ledger holds already, for any user."""
-    seen: set[str] = set()
-    for start in range(0, len(event_ids), _ID_BATCH):
-        batch = event_ids[start:start + _ID_BATCH]
-        seen.update(r[0] for r in conn.execute(
-            select(events_t.c.event_id).where(events_t.c.event_id.in_(batch))))
-    return seen
-
-
 @dataclass
 class Written:
     """What one ``write_events`` call committed (with its transaction)."""
@@ -138,16 +131,22 @@ def write_events(ledger: Ledger, conn, batch: dict[str, list[CachedEvent]], rule
 
     The one write step of file ingest (a chunk of users) and of the stream consumer (a fetched
     batch), so replay and streaming partition by the same code. ``batch`` maps a user to events of
-    that user with ids unique within the batch; the caller commits, or rolls everything back.
+    that user; an id seen earlier in the batch (for any user) is a duplicate too. The new rows are
+    COPYed on PostgreSQL (``ledger.bulk``): a concurrent writer that inserts one of them meanwhile
+    fails this transaction (``LedgerError``). The caller commits, or rolls everything back.
     ``labels``: explicit labels by event id (implicit feedback, ``ingest/feedback.py``); none: NULL.
     """
     labels = labels or {}
-    seen = _known_ids(conn, [e.event_id for events in batch.values() for e in events])
+    seen = known_keys(conn, events_t.c.event_id, [e.event_id for events in batch.values() for e in events])
     new_events, new_parts, states, sealed = [], [], [], []
     duplicates = late = accepted = 0
     current = load_states(conn, sorted(batch))
     for user in sorted(batch):
-        fresh = [e for e in batch[user] if e.event_id not in seen]
+        fresh = []
+        for e in batch[user]:  # ids are global: a second copy in the batch, any user's, is a duplicate
+            if e.event_id not in seen:
+                seen.add(e.event_id)
+                fresh.append(e)
         duplicates += len(batch[user]) - len(fresh)
         if not fresh:
             continue
@@ -160,9 +159,9 @@ def write_events(ledger: Ledger, conn, batch: dict[str, list[CachedEvent]], rule
                         "event_type": e.event_type, "label": labels.get(e.event_id)} for e in fresh]
         new_parts += [partition_row(p, run_id) for p in out.sealed]
         states.append(out.state)
-    ledger.insert_ignore(conn, events_t, new_events, ["event_id"])
-    if new_parts:
-        conn.execute(parts_t.insert(), new_parts)
+    # New by the look-up above, in this transaction: COPY on PostgreSQL (ledger/bulk.py).
+    copy_new(conn, events_t, new_events)
+    copy_new(conn, parts_t, new_parts)
     save_states(ledger, conn, states, run_id)
     return Written(accepted, duplicates, late, len(new_parts), states, sealed)
 

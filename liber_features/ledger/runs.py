@@ -19,9 +19,10 @@ from sqlalchemy import select
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import settings as settings_t
+from liber_features.ledger.store import stream_online as online_t
 from liber_features.ledger.store import stream_positions as pos_t
 
-__all__ = ["encode_domains", "run_report", "fix_setting", "stream_report"]
+__all__ = ["encode_domains", "run_is_live", "run_report", "fix_setting", "stream_report"]
 
 
 def _state(status: str, heartbeat_us: int, lease_us: int, now: int) -> str:
@@ -30,6 +31,11 @@ def _state(status: str, heartbeat_us: int, lease_us: int, now: int) -> str:
     if status != "running":
         return "failed"
     return "live" if now - heartbeat_us <= lease_us else "stale"
+
+
+def run_is_live(status: str, heartbeat_us: int, lease_us: int, now: int) -> bool:
+    """Running, with a heartbeat younger than its lease: someone is working on it now."""
+    return _state(status, heartbeat_us, lease_us, now) == "live"
 
 
 def run_report(ledger: Ledger, *, recent: int = 20) -> dict[str, Any]:
@@ -85,10 +91,16 @@ def fix_setting(ledger: Ledger, key: str, value: Any) -> Any:
 def stream_report(ledger: Ledger) -> list[dict[str, Any]]:
     """One line per broker source ``liber stream`` consumed (``stream_positions``): its newest
     committed position (per Kafka partition too), events and quarantined messages committed, the
-    newest event time, and how long ago it last committed (a stopped or stuck consumer shows here)."""
+    newest event time, and how long ago it last committed (a stopped or stuck consumer shows here);
+    ``online``: per consumer run that writes caches online and is live or has changes unwritten
+    (``stream_online``), the age of the oldest change committed and not yet online (None: none
+    pending), the users waiting and how long ago its last write left nothing pending."""
     now = now_us()
     with ledger.engine.connect() as conn:
         rows = conn.execute(select(pos_t).order_by(pos_t.c.source, pos_t.c.shard)).all()
+        marks = conn.execute(select(online_t, runs_t.c.status, runs_t.c.heartbeat_us, runs_t.c.lease_us)
+                             .join(runs_t, runs_t.c.id == online_t.c.run_id, isouter=True)
+                             .order_by(online_t.c.run_id)).all()
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r.shard == "":
@@ -97,7 +109,18 @@ def stream_report(ledger: Ledger) -> list[dict[str, Any]]:
                 "quarantined": r.quarantined_total,
                 "newest_event_at": None if r.stream_time_us is None else
                 datetime.fromtimestamp(r.stream_time_us / 1e6, UTC).isoformat(),
-                "last_commit_age_s": round((now - r.updated_us) / 1e6, 1), "partitions": {}}
+                "last_commit_age_s": round((now - r.updated_us) / 1e6, 1), "partitions": {}, "online": []}
         elif r.source in out:
             out[r.source]["partitions"][r.shard] = r.position
+    for m in marks:
+        live = m.status is not None and run_is_live(m.status, m.heartbeat_us, m.lease_us, now)
+        if m.source in out and (live or m.pending_since_us is not None):  # a finished, written run: done
+            out[m.source]["online"].append({
+                "run_id": m.run_id, "state": "live" if live else "gone",
+                "oldest_unflushed_age_s": _age_s(m.pending_since_us, now), "pending_users": m.pending_users,
+                "last_write_age_s": _age_s(m.written_us, now)})
     return list(out.values())
+
+
+def _age_s(us: int | None, now: int) -> float | None:
+    return None if us is None else round((now - us) / 1e6, 3)

@@ -45,6 +45,7 @@ from liber_features.ledger.tables import (
     quarantine,
     runs,
     settings,
+    stream_online,
     stream_positions,
     user_cache,
     vectors,
@@ -54,7 +55,7 @@ from liber_features.redact import redact_obj, redact_url
 __all__ = [
     "Ledger", "claims", "default_ledger_url", "encode_progress", "events", "interests", "items",
     "locks", "metadata", "now_us", "online_sync", "partitions", "projections", "prompt_audit", "quarantine",
-    "runs", "settings", "stream_positions", "user_cache", "vectors",
+    "runs", "settings", "stream_online", "stream_positions", "user_cache", "vectors",
 ]
 
 

@@ -25,8 +25,8 @@ from sqlalchemy import (
 
 __all__ = [
     "claims", "events", "interests", "items", "locks", "metadata", "online_sync", "partitions",
-    "projections", "prompt_audit", "quarantine", "runs", "settings", "stream_positions", "user_cache",
-    "vectors",
+    "projections", "prompt_audit", "quarantine", "runs", "settings", "stream_online", "stream_positions",
+    "user_cache", "vectors",
 ]
 
 metadata = MetaData()
@@ -217,5 +217,18 @@ stream_positions = Table(
     Column("stream_time_us", BigInteger),
     Column("events_total", BigInteger, nullable=False, default=0, server_default="0"),
     Column("quarantined_total", BigInteger, nullable=False, default=0, server_default="0"),
+    Column("updated_us", BigInteger, nullable=False),
+)
+stream_online = Table(
+    "stream_online", metadata,
+    # Per ``liber stream`` run that writes caches online (``--repo``; revision 0007): the commit time
+    # of the oldest change it committed and has not yet written online (NULL: none pending), how
+    # many users wait, and its last successful online write. ``stream/online_mark.py`` keeps it.
+    Column("run_id", Integer, primary_key=True),
+    Column("source", String(256), nullable=False),
+    Column("pending_since_us", BigInteger),
+    Column("pending_users", Integer, nullable=False, default=0, server_default="0"),
+    Column("written_us", BigInteger),
+    Column("users_written", BigInteger, nullable=False, default=0, server_default="0"),
     Column("updated_us", BigInteger, nullable=False),
 )

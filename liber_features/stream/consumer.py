@@ -18,6 +18,11 @@ Sweep: with a time rule (``max_span_s``), every ``sweep_every_s`` the consumer s
 whose oldest event is more than ``max_span_s`` older than the stream's clock (the newest event time
 committed), stamped at that clock (``partition.seal_quiet``).
 
+Online: with a flusher, each batch that leaves users waiting to be written online records, in the
+same transaction, the commit time of the oldest such change (``online_mark.OnlineMark``; cleared
+once a write leaves nothing pending), so ``liber status`` shows it and the next consumer of the
+source writes the users a dead one left unwritten.
+
 Stopping: SIGTERM (``ledger.stopping``) ends the loop between batches: a batch's commit and ack are
 one critical section. A broker that goes away is retried with exponential backoff (tenacity), one
 ``warning:`` line per retry on stderr, never a traceback.
@@ -29,18 +34,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from liber_features.errors import BrokerError
 from liber_features.ingest.events import LoadConfig
-from liber_features.ingest.job import check_rule, load_states, partition_row, save_states, write_events
+from liber_features.ingest.job import check_rule, partition_row, save_states, states_where, write_events
 from liber_features.ingest.partition import CachedEvent, PartitionRule, UserState, seal_quiet
+from liber_features.ledger.bulk import copy_new
 from liber_features.ledger.stopping import critical
 from liber_features.ledger.store import Ledger, now_us
 from liber_features.ledger.store import items as items_t
@@ -49,54 +53,13 @@ from liber_features.ledger.store import quarantine as quarantine_t
 from liber_features.ledger.store import runs as runs_t
 from liber_features.ledger.store import stream_positions as positions_t
 from liber_features.ledger.store import user_cache as cache_t
+from liber_features.stream.config import StreamConfig, StreamSummary
 from liber_features.stream.flusher import Flusher
 from liber_features.stream.messages import parse_messages
+from liber_features.stream.online_mark import OnlineMark
 from liber_features.stream.source import Delivery, Source
 
 __all__ = ["Consumer", "StreamConfig", "StreamSummary"]
-
-
-class StreamConfig(BaseModel):
-    """How ``liber stream`` consumes."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    batch: int = Field(500, ge=1)
-    """Messages per fetch, and per ledger transaction."""
-    fetch_timeout_s: float = Field(0.05, gt=0)
-    """Longest wait for a batch's first message: the loop flushes and sweeps between fetches."""
-    max_seconds: float | None = Field(None, gt=0)
-    """Stop after this long (None: run until SIGTERM or ``until_idle_s``)."""
-    until_idle_s: float | None = Field(None, gt=0)
-    """Stop once no message arrived for this long."""
-    sweep_every_s: float = Field(1.0, gt=0)
-    """How often the quiet-user sweep runs (only with a time rule)."""
-    retry_max_s: float = Field(5.0, gt=0)
-    """The longest pause between retries while the broker is away."""
-
-
-@dataclass
-class StreamSummary:
-    """What one ``liber stream`` run did; ``fetched == accepted + duplicates + quarantined``."""
-
-    fetched: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    late: int = 0
-    partitions_sealed: int = 0
-    swept: int = 0  # of partitions_sealed, those the quiet-user sweep sealed
-    batches: int = 0
-    users_flushed: int = 0
-    broker_retries: int = 0
-    seconds: float = 0.0
-    events_per_s: float = 0.0
-    run_id: int = 0
-    position: str | None = None
-    stopped: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _stderr(line: str) -> None:
@@ -116,6 +79,7 @@ class Consumer:
         self.flusher, self.on_commit, self.say = flusher, on_commit, say
         self.load_config = load_config or LoadConfig()
         self.summary = StreamSummary()
+        self.mark: OnlineMark | None = None  # with a flusher: what is committed but not online yet
         self._last_sweep = time.monotonic()
         with ledger.engine.connect() as conn:  # the catalog ingest wrote; none: items are not checked
             known = conn.execute(select(items_t.c.item_id)).scalars().all()
@@ -135,6 +99,9 @@ class Consumer:
         s = self.summary
         s.run_id = self.ledger.start_run("stream", {"source": self.source.url, "key": self.source.key,
                                                     "rule": self.rule.model_dump(), **self.cfg.model_dump()})
+        if self.flusher is not None:  # a dead consumer's unwritten users are this one's to write
+            self.mark = OnlineMark(self.ledger, self.source.key, s.run_id)
+            self.flusher.add(self.mark.adopt())
         started = last_message = time.monotonic()
         try:
             while True:
@@ -155,6 +122,7 @@ class Consumer:
                     self.step([])  # a quiet stream still seals quiet users
                 if self.flusher is not None:
                     self.flusher.flush_if_due()
+                    self._mark_written()
         except BaseException as exc:
             s.stopped = "sigterm" if isinstance(exc, SystemExit) else f"error: {type(exc).__name__}"
             self._finish(started, "failed" if not isinstance(exc, SystemExit) else "ok")
@@ -166,10 +134,15 @@ class Consumer:
         s = self.summary
         if self.flusher is not None:
             self.flusher.flush()
+            self._mark_written()
             s.users_flushed = self.flusher.users_written
         s.seconds = round(time.monotonic() - started, 3)
         s.events_per_s = round(s.fetched / s.seconds, 1) if s.seconds else 0.0
         self.ledger.finish_run(s.run_id, status, s.as_dict())
+
+    def _mark_written(self) -> None:
+        if self.mark is not None:
+            self.mark.written(len(self.flusher.pending), self.flusher.users_written)
 
     def _fetch(self, started: float) -> list[Delivery]:
         def stop(state: RetryCallState) -> bool:
@@ -215,6 +188,7 @@ class Consumer:
                 newest[d.shard] = d
         # Heartbeat while committing: the broker must not redeliver a batch that is being committed.
         beat = threading.Timer(1.0, self.source.in_progress, [batch]) if batch else None
+        since = None  # the commit time of the oldest change not yet online, if this batch records it
         with critical():  # commit and ack together: SIGTERM waits for both (ledger/stopping.py)
             if beat is not None:
                 beat.daemon = True
@@ -228,6 +202,9 @@ class Consumer:
                     self.ledger.insert_ignore(conn, quarantine_t, parsed.quarantine, ["key"])
                     clock = max(pos.stream_time_us or 0, int(ts_us.max())) if len(ts_us) else pos.stream_time_us
                     swept = self._sweep(conn, clock, s.run_id)
+                    if self.mark is not None and (w.states or swept):  # committed here, online later
+                        waiting = self.flusher.pending.keys() | {st.user_id for st in w.states + swept}
+                        since = self.mark.committed(conn, len(waiting))
                     values = {"stream_time_us": clock, "updated_us": now_us(),
                               "events_total": pos.events_total + w.accepted,
                               "quarantined_total": pos.quarantined_total + len(parsed.quarantine)}
@@ -241,6 +218,8 @@ class Consumer:
                 if beat is not None:
                     beat.cancel()
             commit_us = now_us()
+            if since is not None:
+                self.mark.confirm(since)
             if batch:
                 try:
                     self.source.ack(batch)
@@ -290,14 +269,13 @@ class Consumer:
         if time.monotonic() - self._last_sweep < self.cfg.sweep_every_s:
             return []
         self._last_sweep = time.monotonic()
-        users = conn.execute(select(cache_t.c.user_id).where(cache_t.c.n_cached > 0)).scalars().all()
         changed, rows = [], []
-        for state in load_states(conn, list(users)).values():
+        for state in states_where(conn, cache_t.c.n_cached > 0).values():
             out = seal_quiet(state, clock, self.rule)
             if out.sealed:
                 changed.append(out.state)
                 rows += [partition_row(p, run_id) for p in out.sealed]
         if rows:
-            conn.execute(parts_t.insert(), rows)
+            copy_new(conn, parts_t, rows)
             save_states(self.ledger, conn, changed, run_id)
         return changed
