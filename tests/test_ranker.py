@@ -14,6 +14,7 @@ from modelkit import encoded_repo, movielens_users, online_caches
 from encoders.ctr.gbdt import fit_gbdt, gbdt_features
 from encoders.ctr.gbdt_export import GBDT_META, ITEM_TABLE, export_gbdt, save_gbdt
 from liber_features.errors import ConfigError
+from liber_features.features.memory import versions_of
 from liber_features.features.online import push_short_term_cache
 from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
 from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
@@ -22,7 +23,6 @@ from liber_features.model.card import ModelCard
 from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.ranker_features import BASE, LIBER, RankerItems
 from liber_features.serving.scorer import LiberScorer, ScorerConfig, onnx_session
-from liber_features.features.memory import versions_of
 from liber_features.training.prepare import checkpoint_meta
 from liber_features.training.samples import SampleConfig, build_training_set
 
@@ -59,7 +59,8 @@ def full(tmp_path_factory):
     from encoders.ctr.gbdt import GbdtResult
 
     result = GbdtResult.of(res, "both", 0, len(ts.label))
-    meta = checkpoint_meta(ts, result, versions_of(ledger, ts.encoder_version), _Ledger()) | {"features": res["features"]}
+    meta = checkpoint_meta(ts, result, versions_of(ledger, ts.encoder_version), _Ledger()) | {
+        "features": res["features"]}
     model_dir = tmp / "model"
     save_gbdt(booster, meta, items, model_dir)
     card = export_gbdt(model_dir)
