@@ -18,16 +18,27 @@ read; liber commands given ``--ledger`` set it for the definitions they load the
   rates and the user's last event time, one row per entity per change, stamped 1 µs after the
   events they count so that a join at ``t`` sees only events strictly before ``t``
   (``liber_features/features/stats.py``).
-- ``liber_ranker_v1``: the two memory views; the versioned name is what rankers pin.
+- ``item_text`` (by ``item_id``): each item's unit text vector, from the text encoder that encoded
+  the memory (``liber items``; ``liber_features/features/item_text.py``).
+- ``liber_affinities``: an on-demand view (python mode) over ``user_long_term_memory`` and
+  ``item_text``: by ``user_id`` + ``item_id``, LIBER's affinity features — the partition count and
+  the candidate's cosines to the newest, max and mean summary and shift vectors — computed by the
+  function the boosted ranker trains with (``liber_features/model/affinity.py``).
+- ``liber_ranker_v1``: the two memory views; ``liber_affinities_v1``: the affinity view. The
+  versioned names are what rankers pin.
 """
 
 from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float32, Float64, Int64, String, UnixTimestamp
 
 from liber_features.features.repo import (
+    AFFINITY_SERVICE,
+    AFFINITY_VIEW,
+    ITEM_TEXT_VIEW,
     LONG_TERM_VIEW,
     RANKER_SERVICE,
     SHORT_TERM_PUSH_SOURCE,
@@ -38,6 +49,7 @@ from liber_features.features.repo import (
     data_file,
 )
 from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
+from liber_features.model.affinity import AFFINITY_FEATURES
 
 HERE = Path(__file__).parent  # a path computation, not a read: data is located, never opened
 SHAPE = LiberFeatureConfig.from_env()
@@ -188,8 +200,53 @@ item_stats = FeatureView(
     description="Point-in-time item statistics; item_event_count 0 (or no row) = unseen before t.",
 )
 
+item_text_source = FileSource(
+    name="item_text_source",
+    path=data_file(f"{ITEM_TEXT_VIEW}.parquet", HERE),
+    timestamp_field="event_timestamp",  # the epoch: an item's text vector is timeless
+    created_timestamp_column="created_at",
+    description="One row per item: its unit text vector (liber items).",
+)
+
+item_text = FeatureView(
+    name=ITEM_TEXT_VIEW,
+    entities=[item],
+    ttl=LIFELONG,
+    online=True,
+    schema=[Field(name="item_id", dtype=String),
+            Field(name="text_vector", dtype=Array(Float32), vector_length=SHAPE.vector_dim,
+                  description="Unit text vector of title + genres, D floats, the memory's encoder and space."),
+            Field(name="text_encoder_id", dtype=String)],
+    source=item_text_source,
+    tags=SHAPE_TAGS,
+    description="Each item's text vector, in the space of the LIBER memory vectors.",
+)
+
+
+@on_demand_feature_view(
+    name=AFFINITY_VIEW,
+    sources=[user_long_term_memory[["partition_count", "summary_vectors", "shift_vectors"]],
+             item_text[["text_vector"]]],
+    schema=[Field(name=AFFINITY_FEATURES[0], dtype=Int64),  # no description: Feast compares it with the inferred field
+            *(Field(name=n, dtype=Float64) for n in AFFINITY_FEATURES[1:])],
+    mode="python",
+    description="LIBER affinity features of (user_id, item_id): the boosted ranker's own definition.",
+)
+def liber_affinities(inputs: dict) -> dict:
+    # Feast rebuilds this function from its source text wherever it reads the registry: one import.
+    from liber_features.model.affinity import transform
+
+    return transform(inputs)
+
+
 liber_ranker_v1 = FeatureService(
     name=RANKER_SERVICE,
     features=[user_long_term_memory, user_short_term_cache],
     description="Everything a LIBER ranker reads for one user, in one online fetch.",
+)
+
+liber_affinities_v1 = FeatureService(
+    name=AFFINITY_SERVICE,
+    features=[liber_affinities],
+    description="LIBER affinity features by user_id + item_id, for a ranker that is not ours.",
 )

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from liber_features.features.item_text import ITEM_TEXT_SCHEMA, sample_item_text
 from liber_features.features.repo import (
+    ITEM_TEXT_VIEW,
     LONG_TERM_SCHEMA,
     SHORT_TERM_SCHEMA,
     apply_repo,
@@ -74,6 +76,8 @@ class Repo:
             first = int(pd.Timestamp(long_term.sealed_at.min()).value // 1000)
             write_stats_tables(sample_stats(sorted(set(long_term.user_id)), ["i1", "i2", "i3"], first),
                                self.root / data, ledger)
+            write_parquet(sample_item_text(["i1", "i2", "i3"]), self.root / data / f"{ITEM_TEXT_VIEW}.parquet",
+                          ITEM_TEXT_SCHEMA, ledger)
 
     def store(self):
         return open_store(self.root, environ={**os.environ, **self.env})

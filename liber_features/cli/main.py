@@ -32,6 +32,7 @@ from liber_features.cli.common import (
 )
 from liber_features.cli.demo import COMMANDS as _DEMO_COMMANDS
 from liber_features.cli.follow import follow_options, run_follow
+from liber_features.cli.items import COMMANDS as _ITEM_COMMANDS
 from liber_features.cli.model import COMMANDS as _MODEL_COMMANDS
 from liber_features.cli.project import COMMANDS as _PROJECT_COMMANDS
 from liber_features.cli.quarantine import COMMANDS as _QUARANTINE_COMMANDS
@@ -259,7 +260,7 @@ def _run_encode(ledger, cfg, on_progress, spec: tuple, ray_address, actors, acto
 
 
 for _command in (*_DEMO_COMMANDS, *_FEAST_COMMANDS, *_MODEL_COMMANDS, *_REPORT_COMMANDS, *_QUARANTINE_COMMANDS,
-                 *_PROJECT_COMMANDS, *_STREAM_COMMANDS):
+                 *_PROJECT_COMMANDS, *_STREAM_COMMANDS, *_ITEM_COMMANDS):
     cli.add_command(_command)
 
 

@@ -75,7 +75,7 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
                 late_since: datetime | None, replace: bool, as_json: bool) -> None:
     """Bring the online store up to date with everything created since the last successful write."""
     from liber_features.features.online import store_errors
-    from liber_features.features.repo import open_store
+    from liber_features.features.repo import ITEM_TEXT_VIEW, open_store
     from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
     from liber_features.features.sync import check_sources, sync_view
     from liber_features.training.statistics import refresh_stats_tables
@@ -99,15 +99,17 @@ def materialize(repo: str, ledger_url: str | None, ledger_schema: str | None, re
     except LiberError as exc:
         fail(exc, debug=False)
     stats = (USER_STATS_VIEW, ITEM_STATS_VIEW)
+    per_item = (*stats, ITEM_TEXT_VIEW)
     summary: dict[str, Any] = {
         "ledger": ledger.safe_url(),
         "repo": str(repo),
         "project": store.project,
         "online_store": store.config.online_store.type,
         "rebuild": rebuild,
-        "users_written": {r.view: r.users_written for r in reports if r.view not in stats},
+        "users_written": {r.view: r.users_written for r in reports if r.view not in per_item},
         # Statistics views count entities of their own kind (items too), not users.
         "stats_written": {r.view: r.users_written for r in reports if r.view in stats},
+        "item_texts_written": sum(r.users_written for r in reports if r.view == ITEM_TEXT_VIEW),
         "synced_to": {r.view: r.mark.isoformat() if r.mark else None for r in reports},
         "previously_synced_to": {r.view: r.previous_mark.isoformat() if r.previous_mark else None
                                  for r in reports},

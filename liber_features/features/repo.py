@@ -45,6 +45,9 @@ __all__ = [
     "SHORT_TERM_VIEW",
     "SHORT_TERM_PUSH_SOURCE",
     "RANKER_SERVICE",
+    "ITEM_TEXT_VIEW",
+    "AFFINITY_VIEW",
+    "AFFINITY_SERVICE",
     "data_file",
     "feast_redis_connection",
     "open_store",
@@ -61,6 +64,9 @@ LONG_TERM_VIEW = "user_long_term_memory"
 SHORT_TERM_VIEW = "user_short_term_cache"
 SHORT_TERM_PUSH_SOURCE = "user_short_term_cache_push"
 RANKER_SERVICE = "liber_ranker_v1"
+ITEM_TEXT_VIEW = "item_text"  # each item's unit text vector (features/item_text.py)
+AFFINITY_VIEW = "liber_affinities"  # the on-demand view over the memory and item_text (model/affinity.py)
+AFFINITY_SERVICE = "liber_affinities_v1"
 # Tags on the feature views: the ranker reshapes the flat vectors with them, the writers check them.
 TAG_MEMORY_SLOTS = "liber.memory_slots"
 TAG_VECTOR_DIM = "liber.vector_dim"
@@ -305,8 +311,9 @@ def apply_repo(store: FeatureStore, repo_path: str | Path = DEFAULT_REPO) -> lis
     """
     import importlib.util
     import uuid
+    import warnings
 
-    from feast import Entity, FeatureService, FeatureView
+    from feast import Entity, FeatureService, FeatureView, OnDemandFeatureView
     from feast.data_source import DataSource
 
     path = Path(repo_path) / "definitions.py"
@@ -316,9 +323,15 @@ def apply_repo(store: FeatureStore, repo_path: str | Path = DEFAULT_REPO) -> lis
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     objects = [v for v in vars(module).values()
-               if isinstance(v, (Entity, FeatureView, FeatureService, DataSource))]
+               if isinstance(v, (Entity, FeatureView, OnDemandFeatureView, FeatureService, DataSource))]
     try:
-        store.apply(objects)
+        with warnings.catch_warnings():
+            # Feast warns on every apply that holds an on-demand view (liber_affinities) that ODFVs
+            # are "experimental ... do not scale well for offline retrieval": known, and measured
+            # (docs/serving.md); not news to repeat at every liber command.
+            warnings.filterwarnings("ignore", "On demand feature view is an experimental feature",
+                                    RuntimeWarning)
+            store.apply(objects)
         # With the SQL registry's `cache_mode: thread` the applying process's own cache is only
         # refreshed by the background thread (every cache_ttl_seconds): refresh it now, so this
         # store serves what it just applied.

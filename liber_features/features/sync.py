@@ -30,7 +30,7 @@ from sqlalchemy import select
 from liber_features.errors import FeatureStoreError, LedgerMismatch
 from liber_features.features.online import store_errors, write_online
 from liber_features.features.ownership import check
-from liber_features.features.repo import LONG_TERM_VIEW, SHORT_TERM_VIEW, data_file
+from liber_features.features.repo import ITEM_TEXT_VIEW, LONG_TERM_VIEW, SHORT_TERM_VIEW, data_file
 from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
 from liber_features.ledger.store import Ledger, now_us, online_sync
 
@@ -96,7 +96,7 @@ def check_sources(store: FeatureStore, ledger: Ledger, views: list[str], replace
     mine = Path(data_file("_", repo_dir=store.config.repo_path)).parent
     removed: list[Path] = []
     for view in views:
-        if view not in (LONG_TERM_VIEW, SHORT_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW):
+        if view not in (LONG_TERM_VIEW, SHORT_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW, ITEM_TEXT_VIEW):
             continue  # not a table liber writes
         try:
             folder = source_path(store, view).parent

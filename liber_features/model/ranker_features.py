@@ -33,7 +33,7 @@ from liber_features.features.stats import genre_hot, split_categories
 from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.vocab import PAD, ItemVocab
 
-__all__ = ["BASE", "LIBER", "RankerItems", "feature_names", "ranker_features"]
+__all__ = ["BASE", "LIBER", "RankerItems", "affinities", "feature_names", "ranker_features"]
 
 BASE = ["user", "item", "hist_len", "hist_cos_mean", "hist_same_genre", *STAT_NAMES]
 LIBER = ["partition_count", *(f"{v}_cos_{s}" for v in ("summary", "shift") for s in ("newest", "max", "mean"))]
@@ -94,6 +94,25 @@ def _rows(a: np.ndarray, sl: slice) -> np.ndarray:
     return a if a.shape[0] == 1 else a[sl]
 
 
+def affinities(summary: np.ndarray, shift: np.ndarray, slots_used: np.ndarray, cand_text: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    """LIBER's affinity features but ``partition_count``: ``LIBER[1:]`` → ``(N,)`` float64 each.
+
+    ``summary`` / ``shift (U, M, D)`` float32 (zero where a slot is empty), ``slots_used (U, M)``
+    bool, with U = N or 1 (one user, broadcast); ``cand_text (N, D)`` the candidates' *unit* text
+    vectors (``RankerItems.text`` rows; zeros for an item without text). One definition for the
+    training builder, the scorer and the ``liber_affinities`` on-demand feature view: a boosted
+    tree's thresholds are exact, so all three must run these very operations.
+    """
+    out = {}
+    for name, table in (("summary", summary), ("shift", shift)):
+        cos = (_unit(table) * cand_text[:, None, :]).sum(-1)  # (N, M)
+        out[f"{name}_cos_newest"] = np.where(slots_used[:, 0], cos[:, 0], 0)
+        out[f"{name}_cos_max"] = np.where(slots_used.any(1), np.where(slots_used, cos, -2).max(1), 0)
+        out[f"{name}_cos_mean"] = (cos * slots_used).sum(1) / np.maximum(slots_used.sum(1), 1)
+    return out
+
+
 def ranker_features(items: RankerItems, *, user_idx: np.ndarray, item_idx: np.ndarray, hist_idx: np.ndarray,
                     stats: np.ndarray, summary: np.ndarray | None = None, shift: np.ndarray | None = None,
                     slots_used: np.ndarray | None = None, partition_count: np.ndarray | None = None
@@ -120,12 +139,9 @@ def ranker_features(items: RankerItems, *, user_idx: np.ndarray, item_idx: np.nd
         hist_cos[sl] = (mean * text[cand]).sum(1)
         same[sl] = ((hot[hist] @ hot[cand][..., None])[..., 0] > 0).sum(1)  # PAD/OOV rows: no genre
         if liber:
-            used = _rows(slots_used, sl)
-            for name, table in (("summary", summary), ("shift", shift)):
-                cos = (_unit(_rows(table, sl)) * text[cand][:, None, :]).sum(-1)  # (rows, M)
-                aff[f"{name}_cos_newest"][sl] = np.where(used[:, 0], cos[:, 0], 0)
-                aff[f"{name}_cos_max"][sl] = np.where(used.any(1), np.where(used, cos, -2).max(1), 0)
-                aff[f"{name}_cos_mean"][sl] = (cos * used).sum(1) / np.maximum(used.sum(1), 1)
+            got = affinities(_rows(summary, sl), _rows(shift, sl), _rows(slots_used, sl), text[cand])
+            for name, values in got.items():
+                aff[name][sl] = values
     cols: list[np.ndarray | Sequence[float]] = [
         np.broadcast_to(user_idx, (n,)), item_idx, hist_len, hist_cos, same,
         *(stats[:, j] for j in range(len(STAT_NAMES)))]
