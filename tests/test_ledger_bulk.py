@@ -31,11 +31,10 @@ def test_copied_rows_read_back_exactly_and_known_keys_names_only_those(ledger):
     assert found == {f"e{i}" for i in range(5_990, 6_000)} | {"e0"}
 
 
+@pytest.mark.parametrize("ledger", ["postgres"], indirect=True)  # SQLite's write lock serialises writers
 def test_a_key_another_writer_committed_meanwhile_fails_the_whole_transaction(ledger):
     """The race ``copy_new`` turns from a silent double count into a rollback: the look-up found
     e2 new, another writer commits e2, then the COPY meets it."""
-    if ledger.dialect == "sqlite":
-        pytest.skip("SQLite's write lock serialises the writers: the race cannot happen there")
     with pytest.raises(LedgerError, match="another writer inserted some of these events rows"):
         with ledger.begin() as conn:
             copy_new(conn, events, [_event(1)])
@@ -64,12 +63,11 @@ def test_write_events_counts_one_id_sent_for_two_users_once(ledger):
         assert conn.execute(select(func.count()).select_from(partitions)).scalar() == 0
 
 
+@pytest.mark.parametrize("ledger", ["postgres"], indirect=True)  # no prepared statements on SQLite
 def test_the_key_look_up_is_planned_each_time_never_a_prepared_generic_plan(ledger):
     """psycopg prepares a statement on its 5th run; PostgreSQL then may keep a generic plan made
     while the table was nearly empty (a sequential scan), and a stream into a new ledger fell
     seconds behind at 5,000 ev/s (bench_stream, 2026-12-05). The look-up must never be prepared."""
-    if ledger.dialect == "sqlite":
-        pytest.skip("no server-side prepared statements on SQLite")
     from sqlalchemy import text
 
     with ledger.begin() as conn:

@@ -92,6 +92,12 @@ def test_demo_runs_end_to_end_and_reruns_without_llm_calls(tmp_path):
     assert not model["cold_start"] and len(model["encoder_version"]) == 12
     rated = set(pd.read_csv(ml_latest_small() / "ratings.csv", dtype=str).query("userId == '5'").movieId)
     assert not {item for item, _ in top} & rated  # only unrated candidates are ranked
+    ranker = out["ranker"]  # the LightGBM ranker over the statistics views, exported and served too
+    assert (tmp_path / "work/ranker/model.onnx").is_file() and (tmp_path / "work/ranker/ranker_items.npz").is_file()
+    assert ranker["test_auc"] > 0.75 and ranker["scores_finite"] and not ranker["cold_start"]
+    assert ranker["encoder_version"] == model["encoder_version"]  # user 5's memory is read by both
+    lgb_top = ranker["top"]
+    assert len(lgb_top) == 5 and not {item for item, _ in lgb_top} & rated
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     out2 = json.loads(again.output.strip().splitlines()[-1])

@@ -168,7 +168,9 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
     say(f"    latest summary: {f['latest_summary']}")
     say(f"    latest shift:   {f['latest_shift']}")
     say(f"    online == offline point-in-time vectors: {f['online_equals_offline']}")
-    out["model"] = _model_steps(ledger, repo, workdir, user, enc, say, n)
+    from liber_features.cli.demo_model import model_steps
+
+    out["model"], out["ranker"] = model_steps(ledger, repo, workdir, user, enc, say, n)
     if tail is not None:
         from liber_features.cli.demo_stream import stream_tail
 
@@ -177,47 +179,6 @@ def run_demo(*, data: Path, workdir: Path, repo: Path, users: list[str], k: int,
         out["stream"] = stream_tail(stream, tail, ledger, repo, k=k, llm=llm, enc=enc, say=say)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
-
-
-def _model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable[[str], None],
-                 n: int = 9) -> dict[str, Any]:
-    """7-9: a small LIBER model on the leak-free training set → ONNX → scored online by user_id."""
-    from sqlalchemy import select
-
-    from encoders.ctr.export import export_onnx, save_checkpoint
-    from encoders.ctr.items import item_vectors
-    from encoders.ctr.train import TrainConfig, train
-    from liber_features.ledger.store import events
-    from liber_features.serving.scorer import LiberScorer
-    from liber_features.training.prepare import checkpoint_meta, prepare_training_set
-
-    say(f"7/{n} train DIN + LIBER on the leak-free training set (a small demo model: 20k samples, 2 epochs)")
-    _, ts, versions = prepare_training_set(ledger.url, None, str(repo), say=lambda m: say("    " + m))
-    items = item_vectors(ts.item_vocab, ts.catalog, enc)  # once per catalog; cached on disk
-    r = train(ts, items, TrainConfig(backbone="din", liber="both", epochs=2, max_train_samples=20_000,
-                                     device="cpu"), log=lambda m: say("  " + m))
-    say(f"    test AUC {r.test['auc']:.4f}, GAUC {r.test['gauc']:.4f}, LogLoss {r.test['logloss']:.4f} "
-        f"({r.seconds:.0f} s; `liber evaluate` runs the full grid)")
-    model_dir = workdir / "model"
-    meta = checkpoint_meta(ts, r, versions, ledger)
-    save_checkpoint(r.model, meta, model_dir)
-    say(f"8/{n} export {model_dir}/model.onnx + model_card.json")
-    card = export_onnx(r.model, meta, model_dir)
-
-    say(f"9/{n} score user {user} online: one read of {card.feature_service}, one onnxruntime call")
-    scorer = LiberScorer.load(model_dir, repo)
-    with ledger.engine.connect() as conn:
-        seen = set(conn.execute(select(events.c.item_id).where(events.c.user_id == user)).scalars())
-    candidates = [i for i in card.item_vocab if i not in seen]
-    res, best = scorer.top(user, 5, candidates)
-    titles = dict(zip(ts.catalog.item_id, ts.catalog.title))
-    say(f"    {len(candidates)} unrated candidates scored in {res.score_ms:.1f} ms "
-        f"(features read in {res.fetch_ms:.1f} ms via {scorer.fetcher.name}; LIBER vectors "
-        f"{res.encoder_version or 'none'}), top 5:")
-    for item, p in best:
-        say(f"      {p:.3f}  {titles.get(item, item)}")
-    return {"test_auc": r.test["auc"], "model_dir": str(model_dir), "top": best,
-            "cold_start": res.cold_start, "encoder_version": res.encoder_version}
 
 
 @click.command()

@@ -129,8 +129,28 @@ def _redis_client(cfg: Any) -> Any:
 
     key = cfg.model_dump_json()
     if key not in _clients:
-        _clients[key] = get_online_store_from_config(cfg)._get_client(cfg)  # type: ignore[attr-defined]
+        client = get_online_store_from_config(cfg)._get_client(cfg)  # type: ignore[attr-defined]
+        _fail_fast(client)
+        _clients[key] = client
     return _clients[key]
+
+
+def _fail_fast(client: Any) -> None:
+    """A dead Redis must fail a write in about a second, not in redis-py's default retries with
+    exponential backoff from 1 s (~8 s per call, measured): the stream consumer's flusher writes
+    between commits, and a stalled write stalled the consumer. The writers' callers already retry
+    what failed (the sync state / the flusher's pending set never move past an unwritten row)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    if not isinstance(client, redis.Redis):
+        return  # a Redis Cluster client keeps its own retries: they carry it through a failover
+    # New connections take these; a bulk pipeline of 500 users (~12 MB) is far under 10 s.
+    client.connection_pool.connection_kwargs.update(retry=Retry(NoBackoff(), 1), socket_connect_timeout=1.0,
+                                                    socket_timeout=10.0)
+    if hasattr(client, "retry"):  # redis-py 6 also retries at the client level
+        client.retry = Retry(NoBackoff(), 1)
 
 
 def _redis_write(store: FeatureStore, view: FeatureView, df: pd.DataFrame) -> int:
