@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import pickle
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,19 +107,12 @@ def export_onnx(model: Backbone, meta: dict[str, Any], model_dir: str | Path) ->
     shapes = {"user_idx": ("int64", [1]), "summary": ("float32", [1, M, D]),
               "shift": ("float32", [1, M, D]), "partition_count": ("int64", [1]),
               "hist_idx": ("int64", [1, L]), "item_idx": ("int64", ["N"])}
-    card = ModelCard(
-        backbone=meta["config"]["backbone"], liber=meta["config"]["liber"],
+    card = ModelCard.from_checkpoint(
+        meta, backbone=meta["config"]["backbone"],
         inputs=[TensorSpec(name=n, dtype=shapes[n][0], shape=shapes[n][1]) for n in INPUT_NAMES],
         outputs=[TensorSpec(name="score", dtype="float32", shape=["N"])], opset=OPSET,
-        memory_slots=M, vector_dim=D, history_length=L, item_vocab=meta["item_vocab"],
-        user_vocab=meta["user_vocab"],
         item_vectors="inside model.onnx: text vectors (title + genres, the interests' text encoder) "
-                     "folded with the id embeddings into one constant item table",
-        feature_service=meta["feature_service"], prompt_version=meta["prompt_version"],
-        llm_id=meta["llm_id"], text_encoder_id=meta["text_encoder_id"],
-        encoder_version=meta["encoder_version"], metrics=meta["metrics"],
-        train_time_range=meta["train_time_range"], train_config=meta["config"],
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                     "folded with the id embeddings into one constant item table")
     card.save(out)
     return card
 

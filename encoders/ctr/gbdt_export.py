@@ -16,7 +16,6 @@ Nothing here needs torch.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +94,12 @@ def export_gbdt(model_dir: str | Path) -> ModelCard:
     _score_output(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(out / MODEL_FILE))
-    M, D, L = meta["memory_slots"], meta["vector_dim"], meta["history_length"]
-    card = ModelCard(
-        backbone="lgbm", liber=meta["config"]["liber"],
+    card = ModelCard.from_checkpoint(
+        meta, backbone="lgbm",
         inputs=[TensorSpec(name="features", dtype="float32", shape=["N", len(names)])],
         outputs=[TensorSpec(name="score", dtype="float32", shape=["N"])], opset=OPSET,
-        memory_slots=M, vector_dim=D, history_length=L, item_vocab=meta["item_vocab"],
-        user_vocab=meta["user_vocab"],
         item_vectors=f"{ITEM_TABLE} beside the graph: unit text vectors (title + genres, the interests' "
                      "text encoder), genres and categories by item index",
-        item_table=ITEM_TABLE, features=names,
-        feature_service=meta["feature_service"], prompt_version=meta["prompt_version"],
-        llm_id=meta["llm_id"], text_encoder_id=meta["text_encoder_id"],
-        encoder_version=meta["encoder_version"], metrics=meta["metrics"],
-        train_time_range=meta["train_time_range"], train_config=meta["config"],
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"))
+        item_table=ITEM_TABLE, features=names)
     card.save(out)
     return card

@@ -81,6 +81,21 @@ class ModelCard(BaseModel):
             raise ValueError(str(exc)) from exc
         return self
 
+    @classmethod
+    def from_checkpoint(cls, meta: dict[str, Any], **graph: Any) -> ModelCard:
+        """A card from a checkpoint's metadata (``training.prepare.checkpoint_meta``) plus what the
+        exporter knows of its graph (backbone, inputs, outputs, opset, item vectors, ...)."""
+        from datetime import UTC, datetime
+
+        return cls(
+            liber=meta["config"]["liber"], memory_slots=meta["memory_slots"], vector_dim=meta["vector_dim"],
+            history_length=meta["history_length"], item_vocab=meta["item_vocab"], user_vocab=meta["user_vocab"],
+            feature_service=meta["feature_service"], prompt_version=meta["prompt_version"],
+            llm_id=meta["llm_id"], text_encoder_id=meta["text_encoder_id"],
+            encoder_version=meta["encoder_version"], metrics=meta["metrics"],
+            train_time_range=meta["train_time_range"], train_config=meta["config"],
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"), **graph)
+
     def item_vocabulary(self) -> ItemVocab:
         return ItemVocab.from_json(self.item_vocab)
 
