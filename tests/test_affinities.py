@@ -5,6 +5,7 @@ the boosted ranker's LIBER columns (``ranker_features``) bit for bit; on SQLite 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -193,3 +194,26 @@ def test_liber_items_writes_the_encoders_vectors_and_refuses_another_encoder(bui
         assert np.array_equal(np.stack(got["text_vector"].to_numpy(zero_copy_only=False)), want[2:])
     finally:  # the other tests read the random vectors
         write_item_text(store, item_text_frame(built["ids"], built["items"].text[2:], "fake@1"), built["ledger"])
+
+
+def test_before_liber_items_the_view_has_an_empty_table_and_feasts_own_materialize_runs(tmp_path):
+    """Ingest's statistics refresh leaves an empty, ledger-stamped ``item_text.parquet``: Feast's
+    materialize reads every view's source and stopped at the missing file before."""
+    from liber_features.features.item_text import ensure_item_text
+    from liber_features.features.ownership import owner
+
+    events, catalog = movielens_users(["5"])
+    ledger, repo, store = encoded_repo(tmp_path, events, catalog, k=7, shape=SHAPE)
+    path = data_file("item_text.parquet", repo_dir=repo.root)
+    table = pq.read_table(path)
+    assert (table.num_rows, table.schema.names) == (0, ["item_id", "event_timestamp", "created_at", "text_vector",
+                                                        "text_encoder_id"])
+    assert owner(path).ledger_id == ledger.ledger_id
+    store.materialize(start_date=datetime(1990, 1, 1, tzinfo=UTC), end_date=datetime.now(UTC))
+    assert _online(store, "5", ["1", "2"]).shape == (2, 7)
+    got = store.get_online_features(features=["item_text:text_vector"], entity_rows=[{"item_id": "1"}]).to_dict()
+    assert got["text_vector"] == [None]
+    # `liber items` replaces it; a later refresh never puts the empty table back over it.
+    write_item_text(store, sample_item_text(["1", "2"]), ledger)
+    assert ensure_item_text(Path(path).parent, ledger) is False
+    assert pq.read_table(path).column("item_id").to_pylist() == ["1", "2"]

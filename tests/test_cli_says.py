@@ -133,7 +133,7 @@ def test_ingest_without_a_catalog_warns_once_on_stderr(tmp_path):
 # Every `liber` command, by what it does with a ledger that does not exist (walked once: a new
 # command must be placed here, test_every_command_is_placed says so).
 READS_LEDGER = [["status"], ["materialize", "--repo", "nowhere"], ["quarantine"], ["push-caches"], ["report"],
-                ["encode"], ["evaluate"], ["train"], ["project", "--dim", "4"]]
+                ["encode"], ["evaluate"], ["train"], ["project", "--dim", "4"], ["items"]]
 CREATES_LEDGER = {"ingest", "stream", "demo"}  # demo: a ledger of its own in its work folder
 NO_LEDGER = {"export": "reads the checkpoint only", "produce": "an event file to a broker",
              "score": "scores without titles, with a warning line (test_score_without_a_ledger_...)",

@@ -25,12 +25,14 @@ from click.testing import CliRunner
 from feastrepo import DATA, Repo, cleanup
 from modelkit import encoded_repo, movielens_users
 
+from liber_features.features.item_text import ITEM_TEXT_SCHEMA, ITEM_TEXT_VIEW, sample_item_text
 from liber_features.features.repo import (
     LONG_TERM_VIEW,
     SHORT_TERM_VIEW,
     LiberFeatureConfig,
     sample_long_term,
     sample_short_term,
+    write_parquet,
 )
 from liber_features.serving.fetch import RedisFetcher
 from liber_features.training.samples import SampleConfig, build_training_set
@@ -159,6 +161,10 @@ def test_liber_materialize_and_the_ray_engine_write_the_cluster(tmp_path, twin, 
     monkeypatch.setenv("LIBER_DATA_DIR", DATA)
     events, catalog = movielens_users(["1", "5", "7"])
     ledger, default, _ = encoded_repo(tmp_path / "default", events, catalog, k=10, shape=SHAPE)
+    # What `liber items` writes: Feast's Ray store cannot read the empty table ingest leaves
+    # (docs/scale-out.md).
+    write_parquet(sample_item_text(list(catalog.item_id[:3]), SHAPE.vector_dim),
+                  default.root / DATA / f"{ITEM_TEXT_VIEW}.parquet", ITEM_TEXT_SCHEMA, ledger)
     ray_repo = twin(default)
     store = ray_repo.apply()
     offline = pd.read_parquet(ray_repo.root / DATA / f"{LONG_TERM_VIEW}.parquet")
@@ -167,7 +173,9 @@ def test_liber_materialize_and_the_ray_engine_write_the_cluster(tmp_path, twin, 
     newest_cache = cache_rows.sort_values("event_timestamp").groupby("user_id").tail(1).set_index("user_id")
 
     # Feast's own materialization, through the Ray compute engine, into the cluster.
-    store.materialize(start_date=T0.replace(year=1990), end_date=datetime.now(UTC))
+    # From before the epoch: item texts are timeless rows at the epoch (features/item_text.py), and
+    # the Ray store stops on a view with no rows in the window (docs/scale-out.md).
+    store.materialize(start_date=datetime(1969, 12, 31, tzinfo=UTC), end_date=datetime.now(UTC))
     fast = RedisFetcher(store)
     got = dict(zip(["1", "5", "7"], fast.fetch(["1", "5", "7"])))
     for u, row in got.items():

@@ -138,7 +138,7 @@ def test_one_shared_data_directory_refuses_the_second_ledger(two, monkeypatch):
     assert got.exit_code == 0, got.output
     history = shared / f"{SHORT_TERM_VIEW}.parquet"
     names = sorted(p.name for p in shared.glob("*.parquet"))  # ingest also rebuilt the statistics tables
-    assert names == ["item_stats.parquet", history.name, "user_stats.parquet"]
+    assert names == ["item_stats.parquet", "item_text.parquet", history.name, "user_stats.parquet"]
     assert users_in(history) == B_USERS and ownership.owner(history).ledger_id == b.ledger_id
     got = liber("materialize", "--repo", str(repo.root), "--ledger", a_url, "--json")  # now A is refused
     assert (got.exit_code, got.stderr) == (2, f"error: {refusal(shared, 'item_stats.parquet', b, a)}\n")

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from liber_features.ledger.store import Ledger
 
-__all__ = ["EPOCH", "ITEM_TEXT_SCHEMA", "ITEM_TEXT_VIEW", "check_space", "item_text_frame", "sample_item_text",
-           "write_item_text"]
+__all__ = ["EPOCH", "ITEM_TEXT_SCHEMA", "ITEM_TEXT_VIEW", "check_space", "ensure_item_text", "item_text_frame",
+           "sample_item_text", "write_item_text"]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TS = pa.timestamp("us", tz="UTC")
@@ -87,6 +87,22 @@ def write_item_text(store: FeatureStore, frame: pd.DataFrame, ledger: Ledger | N
             check_sources(store, ledger, [ITEM_TEXT_VIEW])
     write_parquet(frame, path, ITEM_TEXT_SCHEMA, ledger)
     return path, write_online(store, ITEM_TEXT_VIEW, frame)
+
+
+def ensure_item_text(data_dir: str | Path, ledger: Ledger | None = None) -> bool:
+    """Write an empty ``item_text.parquet`` into ``data_dir`` when there is none; True if written.
+
+    Feast's own ``materialize`` / ``materialize-incremental`` read every view's source and stop at
+    the first missing file, so a repo whose items were never encoded (``liber items`` needs the
+    torch half) would fail there. An empty table materializes nothing and leaves the on-demand
+    affinities null, as for an item never encoded; ``liber items`` replaces it.
+    """
+    path = Path(data_dir) / f"{ITEM_TEXT_VIEW}.parquet"
+    if path.exists():
+        return False
+    write_parquet(pd.DataFrame({n: pd.Series(dtype=object) for n in ITEM_TEXT_SCHEMA.names}), path,
+                  ITEM_TEXT_SCHEMA, ledger)
+    return True
 
 
 def sample_item_text(item_ids: Sequence[str], dim: int | None = None, seed: int = 0) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from liber_features.errors import LedgerError
+from liber_features.features.item_text import ensure_item_text
 from liber_features.features.repo import data_file
 from liber_features.features.stats import (
     ITEM_STATS_VIEW,
@@ -107,8 +108,10 @@ def refresh_stats_tables(ledger: Ledger, repo: str | Path, rule: LabelRule | Non
     """
     rule = rule or recorded_rule(repo) or LabelRule()
     tables = ledger_stats(ledger, rule, cfg)
-    write_stats_tables(tables, Path(data_file("_", repo_dir=repo)).parent, ledger,
-                       {RULE_KEY: rule.model_dump_json().encode()})
+    data_dir = Path(data_file("_", repo_dir=repo)).parent
+    write_stats_tables(tables, data_dir, ledger, {RULE_KEY: rule.model_dump_json().encode()})
+    # Every per-item view then has a source, so a plain `feast materialize` runs before `liber items`.
+    ensure_item_text(data_dir, ledger)
     return tables
 
 
