@@ -4,7 +4,7 @@ Many production rankers are boosted trees; for them LIBER enters as dense *affin
 as an attention module. Each sample's features are computed from the training set's own
 point-in-time inputs (``TrainingSet``: nothing at or after the sample's time):
 
-- ids: user and item as categoricals;
+- ids: the user as a categorical (and the item, when ``GbdtConfig.categorical`` names it);
 - history: its length, the cosine between the candidate's text vector and the mean text vector of
   the history, how many history items share a genre with the candidate;
 - the candidate's genres (multi-hot) and point-in-time statistics of the user and of the item
