@@ -197,3 +197,28 @@ def test_event_types_and_labels_travel_like_file_ingest(tmp_path):
     assert [r.event_type for r in rows(ledger)].count("purchase") == 3
     assert sorted(r.label for r in rows(ledger) if r.label is not None) == [0.0, 0.0, 1.0]
     assert ledger_rows(ledger) == ledger_rows(ref)
+
+
+def test_the_loop_runs_with_what_was_loaded_frozen_out_of_the_collector(tmp_path):
+    """A full collection over everything loaded made the event -> online p99 (docs/streaming.md):
+    the consumer freezes the loaded objects before its loop; an object made before the run is
+    then in the permanent generation, not in one the collector walks."""
+    import gc
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = broker_url("redis", "freeze")
+    pub = open_publisher(url)
+    pub.publish([("", "e0", json.dumps({"user_id": "a", "item_id": "m", "timestamp": 1_000_000,
+                                         "event_id": "e0"}).encode())])
+    pub.close()
+    gc.unfreeze()
+    loaded = [object() for _ in range(1000)]  # tracked containers: a list of objects
+    assert gc.get_freeze_count() == 0
+    try:
+        s = consume(url, ledger, k=10)
+        frozen = gc.get_freeze_count()
+        assert s.accepted == 1
+        assert frozen > len(loaded)
+        assert not any(o is loaded for gen in range(3) for o in gc.get_objects(gen))
+    finally:
+        gc.unfreeze()

@@ -30,6 +30,7 @@ one critical section. A broker that goes away is retried with exponential backof
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -102,6 +103,12 @@ class Consumer:
         if self.flusher is not None:  # a dead consumer's unwritten users are this one's to write
             self.mark = OnlineMark(self.ledger, self.source.key, s.run_id)
             self.flusher.add(self.mark.adopt())
+        # What is loaded by now (Feast, pandas, the registry, the caller's data) lives as long as the
+        # loop; frozen out of the collector's generations, a full collection no longer walks it.
+        # Measured (Redis -> PostgreSQL, 5,000 ev/s): one full collection mid-run took 187 ms, every
+        # event fetched behind it waited that long, and it alone made the event -> online p99.
+        gc.collect()
+        gc.freeze()
         started = last_message = time.monotonic()
         try:
             while True:
