@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
@@ -179,16 +178,17 @@ class Consumer:
         ev = ev[~repeated]
         ts_us = ((ev["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)).to_numpy()
         groups: dict[str, list[CachedEvent]] = {}
-        ratings = ev["rating"].to_numpy(dtype="float64")
-        kinds, label = ev["event_type"].to_numpy(), ev["label"].to_numpy(dtype="float64")
         labels = {}
-        for i, (eid, user, item) in enumerate(zip(ev["event_id"], ev["user_id"], ev["item_id"])):
+        # Plain Python values (``tolist``): indexing numpy arrays per event cost as much as the rest.
+        for eid, user, item, ts, rating, kind, label in zip(
+                ev["event_id"].tolist(), ev["user_id"].tolist(), ev["item_id"].tolist(), ts_us.tolist(),
+                ev["rating"].to_numpy(dtype="float64").tolist(), ev["event_type"].tolist(),
+                ev["label"].to_numpy(dtype="float64").tolist()):
             groups.setdefault(user, []).append(CachedEvent(
-                ts_us=int(ts_us[i]), event_id=eid, item_id=item,
-                rating=None if np.isnan(ratings[i]) else float(ratings[i]),
-                event_type=None if pd.isna(kinds[i]) else str(kinds[i])))
-            if not np.isnan(label[i]):
-                labels[eid] = float(label[i])
+                ts_us=ts, event_id=eid, item_id=item, rating=None if rating != rating else rating,  # NaN
+                event_type=kind if isinstance(kind, str) else None if pd.isna(kind) else str(kind)))
+            if label == label:  # not NaN
+                labels[eid] = label
         newest: dict[str, Delivery] = {}  # per shard: the message with the highest offset
         for d in batch:
             if d.shard not in newest or d.offset > newest[d.shard].offset:

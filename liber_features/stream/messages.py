@@ -32,6 +32,7 @@ _ALIASES = {"user_id": ("user_id",), "item_id": ("item_id",), "ts": ("timestamp"
             # implicit feedback, as in files (ingest/feedback.py): optional
             "event_type": ("event_type", "event"), "label": ("label",)}
 _REQUIRED = ("user_id", "item_id", "ts")
+_SKIPPABLE = ("rating", "event_type", "label")  # an empty cell reads as absent (an empty event_id is an error)
 
 
 @dataclass
@@ -127,7 +128,9 @@ def parse_messages(deliveries: list[Delivery], config: LoadConfig | None = None,
             column.append(fields.get(f, ""))  # no rating: an empty cell, as in a CSV
     raw = pd.DataFrame({f: pd.Series(column, dtype=object) for f, column in cells.items()})
     raw.index = pd.Index(index, dtype="int64")
-    columns = {f: f for f in _ALIASES}
+    # An optional field no message of the batch has is absent, as a file without the column:
+    # the same rows and reasons, without the rules running over a column of empty cells.
+    columns = {f: None if f in _SKIPPABLE and not any(v != "" for v in cells[f]) else f for f in _ALIASES}
     accepted, checks = check_rows(raw, columns, RATING_RANGE, config, catalog_items)
     bad = checks.reason.notna()
     for i in raw.index[bad]:
