@@ -34,7 +34,7 @@ def compare(y: np.ndarray, users: np.ndarray, preds: dict[int, list[np.ndarray]]
     """{D′: AUC, GAUC, LogLoss (means over seeds), and ΔAUC / ΔGAUC against the first D′ with paired
     user-bootstrap 95 % intervals (``encoders/ctr/intervals.py``, the evaluation grid's own)."""
     from encoders.ctr.intervals import paired_user_bootstrap
-    from encoders.ctr.train import metrics
+    from encoders.ctr.metrics import metrics
 
     ref = next(iter(preds))
     named = {str(d): p for d, p in preds.items()}
@@ -64,6 +64,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from encoders.ctr.items import item_vectors
+    from encoders.ctr.side import side_rows
     from encoders.ctr.train import Batches, TrainConfig, predict, train
     from encoders.uil.text import TextEncoder
     from liber_features.ledger.store import Ledger
@@ -105,10 +106,11 @@ def main() -> None:
             if y is None:
                 y, users = ts.label[test], ts.user_ids[test]
             assert np.array_equal(ts.label[test], y)  # one split, every D′: paired comparisons
+            side = side_rows(ts, item_text)  # the same side row at every D′: only the memory changes
             for backbone, seed in ((b, s) for b in preds for s in seeds):
                 r = train(ts, item_text, TrainConfig(backbone=backbone, liber="both", epochs=args.epochs,
-                                                     device="cpu", seed=seed), log=lambda _m: None)
-                data = Batches(ts, (ts.summary_table, ts.shift_table), torch.device("cpu"))
+                                                     device="cpu", seed=seed), log=lambda _m: None, side=side)
+                data = Batches(ts, (ts.summary_table, ts.shift_table), torch.device("cpu"), side)
                 preds[backbone].setdefault(dim, []).append(predict(r.model, data, test))
                 run = {"dim": dim, "backbone": backbone, "seed": seed, "epochs_run": r.epochs_run,
                        "best_epoch": r.best_epoch,

@@ -1,4 +1,5 @@
-"""The LightGBM ranker end to end on a real ledger: quality, ONNX parity, and its online cost.
+"""The LightGBM ranker (and DIN / DCNv2 with or without the side row) end to end on a real ledger:
+quality, ONNX parity, and the online cost.
 
 On a copy of an encoded ledger (default: the shared K = 50 ml-latest-small ledger), in a throwaway
 Feast project on the production yaml (Redis online store, PostgreSQL SQL registry): build the
@@ -6,10 +7,15 @@ leak-free training set, train LightGBM (+ LIBER affinities) under each categoric
 each to ONNX, write the online store as ``liber materialize`` does, then score random users x 100
 random candidates through ``LiberScorer`` (one HMGET of memory + cache + user statistics, the item
 statistics table, the feature rows, one onnxruntime call), the models interleaved in a fresh random
-order each round. Prints and writes: test AUC / GAUC / LogLoss, training seconds, the largest
-|onnxruntime - LightGBM| over the test split, and p50 / p99 of a request and of its parts.
+order each round. A neural setting (``din``, ``din+side``, ``dcnv2+side``: LIBER summary + shift,
+the side row or not, ``encoders/ctr/side.py``) is trained, exported and served the same way: its
+request adds the side rows (the same item statistics table and row code as the booster's) to the
+graph's inputs. Prints and writes: test AUC / GAUC / LogLoss, training seconds, the largest
+|onnxruntime - LightGBM| over the test split (boosted settings; the neural graphs' parity is
+tests/test_side.py), and p50 / p99 of a request and of its parts.
 
     .venv/bin/python bench/bench_ranker.py            # ~4 min on the 2-core box
+    .venv/bin/python bench/bench_ranker.py --settings user/4,din,din+side   # the side row's online cost
 """
 
 from __future__ import annotations
@@ -36,6 +42,26 @@ from bench_online import make_repo, pct  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 LEDGER = REPO.parent / "shared/data/liber-ledgers/ml-latest-small-k50.db.gz"
 SETTINGS = {"user/4": (["user"], 4), "user+item/32": (["user", "item"], 32), "none": ([], 4)}
+NEURAL = {"din": ("din", False), "din+side": ("din", True), "dcnv2": ("dcnv2", False),
+          "dcnv2+side": ("dcnv2", True)}
+
+
+def train_neural(name: str, root: Path, ts, text, versions, ledger) -> dict:
+    """One DIN / DCNv2 + LIBER model, saved and exported as `liber train` + `liber export` do."""
+    from encoders.ctr.export import export_onnx, save_checkpoint
+    from encoders.ctr.train import TrainConfig, train
+    from liber_features.training.prepare import checkpoint_meta
+
+    backbone, side = NEURAL[name]
+    r = train(ts, text, TrainConfig(backbone=backbone, liber="both", side=side, device="cpu"), log=lambda _m: None)
+    model_dir = root / "models" / name.replace("+", "-")
+    meta = checkpoint_meta(ts, r, versions, ledger)
+    save_checkpoint(r.model, meta, model_dir)
+    export_onnx(r.model, meta, model_dir)
+    return {"dir": model_dir, "test": {k: round(v, 4) for k, v in r.test.items() if k != "samples"},
+            "validation_auc": round(r.validation["auc"], 4), "trees": r.best_epoch,
+            "train_seconds": round(r.seconds, 1), "onnx_mb": round((model_dir / "model.onnx").stat().st_size / 1e6, 1),
+            "parity_max_abs": float("nan")}
 
 
 def train_all(root: Path, ledger_url: str, settings: list[str]) -> tuple[dict, object]:
@@ -55,6 +81,11 @@ def train_all(root: Path, ledger_url: str, settings: list[str]) -> tuple[dict, o
     test = np.flatnonzero(ts.split == 2)
     out = {}
     for name in settings:
+        if name in NEURAL:
+            out[name] = train_neural(name, root, ts, text, versions, ledger)
+            print(f"  {name}: test {out[name]['test']}, best epoch {out[name]['trees']}, "
+                  f"{out[name]['train_seconds']} s", flush=True)
+            continue
         cat, mct = SETTINGS[name]
         cfg = GbdtConfig(liber="both", categorical=cat, max_cat_threshold=mct)
         booster, res, p_test = fit_gbdt(ts, text, tables, cfg, items=items)
@@ -117,7 +148,7 @@ def main() -> None:
             models[n]["latency_ms"] = {k: dict(zip(("p50", "p99"), (round(v, 2) for v in pct(xs))))
                                        for k, xs in parts.items()}
             models[n]["dir"] = str(models[n]["dir"])
-        print("\n| setting | test AUC / GAUC / LogLoss | val AUC | trees | train s | ONNX MB | max abs diff | "
+        print("\n| setting | test AUC / GAUC / LogLoss | val AUC | trees (epoch) | train s | ONNX MB | max abs diff | "
               "request p50 / p99 ms | fetch p50 | rows + ONNX p50 / p99 ms |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for n, m in models.items():

@@ -94,8 +94,11 @@ def online_caches(ledger: Ledger) -> pd.DataFrame:
 
 
 def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber: str = "both",
-                 epochs: int = 2):
-    """Train a small model on ``ts`` (random item text vectors) and export it; return the result."""
+                 epochs: int = 2, side: bool = False):
+    """Train a small model on ``ts`` (random item text vectors) and export it; return the result.
+
+    ``side`` False by default: the serving worlds have no statistics views, and a card without the
+    side row must keep being served (the side row's own tests are tests/test_side.py)."""
     from encoders.ctr.export import export_onnx
     from encoders.ctr.train import TrainConfig, train
     from liber_features.training.prepare import checkpoint_meta
@@ -103,7 +106,7 @@ def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber:
     text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
     text[:2] = 0
     r = train(ts, text, TrainConfig(backbone=backbone, liber=liber, epochs=epochs, batch_size=64,
-                                    device="cpu"), log=lambda _m: None)
+                                    device="cpu", side=side), log=lambda _m: None)
 
     class _L:
         def safe_url(self):

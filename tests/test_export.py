@@ -18,6 +18,7 @@ SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    from encoders.ctr.side import side_rows
     from encoders.ctr.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("export")
@@ -25,20 +26,27 @@ def trained(tmp_path_factory):
     text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
     text[:2] = 0
     out = {}
+    _SIDE[:] = [side_rows(ts, text)]
     for backbone in ("din", "dcnv2"):
         r = train(ts, text, TrainConfig(backbone=backbone, liber="both", epochs=2, batch_size=64,
-                                        device="cpu"), log=lambda _m: None)
+                                        device="cpu"), log=lambda _m: None, side=_SIDE[0])
         out[backbone] = r
     # The versions of the vectors trained on, as `liber train` names them on the card.
     return ts, out, versions_of(ledger, ts.encoder_version)
 
 
 def one_user(ts, i, items):
+    """User ``i``'s feeds against ``items``, with real side rows (raw counts, seconds, rates) drawn
+    from the training set, so the graph's own log-and-standardise is part of what parity checks."""
     rows = ts.slot_rows[i][None]
     summ, shift = ts.vectors(rows)
+    dense = _SIDE[0].x[np.random.default_rng(len(items)).integers(0, len(_SIDE[0].x), len(items))]
     return {"user_idx": ts.user_idx[i:i + 1], "summary": summ, "shift": shift,
             "partition_count": ts.partition_count[i:i + 1], "hist_idx": ts.hist_idx[i:i + 1],
-            "item_idx": items}
+            "item_idx": items, "dense": dense}
+
+
+_SIDE: list = []  # the side rows, built by the fixture
 
 
 @pytest.mark.slow  # the module's fixture trains DIN and DCNv2
@@ -54,7 +62,9 @@ def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_pat
     meta = checkpoint_meta(ts, r, versions, _Ledger())
     card = export_onnx(r.model, meta, tmp_path)
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == list(INPUT_NAMES)
+    assert [i.name for i in sess.get_inputs()] == [*INPUT_NAMES, "dense"]
+    assert card.features == r.features and len(r.features) == len(_SIDE[0].names) > 20
+    assert card.item_table == "ranker_items.npz"
     zero = int(np.flatnonzero(ts.partition_count == 0)[0])
     full = int(np.flatnonzero(ts.partition_count >= SHAPE.memory_slots)[0])
     rng = np.random.default_rng(1)
@@ -71,7 +81,7 @@ def test_onnx_matches_torch_for_1_100_1000_candidates(trained, backbone, tmp_pat
     assert back == card and back.memory_slots == 3 and back.history_length == 6
     assert back.item_vocab == ts.item_vocab and back.oov_item_index == 1
     assert back.feature_service == "liber_ranker_v1" and back.opset >= 17
-    assert [(t.name, t.shape) for t in back.inputs][-1] == ("item_idx", ["N"])
+    assert [(t.name, t.shape) for t in back.inputs][-2:] == [("item_idx", ["N"]), ("dense", ["N", len(_SIDE[0].names)])]
     assert json.loads((tmp_path / "model_card.json").read_text())["backbone"] == backbone
 
 
@@ -98,6 +108,10 @@ def test_checkpoint_round_trips_under_weights_only_and_refuses_pickled_objects(t
     # A checkpoint written before weights_only (same layout, torch.save of the raw meta) still loads.
     torch.save({"state": r.model.state_dict(), "item_text": r.model.items.text.cpu(), "meta": meta},
                (tmp_path / "old").mkdir() or tmp_path / "old" / CHECKPOINT)
+    with pytest.raises(ConfigError, match="takes the side row, built from ranker_items.npz beside it: the file "
+                                          "is missing"):
+        load_checkpoint(tmp_path / "old")
+    (tmp_path / "old" / "ranker_items.npz").write_bytes((tmp_path / "new" / "ranker_items.npz").read_bytes())
     old, _ = load_checkpoint(tmp_path / "old")
     assert np.array_equal(torch_scores(old, feeds), torch_scores(r.model, feeds))
     # Metadata that would need pickle (a numpy array) is refused when saving, and when loading.

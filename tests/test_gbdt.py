@@ -49,7 +49,7 @@ def test_liber_affinities_are_cosines_to_the_candidates_text(ts):
 
 
 def test_boosted_backbone_trains_and_scores_the_test_split(ts):
-    from encoders.ctr.train import metrics
+    from encoders.ctr.metrics import metrics
 
     text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 4)).astype(np.float32)
     res, p = train_gbdt(ts, text, (ts.summary_table, ts.shift_table), rounds=30)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encoders.ctr.intervals import paired_user_bootstrap, verdict
-from encoders.ctr.train import metrics
+from encoders.ctr.metrics import metrics
 
 
 @pytest.fixture(scope="module")

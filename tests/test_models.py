@@ -79,7 +79,7 @@ def test_liber_inputs_matter_only_when_liber_is_on(cls):
 
 
 def test_gauc_skips_one_class_users_and_weights_by_samples():
-    from encoders.ctr.train import metrics
+    from encoders.ctr.metrics import metrics
 
     y = np.array([1, 0, 1, 0, 1, 1, 0, 1], np.float32)
     p = np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.6, 0.3, 0.7])

@@ -1,8 +1,11 @@
 """What every CTR backbone here shares: the sparse arch (user and item embeddings), the optional
 LIBER arch (UIF over the memory slots) and the model's tensor signature.
 
-``forward(user_idx, summary, shift, partition_count, hist_idx, item_idx) -> logits (N,)``, with
-the shapes of ``liber_features.model.inputs``. ``liber`` picks the variant:
+``forward(user_idx, summary, shift, partition_count, hist_idx, item_idx[, dense]) -> logits (N,)``
+(calibrated: ``calibration.py``),
+with the shapes of ``liber_features.model.inputs``; ``dense (N, F)`` is the side row
+(``side.py``), taken when the model was built with ``side_features=F`` > 0. ``liber`` picks the
+variant:
 
 - ``none``: the backbone alone (the memory inputs are accepted and ignored);
 - ``both``: UIF over summary and shift vectors, jointly projected per slot;
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from encoders.ctr.layers import ItemEmbedding
+from encoders.ctr.side import SideFeatures
 from encoders.ctr.uif import UIF
 from liber_features.model.vocab import PAD
 
@@ -33,7 +37,7 @@ class Backbone(nn.Module):
     name = "backbone"
 
     def __init__(self, *, n_users: int, item_text: torch.Tensor, vector_dim: int, dim: int = 32,
-                 liber: LiberVariant = "both") -> None:
+                 liber: LiberVariant = "both", side_features: int = 0) -> None:
         super().__init__()
         if liber not in ("none", "both", "summary"):
             raise ValueError(f"unknown LIBER variant {liber!r}")
@@ -41,15 +45,18 @@ class Backbone(nn.Module):
         self.items = ItemEmbedding(item_text, dim)
         self.users = nn.Embedding(n_users, dim)
         self.uif = UIF(vector_dim, dim, use_shift=liber == "both") if liber != "none" else None
+        self.side = SideFeatures(side_features, dim) if side_features else None
+        # Platt scale and bias of the logits (calibration.py), fitted on validation after training.
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
 
     @property
     def n_parts(self) -> int:
-        """How many d-wide parts the head concatenates besides its own (the LIBER vector or not)."""
-        return 1 if self.uif is not None else 0
+        """How many d-wide parts the head concatenates besides its own (LIBER's, the side row's)."""
+        return (self.uif is not None) + (self.side is not None)
 
     def forward(self, user_idx: torch.Tensor, summary: torch.Tensor, shift: torch.Tensor,
-                partition_count: torch.Tensor, hist_idx: torch.Tensor, item_idx: torch.Tensor
-                ) -> torch.Tensor:
+                partition_count: torch.Tensor, hist_idx: torch.Tensor, item_idx: torch.Tensor,
+                dense: torch.Tensor | None = None) -> torch.Tensor:
         """User side (U) computed once, candidates (N) broadcast against it → logits ``(N,)``."""
         q = self.items(item_idx)  # (N, d)
         user = self.users(user_idx)  # (U, d)
@@ -59,7 +66,11 @@ class Backbone(nn.Module):
         if self.uif is not None:
             keys, values, slot_mask = self.uif.memory(summary, shift, partition_count)
             parts.append(self.uif(q, keys, values, slot_mask))  # (N, d)
-        return self.head(q, user, hist, hist_mask, parts)
+        if self.side is not None:
+            if dense is None:
+                raise ValueError("this model was built with side features: pass dense (N, F)")
+            parts.append(self.side(dense))  # (N, d)
+        return self.head(q, user, hist, hist_mask, parts) * self.calibration[0] + self.calibration[1]
 
     def head(self, q: torch.Tensor, user: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor,
              extra: list[torch.Tensor]) -> torch.Tensor:

@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from encoders.ctr.intervals import paired_user_bootstrap, verdict
 from encoders.ctr.items import partition_item_vectors
 from encoders.ctr.placebo import random_tables, shuffled_tables
+from encoders.ctr.side import side_rows
 from encoders.ctr.train import Batches, TrainConfig, Variant, predict, train
 from liber_features.training.samples import TrainingSet
 
@@ -72,6 +73,7 @@ def _tables(ts: TrainingSet, item_text: np.ndarray, variants: list[str]) -> dict
 def run_grid(ts: TrainingSet, item_text: np.ndarray, grid: GridConfig, log=print) -> dict[str, Any]:
     alt = _tables(ts, item_text, grid.variants)
     test = np.flatnonzero(ts.mask("test"))
+    side = None  # the side rows: built once, the same for every neural model of the grid
     rows = []
     preds: dict[str, dict[str, list[np.ndarray]]] = {}
     for backbone in grid.backbones:
@@ -84,9 +86,10 @@ def run_grid(ts: TrainingSet, item_text: np.ndarray, grid: GridConfig, log=print
                 else:
                     cfg = TrainConfig(backbone=backbone, liber=variant, seed=seed, epochs=grid.epochs,
                                       max_train_samples=grid.max_train_samples, device=grid.device)
-                    r = train(ts, item_text, cfg, tables=tables, log=log)
+                    side = side or side_rows(ts, item_text)
+                    r = train(ts, item_text, cfg, tables=tables, log=log, side=side)
                     p = predict(r.model, Batches(ts, tables or (ts.summary_table, ts.shift_table),
-                                                 next(r.model.parameters()).device), test)
+                                                 next(r.model.parameters()).device, side), test)
                     res = {k: v for k, v in r.as_dict().items() if k != "config"}
                 preds.setdefault(backbone, {}).setdefault(variant, []).append(p)
                 by_parts = {}

@@ -110,7 +110,7 @@ def fit_gbdt(ts: TrainingSet, item_text: np.ndarray, tables: tuple[np.ndarray, n
     """Train on the train split, stop on validation AUC; (booster, result dict, test predictions)."""
     import lightgbm as lgb
 
-    from encoders.ctr.train import metrics
+    from encoders.ctr.metrics import metrics
 
     cfg = config or GbdtConfig()
     x, names = gbdt_features(ts, item_text, tables, items)

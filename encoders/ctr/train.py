@@ -16,21 +16,26 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import log_loss, roc_auc_score
 
 from encoders.ctr.backbone import Backbone
+from encoders.ctr.calibration import fit_calibration
 from encoders.ctr.dcnv2 import DCNv2
 from encoders.ctr.din import DIN
+from encoders.ctr.metrics import metrics
+from encoders.ctr.side import SideRows, side_rows
 from liber_features.training.samples import SPLITS, TrainingSet
 
-__all__ = ["BACKBONES", "TABLE_VARIANTS", "Batches", "TrainConfig", "TrainResult", "build_model", "fusion_of",
-           "metrics", "predict", "train"]
+__all__ = ["BACKBONES", "LEARNING_RATES", "TABLE_VARIANTS", "Batches", "TrainConfig", "TrainResult", "build_model",
+           "fusion_of", "metrics", "predict", "train"]
 
 BACKBONES: dict[str, type[Backbone]] = {"din": DIN, "dcnv2": DCNv2}
 Variant = Literal["none", "both", "summary", "nollm", "shuffled", "random"]
 # Variants that are "both" over other tables: no-LLM item-text vectors, and the two placebos
 # (another user's vectors, random unit vectors; encoders/ctr/placebo.py).
 TABLE_VARIANTS = ("nollm", "shuffled", "random")
+# Chosen on validation AUC with the side row (docs/model.md): DCNv2 peaked higher at 1e-3
+# (3e-3 overshot after its first epoch), DIN at 3e-3.
+LEARNING_RATES = {"din": 3e-3, "dcnv2": 1e-3}
 
 
 def fusion_of(variant: str) -> str:
@@ -49,10 +54,13 @@ class TrainConfig(BaseModel):
     epochs: int = Field(10, ge=1, le=200)
     patience: int = Field(2, ge=1)
     batch_size: int = Field(1024, ge=8)
-    lr: float = Field(3e-3, gt=0)
+    lr: float | None = Field(None, gt=0, description="default: LEARNING_RATES[backbone]")
     # Decoupled (AdamW) decay this strong is what keeps the id embeddings from memorising the
-    # training period: with 1e-5 validation AUC peaked at epoch 3 and fell after.
-    weight_decay: float = Field(0.1, ge=0)
+    # training period: with 1e-5 validation AUC peaked at epoch 3 and fell after. With the side
+    # row, 0.3 had the best validation AUC for both backbones (docs/model.md).
+    weight_decay: float = Field(0.3, ge=0)
+    side: bool = Field(True, description="take the point-in-time side row (side.py) as one more input")
+    calibrate: bool = Field(True, description="Platt-scale the logits on validation (calibration.py)")
     seed: int = 0
     device: str | None = Field(None, description="cuda / cpu; default cuda when available")
     max_train_samples: int | None = Field(None, ge=1, description="subsample (smoke runs only)")
@@ -70,6 +78,7 @@ class TrainResult:
     samples_per_s: float
     peak_rss_mb: float
     history: list[dict[str, float]] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)  # the side row's columns (empty: no side input)
 
     def as_dict(self) -> dict[str, Any]:
         return {"config": self.config.model_dump(), "validation": self.validation, "test": self.test,
@@ -78,14 +87,19 @@ class TrainResult:
                 "peak_rss_mb": round(self.peak_rss_mb), "history": self.history}
 
 
-def build_model(cfg: TrainConfig, ts: TrainingSet, item_text: np.ndarray, vector_dim: int | None = None
-                ) -> Backbone:
-    """``vector_dim``: width of the memory vectors (the no-LLM tables have the item text width)."""
+def build_model(cfg: TrainConfig, ts: TrainingSet, item_text: np.ndarray, vector_dim: int | None = None,
+                side: SideRows | None = None) -> Backbone:
+    """``vector_dim``: width of the memory vectors (the no-LLM tables have the item text width);
+    ``side``: the side rows, their standardisation fitted here on the train split only."""
     torch.manual_seed(cfg.seed)
-    return BACKBONES[cfg.backbone](
+    model = BACKBONES[cfg.backbone](
         n_users=ts.user_vocab.size, item_text=torch.from_numpy(item_text),
         vector_dim=vector_dim or ts.shape.vector_dim, dim=cfg.dim,
-        liber=fusion_of(cfg.liber))
+        liber=fusion_of(cfg.liber), side_features=len(side.names) if side else 0)
+    if side is not None:
+        model.side.fit(side.x[ts.mask("train")])
+        model.side_items = side.items  # the item table the scorer rebuilds the rows from (export)
+    return model
 
 
 class Batches:
@@ -94,64 +108,54 @@ class Batches:
     Public because the evaluation grid scores the test split through the same gather.
     """
 
-    def __init__(self, ts: TrainingSet, tables: tuple[np.ndarray, np.ndarray], device: torch.device):
+    def __init__(self, ts: TrainingSet, tables: tuple[np.ndarray, np.ndarray], device: torch.device,
+                 side: SideRows | None = None):
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
         self.user, self.item, self.hist = t(ts.user_idx), t(ts.item_idx), t(ts.hist_idx)
         self.count, self.rows, self.label = t(ts.partition_count), t(ts.slot_rows), t(ts.label)
         self.summ, self.shift = t(tables[0]), t(tables[1])
+        self.dense = t(side.x) if side is not None else None
 
     def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rows = self.rows[idx]
+        dense = () if self.dense is None else (self.dense[idx],)
         return (self.user[idx], self.summ[rows], self.shift[rows], self.count[idx], self.hist[idx],
-                self.item[idx])
+                self.item[idx], *dense)
 
 
 @torch.no_grad()
-def predict(model: Backbone, data: Batches, idx: np.ndarray, batch: int = 4096) -> np.ndarray:
+def predict(model: Backbone, data: Batches, idx: np.ndarray, batch: int = 4096, logits: bool = False
+            ) -> np.ndarray:
+    """Probabilities of samples ``idx`` (``logits``: the logits instead)."""
     model.eval()
     out = []
     for lo in range(0, len(idx), batch):
         i = torch.from_numpy(idx[lo:lo + batch]).to(data.user.device)
-        out.append(torch.sigmoid(model(*data.inputs(i))).float().cpu().numpy())
+        z = model(*data.inputs(i))
+        out.append((z if logits else torch.sigmoid(z)).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def metrics(y: np.ndarray, p: np.ndarray, users: np.ndarray) -> dict[str, float]:
-    """AUC, LogLoss (sklearn) and GAUC: per-user AUC weighted by the user's samples; users whose
-    samples are all one class have no AUC and are skipped (and counted)."""
-    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    num = den = 0.0
-    skipped = 0
-    order = np.argsort(users, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1], True])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        sel = order[a:b]
-        if y[sel].min() == y[sel].max():
-            skipped += 1
-            continue
-        num += roc_auc_score(y[sel], p[sel]) * len(sel)
-        den += len(sel)
-    return {"auc": float(roc_auc_score(y, p)), "logloss": float(log_loss(y, p, labels=[0, 1])),
-            "gauc": float(num / den) if den else float("nan"), "gauc_users_skipped": skipped,
-            "samples": len(y)}
-
-
 def train(ts: TrainingSet, item_text: np.ndarray, cfg: TrainConfig,
-          tables: tuple[np.ndarray, np.ndarray] | None = None, log=print) -> TrainResult:
-    """Train one model; ``tables`` replaces the LLM memory tables (the ``TABLE_VARIANTS``)."""
+          tables: tuple[np.ndarray, np.ndarray] | None = None, log=print, side: SideRows | None = None
+          ) -> TrainResult:
+    """Train one model; ``tables`` replaces the LLM memory tables (the ``TABLE_VARIANTS``);
+    ``side``: the side rows when already built (a grid builds them once), else built here."""
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tables = tables or (ts.summary_table, ts.shift_table)
-    model = build_model(cfg, ts, item_text, tables[0].shape[1]).to(device)
-    data = Batches(ts, tables, device)
+    side = (side or side_rows(ts, item_text)) if cfg.side else None
+    model = build_model(cfg, ts, item_text, tables[0].shape[1], side).to(device)
+    data = Batches(ts, tables, device, side)
     train_idx = np.flatnonzero(ts.mask("train"))
     if cfg.max_train_samples:
         train_idx = np.sort(rng.permutation(train_idx)[: cfg.max_train_samples])
     val_idx, test_idx = np.flatnonzero(ts.mask("validation")), np.flatnonzero(ts.mask("test"))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = cfg.lr or LEARNING_RATES[cfg.backbone]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     best, best_state, best_epoch, history = -1.0, None, 0, []
     t0, seen = time.perf_counter(), 0
@@ -177,12 +181,17 @@ def train(ts: TrainingSet, item_text: np.ndarray, cfg: TrainConfig,
             break
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
+    if cfg.calibrate:  # on validation; the test split is still unread
+        a, b = fit_calibration(predict(model, data, val_idx, logits=True), ts.label[val_idx])
+        model.calibration.copy_(torch.tensor([a, b]))
+        best_val = metrics(ts.label[val_idx], predict(model, data, val_idx), ts.user_ids[val_idx])
+        log(f"  calibrated on validation: logit × {a:.3f} + {b:.3f}, LogLoss {best_val['logloss']:.4f}")
     test = metrics(ts.label[test_idx], predict(model, data, test_idx), ts.user_ids[test_idx])
     return TrainResult(model=model.cpu().eval(), config=cfg, validation=best_val, test=test,
                        epochs_run=len(history), best_epoch=best_epoch, seconds=seconds,
                        samples_per_s=seen / seconds if seconds else 0.0,
                        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                       history=history)
+                       history=history, features=side.names if side else [])
 
 
 assert SPLITS == ("train", "validation", "test")  # the masks above rely on these names

@@ -44,8 +44,9 @@ def model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable
     from liber_features.serving.scorer import LiberScorer
     from liber_features.training.prepare import checkpoint_meta, prepare_training_set
 
-    say(f"7/{n} train DIN + LIBER (a small demo model: 20k samples, 2 epochs) and a LightGBM ranker over "
-        "the point-in-time side features + LIBER affinities, on the leak-free training set")
+    say(f"7/{n} train DIN + LIBER (a small demo model: 20k samples, 2 epochs) and a LightGBM ranker, both "
+        "over the point-in-time side features (LIBER: UIF in DIN, affinities in LightGBM), on the leak-free "
+        "training set")
     _, ts, versions = prepare_training_set(ledger.url, None, str(repo), say=lambda m: say("    " + m))
     text = item_vectors(ts.item_vocab, ts.catalog, enc)  # once per catalog; cached on disk
     r = train(ts, text, TrainConfig(backbone="din", liber="both", epochs=2, max_train_samples=20_000,
@@ -67,8 +68,8 @@ def model_steps(ledger, repo: Path, workdir: Path, user: str, enc, say: Callable
     card = export_onnx(r.model, meta, model_dir)
     export_gbdt(ranker_dir)
 
-    say(f"9/{n} score user {user} online: one read of {card.feature_service} (+ user_stats for the "
-        "ranker), one onnxruntime call")
+    say(f"9/{n} score user {user} online: one read of {card.feature_service} + user_stats (the side "
+        "features), one onnxruntime call")
     store = open_store(repo)
     for view in (USER_STATS_VIEW, ITEM_STATS_VIEW):
         sync_view(store, ledger, view)  # what `liber materialize` does: the ranker reads them online

@@ -52,9 +52,10 @@ class ModelCard(BaseModel):
     unknown_user_index: int = 0
     item_vectors: str = Field(description="where the item text vectors live")
     # A boosted ranker (backbone lgbm) takes one feature row per candidate, built by
-    # ``model.ranker_features`` from the item table beside the graph; the neural graphs need neither.
+    # ``model.ranker_features`` from the item table beside the graph; a neural graph with the side
+    # row takes those rows' dense columns as ``dense`` (cards from before it list no features).
     item_table: str | None = Field(None, description="file beside the graph: the ranker's item table")
-    features: list[str] = Field(default_factory=list, description="the ranker's feature row, in order")
+    features: list[str] = Field(default_factory=list, description="the feature row's columns, in order")
     feature_service: str
     prompt_version: str
     llm_id: str

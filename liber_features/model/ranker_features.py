@@ -33,10 +33,14 @@ from liber_features.features.stats import genre_hot, split_categories
 from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.vocab import PAD, ItemVocab
 
-__all__ = ["BASE", "LIBER", "RankerItems", "affinities", "feature_names", "ranker_features"]
+__all__ = ["BASE", "ID_COLUMNS", "LIBER", "RankerItems", "affinities", "feature_names", "ranker_features",
+           "side_columns"]
 
 BASE = ["user", "item", "hist_len", "hist_cos_mean", "hist_same_genre", *STAT_NAMES]
 LIBER = ["partition_count", *(f"{v}_cos_{s}" for v in ("summary", "shift") for s in ("newest", "max", "mean"))]
+# The index columns: categoricals for a booster; the neural backbones embed them instead, so their
+# side input (``encoders/ctr/side.py``) is the row without these (and without ``LIBER``).
+ID_COLUMNS = ("user", "item")
 CHUNK = 2048  # rows per step: bounds the (rows, M, D) and (rows, L, D) temporaries
 
 
@@ -87,6 +91,12 @@ class RankerItems:
 
 def feature_names(items: RankerItems, liber: bool) -> list[str]:
     return [*BASE, *(LIBER if liber else ()), *(f"genre={g}" for g in items.genres)]
+
+
+def side_columns(names: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The positions and names of a ranker row's columns a neural backbone takes as ``dense``."""
+    keep = [i for i, n in enumerate(names) if n not in ID_COLUMNS and n not in LIBER]
+    return np.array(keep, dtype=np.int64), [names[i] for i in keep]
 
 
 def _rows(a: np.ndarray, sl: slice) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Online feature rows for a boosted ranker (a card with ``backbone: lgbm``).
+"""Online feature rows for a boosted ranker (a card with ``backbone: lgbm``) and the side row of a
+neural one (a DIN / DCNv2 card that lists ``features``: the same row without the id and LIBER
+columns, ``model.ranker_features.side_columns``).
 
 The scorer reads the user once (the long-term memory, the short-term cache and the ``user_stats``
 view, one ``HMGET`` on the Redis fast path: Feast keeps every view of an entity in one hash), takes
@@ -20,7 +22,7 @@ from liber_features.errors import ConfigError
 from liber_features.features.stats import USER_STATS_VIEW, genre_vocab
 from liber_features.model.card import ModelCard
 from liber_features.model.inputs import ITEM_STAT_FIELDS, USER_STAT_FIELDS, stats_inputs
-from liber_features.model.ranker_features import RankerItems, feature_names, ranker_features
+from liber_features.model.ranker_features import RankerItems, feature_names, ranker_features, side_columns
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -36,11 +38,15 @@ class RankerRows:
     def __init__(self, card: ModelCard, items: RankerItems, item_stats: ItemStatsTable,
                  stats_genres: tuple[str, ...]) -> None:
         self.card, self.items, self.item_stats, self.stats_genres = card, items, item_stats, stats_genres
-        self.liber = card.liber != "none"
-        if feature_names(items, self.liber) != card.features:
+        boosted = card.backbone == "lgbm"
+        # A neural card's LIBER enters through UIF in its graph: its side row has no LIBER column.
+        self.liber = boosted and card.liber != "none"
+        names = feature_names(items, self.liber)
+        self.keep, expected = (None, names) if boosted else side_columns(names)
+        if expected != card.features:
             raise ConfigError(f"the model card names {len(card.features)} features, its item table "
-                              f"{card.item_table} gives {len(feature_names(items, self.liber))} (another "
-                              "catalog's genres?): re-export the model")
+                              f"{card.item_table} gives {len(expected)} (another catalog's genres?): "
+                              "re-export the model")
         # The candidates' genres in the statistics views' vocabulary, by item index, once.
         self.stats_hot = items.stats_hot(np.arange(len(items.categories)), stats_genres)
 
@@ -50,7 +56,7 @@ class RankerRows:
         from liber_features.serving.item_stats import ItemStatsTable
 
         if not card.item_table:
-            raise ConfigError(f"the model card in {model_dir} (backbone lgbm) names no item table")
+            raise ConfigError(f"the model card in {model_dir} ({card.backbone}) names features but no item table")
         items = RankerItems.load(Path(model_dir) / card.item_table)
         if items.text.shape[0] != len(card.item_vocab) + 2:
             raise ConfigError(f"{card.item_table} holds {items.text.shape[0]} items, the card's vocabulary "
@@ -72,5 +78,6 @@ class RankerRows:
             shift = feeds["shift"] if self.card.liber == "both" else np.zeros_like(summary)
             used = np.arange(summary.shape[1])[None, :] < np.minimum(count, summary.shape[1])[:, None]
             liber = {"summary": summary, "shift": shift, "slots_used": used, "partition_count": count}
-        return ranker_features(self.items, user_idx=feeds["user_idx"], item_idx=item_idx,
-                               hist_idx=feeds["hist_idx"], stats=stats, **liber)
+        x = ranker_features(self.items, user_idx=feeds["user_idx"], item_idx=item_idx,
+                            hist_idx=feeds["hist_idx"], stats=stats, **liber)
+        return x if self.keep is None else np.ascontiguousarray(x[:, self.keep])

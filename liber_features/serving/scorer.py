@@ -129,8 +129,12 @@ class LiberScorer:
     def __init__(self, card: ModelCard, session, fetcher, config: ScorerConfig, ranker: RankerRows | None = None
                  ) -> None:
         self.card, self.session, self.fetcher, self.config = card, session, fetcher, config
-        self.ranker = ranker  # a boosted ranker's feature rows (card backbone lgbm); None: a neural graph
+        # Feature rows: a boosted ranker's (card backbone lgbm) or a neural graph's side row; None: neither.
+        self.ranker = ranker
         self.providers = session.get_providers()
+        # The exporter drops inputs a graph never reads (a liber="none" model's memory): feed only
+        # what the graph takes.
+        self.input_names = frozenset(i.name for i in session.get_inputs())
         self.items, self.users = card.item_vocabulary(), card.user_vocabulary()
         self.breaker = StoreBreaker(config.retry_ms)
 
@@ -150,7 +154,8 @@ class LiberScorer:
             raise ConfigError(f"no {MODEL_FILE} in {model_dir}: run `liber export {model_dir}`")
         store = store or open_store(repo)
         check_card(card, store, shape)
-        ranker = RankerRows.load(card, model_dir, store) if card.backbone == "lgbm" else None
+        # A boosted ranker's rows, or a neural graph's side row (its card lists the columns).
+        ranker = RankerRows.load(card, model_dir, store) if card.backbone == "lgbm" or card.features else None
         # A boosted ranker also reads the user's statistics: the same hash, one read still.
         fetcher = make_fetcher(store, config.fetch, config.timeout_ms, RANKER_FEATURES if ranker else None)
         return cls(card, onnx_session(model_dir / MODEL_FILE, config.threads), fetcher, config, ranker)
@@ -185,11 +190,14 @@ class LiberScorer:
             feeds, degraded, reason = self.user_side(user_id, None), True, f"wrong-shaped value: {exc}"
         items = self.items.index(item_ids)
         used_memory = bool(feeds["partition_count"][0] > 0)
-        if self.ranker is not None:  # the booster takes rows built with the training code
-            feeds = {"features": self.ranker.rows(feeds, row, items, item_ids, at_us)}
+        rows = self.ranker.rows(feeds, row, items, item_ids, at_us) if self.ranker is not None else None
+        if self.card.backbone == "lgbm":  # the booster takes rows built with the training code
+            feeds = {"features": rows}
         else:
             feeds["item_idx"] = items
-        scores = self.session.run(None, feeds)[0]
+            if rows is not None:
+                feeds["dense"] = rows
+        scores = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
         return ScoreResult(
             user_id=user_id, scores=scores, unknown_items=np.flatnonzero(items == OOV).tolist(),
             cold_start=row is None and not degraded, degraded=degraded, reason=reason,

@@ -88,6 +88,8 @@ def checkpoint_meta(ts, result, versions, ledger) -> dict[str, Any]:
                     "best_epoch": result.best_epoch, "samples": ts.counts},
         "train_time_range": [iso(train_ts.min()), iso(train_ts.max())],
         "ledger": ledger.safe_url(),
+        # A neural backbone's side row (encoders/ctr/side.py); a boosted ranker's caller sets its own.
+        "features": list(getattr(result, "features", None) or []),
     }
 
 
