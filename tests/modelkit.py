@@ -93,6 +93,25 @@ def online_caches(ledger: Ledger) -> pd.DataFrame:
     return current_caches(ledger)
 
 
+def replay_until(tmp: Path, events, catalog, ts, user: str, moment_rank: int, shape, k: int = 7):
+    """A live repo of ``events`` strictly before ``user``'s ``moment_rank``-th distinct event time,
+    materialized as ``liber materialize`` does (long-term memory, user and item statistics) with the
+    short-term caches pushed. Returns ``(t seconds, sample index of user at t, ledger, repo, store)``."""
+    from liber_features.features.online import push_short_term_cache
+    from liber_features.features.repo import LONG_TERM_VIEW
+    from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
+    from liber_features.features.sync import sync_view
+
+    times = np.sort(np.unique(events[events.user_id == user].timestamp))
+    t = int(times[moment_rank])
+    sample = int(np.flatnonzero((ts.user_ids == user) & (ts.ts_us == t * 1_000_000))[0])
+    ledger, repo, store = encoded_repo(tmp, events[events.timestamp < t], catalog, k=k, shape=shape)
+    for view in (LONG_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW):
+        sync_view(store, ledger, view)
+    push_short_term_cache(store, online_caches(ledger))
+    return t, sample, ledger, repo, store
+
+
 def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber: str = "both",
                  epochs: int = 2, side: bool = False):
     """Train a small model on ``ts`` (random item text vectors) and export it; return the result.

@@ -9,16 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-from modelkit import encoded_repo, movielens_users, online_caches
+from modelkit import encoded_repo, movielens_users, replay_until
 
 from encoders.ctr.gbdt import GbdtConfig, GbdtResult, fit_gbdt, gbdt_features
 from encoders.ctr.gbdt_export import GBDT_META, ITEM_TABLE, export_gbdt, save_gbdt
 from liber_features.errors import ConfigError
 from liber_features.features.memory import versions_of
-from liber_features.features.online import push_short_term_cache
-from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
-from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
-from liber_features.features.sync import sync_view
+from liber_features.features.repo import LiberFeatureConfig
 from liber_features.model.card import ModelCard
 from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.ranker_features import BASE, LIBER, RankerItems
@@ -101,14 +98,7 @@ def test_online_row_equals_the_training_row_at_the_same_moment(full, tmp_path, m
     sample, and its score is the booster's."""
     ts, events = full["ts"], full["events"]
     u = "1"
-    times = np.sort(np.unique(events[events.user_id == u].timestamp))
-    t = int(times[moment_rank])
-    sample = int(np.flatnonzero((ts.user_ids == u) & (ts.ts_us == t * 1_000_000))[0])
-    ledger, repo, store = encoded_repo(tmp_path / "live", events[events.timestamp < t], full["catalog"], k=7,
-                                       shape=SHAPE)
-    for view in (LONG_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW):
-        sync_view(store, ledger, view)  # what `liber materialize` does
-    push_short_term_cache(store, online_caches(ledger))
+    t, sample, _, repo, store = replay_until(tmp_path / "live", events, full["catalog"], ts, u, moment_rank, SHAPE)
     scorer = LiberScorer.load(full["model_dir"], repo.root, store=store, config=ScorerConfig(fetch="feast"),
                               shape=SHAPE)
     cand = [ts.item_ids[sample], "never-seen"]
@@ -118,7 +108,7 @@ def test_online_row_equals_the_training_row_at_the_same_moment(full, tmp_path, m
     col = dict(zip(full["names"], x[0]))
     assert col["partition_count"] == ts.partition_count[sample] > 0
     assert col["user_label_count"] == np.count_nonzero((events.user_id == u) & (events.timestamp < t))
-    assert col["seconds_since_previous"] == t - times[moment_rank - 1]
+    assert col["seconds_since_previous"] == t - events[(events.user_id == u) & (events.timestamp < t)].timestamp.max()
     unseen = dict(zip(full["names"], x[1]))
     assert (unseen["item"], unseen["item_unseen"], unseen["hist_cos_mean"]) == (1, 1, 0)
     assert [unseen[n] for n in STAT_NAMES[:5]] == [col[n] for n in STAT_NAMES[:5]]  # the same user

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modelkit import encoded_repo, movielens_users, online_caches
+from modelkit import encoded_repo, movielens_users, replay_until
 
 from encoders.ctr.export import export_onnx, load_checkpoint, save_checkpoint, torch_scores
 from encoders.ctr.gbdt import gbdt_features
@@ -15,8 +15,7 @@ from encoders.ctr.side import SideFeatures, side_rows
 from encoders.ctr.train import Batches, TrainConfig, train
 from liber_features.errors import ConfigError
 from liber_features.features.memory import versions_of
-from liber_features.features.online import push_short_term_cache
-from liber_features.features.repo import LONG_TERM_VIEW, LiberFeatureConfig
+from liber_features.features.repo import LiberFeatureConfig
 from liber_features.features.stats import ITEM_STATS_VIEW, USER_STATS_VIEW
 from liber_features.features.sync import sync_view
 from liber_features.model.inputs import STAT_NAMES
@@ -103,14 +102,7 @@ def test_online_side_row_equals_the_training_row_at_the_same_moment(full, tmp_pa
     exported graph's score equals torch on the training batch's own inputs."""
     ts, events = full["ts"], full["events"]
     u = "1"
-    times = np.sort(np.unique(events[events.user_id == u].timestamp))
-    t = int(times[moment_rank])
-    sample = int(np.flatnonzero((ts.user_ids == u) & (ts.ts_us == t * 1_000_000))[0])
-    ledger, repo, store = encoded_repo(tmp_path / "live", events[events.timestamp < t], full["catalog"], k=7,
-                                       shape=SHAPE)
-    for view in (LONG_TERM_VIEW, USER_STATS_VIEW, ITEM_STATS_VIEW):
-        sync_view(store, ledger, view)
-    push_short_term_cache(store, online_caches(ledger))
+    t, sample, _, repo, store = replay_until(tmp_path / "live", events, full["catalog"], ts, u, moment_rank, SHAPE)
     scorer = LiberScorer.load(full["model_dir"], repo.root, store=store, config=ScorerConfig(fetch="feast"),
                               shape=SHAPE)
     cand = [ts.item_ids[sample], "never-seen"]
@@ -121,7 +113,7 @@ def test_online_side_row_equals_the_training_row_at_the_same_moment(full, tmp_pa
     assert np.array_equal(x[0], full["side"].x[sample])  # bit for bit, every column
     col = dict(zip(full["side"].names, x[0]))
     assert col["user_label_count"] == np.count_nonzero((events.user_id == u) & (events.timestamp < t))
-    assert col["seconds_since_previous"] == t - times[moment_rank - 1]
+    assert col["seconds_since_previous"] == t - events[(events.user_id == u) & (events.timestamp < t)].timestamp.max()
     assert dict(zip(full["side"].names, x[1]))["item_unseen"] == 1
     res = scorer.score(u, cand, at_us=t * 1_000_000)
     data = Batches(ts, (ts.summary_table, ts.shift_table), torch.device("cpu"), full["side"])
