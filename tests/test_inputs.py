@@ -115,3 +115,28 @@ def test_only_filled_slots_are_padded_to_m_at_read_and_equal_the_old_padded_layo
     for wrong in [np.ones(k * D + 1, dtype=np.float32)] + ([np.ones(D, dtype=np.float32)] if k == M else []):
         with pytest.raises(VectorShapeError, match=rf"{wrong.size} floats, expected min\(partition_count, M\)"):
             feeds(wrong)
+
+
+def test_one_users_values_read_without_pandas_equal_the_pandas_reading():
+    """The scorer's one-value fast paths (``_column``, ``_micros``) give what the pandas reading does,
+    for every shape Feast hands back: None, ints, floats, numpy scalars, naive and aware datetimes."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    import pandas as pd
+
+    from liber_features.model.inputs import _column, _micros
+
+    def pandas_column(v, missing):
+        a = pd.to_numeric(pd.Series(np.asarray([v], dtype=object), dtype=object), errors="raise")
+        return a.astype("float64").fillna(missing).to_numpy()
+
+    for v in (None, 0, 7, 2.5, float("nan"), np.int64(4), np.float32(0.3)):
+        got = _column([v], 3, -1.0)
+        assert got.shape == (3,) and np.array_equal(got, np.repeat(pandas_column(v, -1.0), 3)), v
+    assert _column([None], 1, 0.5).tolist() == [0.5] and _column(np.array([1, 2]), 2, 0).tolist() == [1.0, 2.0]
+    for v in (None, datetime(2018, 9, 24, 3, 27, 30, 123456), datetime(2018, 9, 24, 3, 27, 30, 1, tzinfo=UTC),
+              datetime(1996, 3, 29, 18, 36, 55, tzinfo=timezone(timedelta(hours=-5)))):
+        t = pd.to_datetime(pd.Series(np.asarray([v], dtype=object)), utc=True)
+        want = np.nan if v is None else float(t.dt.as_unit("us").astype("int64").iloc[0])
+        got = _micros([v], 2)
+        assert got.shape == (2,) and (np.isnan(got).all() if v is None else got.tolist() == [want, want]), v
