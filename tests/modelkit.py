@@ -136,10 +136,10 @@ def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber:
     return r
 
 
-def small_training_set(tmp: Path, shape: LiberFeatureConfig, users: tuple[str, ...] = ("1", "5", "8"), k: int = 10):
+def small_world(tmp: Path, shape: LiberFeatureConfig, users: tuple[str, ...] = ("1", "5", "8"), k: int = 10):
     """Users' real MovieLens events → encoded repo → training set, with ``shape`` as the
     environment's LIBER_MEMORY_SLOTS / _VECTOR_DIM / _HISTORY_LENGTH while it is built (what the
-    Feast definitions read), restored after. Returns ``(ledger, training set)``."""
+    Feast definitions read), restored after. Returns ``(events, catalog, ledger, training set)``."""
     import pytest
 
     from liber_features.training.samples import SampleConfig, build_training_set
@@ -150,4 +150,9 @@ def small_training_set(tmp: Path, shape: LiberFeatureConfig, users: tuple[str, .
         mp.setenv("LIBER_HISTORY_LENGTH", str(shape.history_length))
         events, catalog = movielens_users(list(users))
         ledger, _, store = encoded_repo(tmp, events, catalog, k=k, shape=shape)
-        return ledger, build_training_set(ledger, store, SampleConfig(), shape)
+        return events, catalog, ledger, build_training_set(ledger, store, SampleConfig(), shape)
+
+
+def small_training_set(tmp: Path, shape: LiberFeatureConfig, users: tuple[str, ...] = ("1", "5", "8"), k: int = 10):
+    """:func:`small_world`'s ``(ledger, training set)``."""
+    return small_world(tmp, shape, users, k)[2:]

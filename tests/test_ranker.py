@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from modelkit import encoded_repo, movielens_users, replay_until
+from modelkit import encoded_repo, replay_until, small_world
 
 from encoders.ctr.gbdt import GbdtConfig, GbdtResult, fit_gbdt, gbdt_features
 from encoders.ctr.gbdt_export import GBDT_META, ITEM_TABLE, export_gbdt, save_gbdt
@@ -21,7 +21,6 @@ from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.ranker_features import BASE, LIBER, RankerItems
 from liber_features.serving.scorer import LiberScorer, ScorerConfig, onnx_session
 from liber_features.training.prepare import checkpoint_meta
-from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 
@@ -41,13 +40,8 @@ class _Ledger:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     """Users 1 and 5, encoded at K = 7; a LightGBM ranker trained on them and exported."""
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in {"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "5"}.items():
-            mp.setenv(k, v)
-        tmp = tmp_path_factory.mktemp("ranker")
-        events, catalog = movielens_users(["1", "5"])
-        ledger, _, store = encoded_repo(tmp / "full", events, catalog, k=7, shape=SHAPE)
-        ts = build_training_set(ledger, store, SampleConfig(), SHAPE)
+    tmp = tmp_path_factory.mktemp("ranker")
+    events, catalog, ledger, ts = small_world(tmp / "full", SHAPE, ("1", "5"), k=7)
     text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 4)).astype(np.float32)
     text[:2] = 0
     items = RankerItems.from_catalog(ts.item_vocab, ts.catalog, text)

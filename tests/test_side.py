@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modelkit import encoded_repo, movielens_users, replay_until
+from modelkit import encoded_repo, replay_until, small_world
 
 from encoders.ctr.export import export_onnx, load_checkpoint, save_checkpoint, torch_scores
 from encoders.ctr.gbdt import gbdt_features
@@ -22,7 +22,6 @@ from liber_features.model.inputs import STAT_NAMES
 from liber_features.model.ranker_features import LIBER, RankerItems, side_columns
 from liber_features.serving.scorer import LiberScorer, ScorerConfig
 from liber_features.training.prepare import checkpoint_meta
-from liber_features.training.samples import SampleConfig, build_training_set
 
 SHAPE = LiberFeatureConfig(memory_slots=2, vector_dim=4, history_length=5)
 ENV = {"LIBER_MEMORY_SLOTS": "2", "LIBER_VECTOR_DIM": "4", "LIBER_HISTORY_LENGTH": "5"}
@@ -42,13 +41,8 @@ def small_shape(monkeypatch):
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     """Users 1 and 5 at K = 7; DIN + LIBER with the side row, trained on them and exported."""
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in ENV.items():
-            mp.setenv(k, v)
-        tmp = tmp_path_factory.mktemp("side")
-        events, catalog = movielens_users(["1", "5"])
-        ledger, _, store = encoded_repo(tmp / "full", events, catalog, k=7, shape=SHAPE)
-        ts = build_training_set(ledger, store, SampleConfig(), SHAPE)
+    tmp = tmp_path_factory.mktemp("side")
+    events, catalog, ledger, ts = small_world(tmp / "full", SHAPE, ("1", "5"), k=7)
     text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 4)).astype(np.float32)
     text[:2] = 0
     side = side_rows(ts, text)

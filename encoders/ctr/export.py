@@ -98,8 +98,9 @@ class _Scoring(torch.nn.Module):
         self.model = copy.deepcopy(model).eval()
         self.model.items.freeze()
 
-    # Named parameters, not *args: the exporter keeps an unused input (a liber="none" graph's
-    # memory) only when the traced function names it, and the scorer feeds all of them.
+    # The graph's inputs in INPUT_NAMES order, ``dense`` last and only when the model takes it. The
+    # exporter drops inputs a graph never reads (a liber="none" model's memory); the scorer feeds
+    # only the inputs the session declares.
     def forward(self, user_idx, summary, shift, partition_count, hist_idx, item_idx, dense=None):
         return torch.sigmoid(self.model(user_idx, summary, shift, partition_count, hist_idx, item_idx, dense))
 
