@@ -142,13 +142,13 @@ def latency(broker: str, backend: str, rate: int, store, args, root: Path) -> di
     ledger = new_ledger(backend, root)
     fresh = Freshness()
     flusher = Flusher(lambda df: push_short_term_cache(store, df), 0.2, on_flush=fresh.on_flush)
-    source = open_source(url, 500)
+    source = open_source(url, args.batch)
     producer = subprocess.Popen(
         [sys.executable, "-m", "liber_features.cli", "produce", "--events", str(args.data), "--to", url,
          "--rate", str(rate), "--limit", str(n), "--json"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        s = Consumer(source, ledger, PartitionRule(k=20), StreamConfig(batch=500, until_idle_s=3.0),
+        s = Consumer(source, ledger, PartitionRule(k=20), StreamConfig(batch=args.batch, until_idle_s=3.0),
                      flusher=flusher, on_commit=fresh.on_commit, say=lambda _l: None).run()
     finally:
         source.close()
@@ -168,6 +168,7 @@ def main() -> None:
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     p.add_argument("--rates", default="1000,5000")
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--batch", type=int, default=500, help="the latency runs' consumer batch (most per fetch)")
     p.add_argument("--brokers", default="nats,redis")
     p.add_argument("--backends", default="sqlite,postgres")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/bench_stream.json")
@@ -198,7 +199,7 @@ def main() -> None:
             result["drain"][key] = d
             print(f"drain        {key:<16} {d['events_per_s']:>10,.0f} ev/s  partitions equal: "
                   f"{d['partitions_equal_file_ingest']}  (publish {d['publish_events_per_s']:,.0f} ev/s)")
-            for rate in (int(r) for r in args.rates.split(",")):
+            for rate in (int(r) for r in args.rates.split(",") if r):  # --rates "": drains only
                 lat = latency(broker, backend, rate, store, args, root)
                 result["latency"][f"{key}@{rate}"] = lat
                 c, o = lat["commit_ms"], lat["online_ms"]

@@ -139,3 +139,17 @@ def test_event_type_and_label_follow_the_feedback_rules():
     assert got.events["event_type"].tolist() == ["purchase", "view"]
     assert got.events["label"].tolist() == [1.0, 0.0]
     assert [(q["row"], q["field"]) for q in got.quarantine] == [(103, "event_type"), (104, "label")]
+
+
+def test_what_the_fast_batch_decode_refuses_reads_as_python_json_reads_it():
+    # The batch goes through orjson, which refuses NaN, integers past 64 bits and non-UTF-8 text that
+    # Python's json reads: such a batch is read one body at a time by json.loads, so the values are
+    # exactly json's (a NaN rating quarantined by the rating rule, a 70-bit id kept digit for digit).
+    good = {"user_id": "u", "item_id": "m", "timestamp": 1}
+    got = parse_messages(deliveries(
+        good, '{"user_id": "u", "item_id": "m", "timestamp": 2, "rating": NaN}',
+        f'{{"user_id": {2**70}, "item_id": "m", "timestamp": 3}}',
+        json.dumps({**good, "item_id": "é"}).encode("utf-16")), NOW)
+    assert got.events["user_id"].tolist() == ["u", str(2**70), "u"]
+    assert got.events["item_id"].tolist() == ["m", "m", "é"] and got.events["row"].tolist() == [0, 2, 3]
+    assert [(q["row"], q["field"]) for q in got.quarantine] == [(102, "rating")]
