@@ -116,7 +116,24 @@ def wait_up(url: str, proc: subprocess.Popen, what: str) -> None:
     raise SystemExit(f"{what} did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
 
 
-def wrk(url: str, path: str, bodies: list[str], connections: int, seconds: float, tmp: Path) -> dict:
+def cpu_seconds(session: int) -> float:
+    """CPU time (user + system) of every process in a session: the server under test, all its workers,
+    and those of its workers that ended meanwhile (in their parent's children's time)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == session:  # fields[3] is the session id (stat field 6)
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return total / tick
+
+
+def wrk(url: str, path: str, bodies: list[str], connections: int, seconds: float, tmp: Path,
+        server: subprocess.Popen | None = None) -> dict:
+    """One wrk run; with ``server`` (started in its own session) also its CPU per answered request."""
+    cpu0 = cpu_seconds(server.pid) if server is not None else 0.0
     script = tmp / f"wrk-{path.strip('/').replace('/', '-')}.lua"
     script.write_text(LUA % (",".join(json.dumps(b) for b in bodies), path))
     out = subprocess.run([need_wrk(), "-t", str(min(connections, 2)), "-c", str(connections),
@@ -127,6 +144,8 @@ def wrk(url: str, path: str, bodies: list[str], connections: int, seconds: float
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
     r = json.loads(line[len("RESULT "):])
     r["rps"] = round(r["requests"] / r["seconds"], 1)
+    if server is not None:
+        r["server_cpu_us_per_request"] = round((cpu_seconds(server.pid) - cpu0) / max(r["requests"], 1) * 1e6)
     return r
 
 
@@ -243,16 +262,17 @@ def main() -> None:
         wait_up(f"{url}/healthz", servers[-1], "liber serve")
         wrk(url, "/score", bodies, 8, 2, tmp)  # warm every worker
         for c in [int(x) for x in args.connections.split(",")]:
-            record(f"liber serve --workers {args.workers}", c, wrk(url, "/score", bodies, c, args.duration, tmp))
+            record(f"liber serve --workers {args.workers}", c,
+                   wrk(url, "/score", bodies, c, args.duration, tmp, servers[-1]))
         if args.sweep_only:
             return finish(results, args.out)
         later(args.duration * 0.4, lambda: os.kill(rproc.pid, signal.SIGSTOP))
         later(args.duration * 0.4 + 2, lambda: os.kill(rproc.pid, signal.SIGCONT))
-        record("Redis paused 2 s mid-run", 32, wrk(url, "/score", bodies, 32, args.duration, tmp))
+        record("Redis paused 2 s mid-run", 32, wrk(url, "/score", bodies, 32, args.duration, tmp, servers[-1]))
         reload: dict = {}
         later(args.duration * 0.5, lambda: reload.update(r=httpx.post(
             f"{url}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)))
-        r = wrk(url, "/score", bodies, 32, args.duration, tmp)
+        r = wrk(url, "/score", bodies, 32, args.duration, tmp, servers[-1])
         time.sleep(0.5)
         r["reload_status"] = reload["r"].status_code if "r" in reload else None
         record("POST /admin/reload mid-run", 32, r)
@@ -266,7 +286,7 @@ def main() -> None:
         wrk(url, "/score", bodies, 8, 2, tmp)
         for c in (8, 32):
             record(f"liber serve --workers {args.workers} --fetch feast", c,
-                   wrk(url, "/score", bodies, c, args.duration, tmp))
+                   wrk(url, "/score", bodies, c, args.duration, tmp, servers[-1]))
         stop(servers.pop())
 
         # The reference: Feast's own server, fetch only.
@@ -280,7 +300,7 @@ def main() -> None:
         warm(url, "/get-online-features", feast_bodies, tmp)
         for c in (8, 32):
             record(f"feast serve -w {args.workers} get-online-features", c,
-                   wrk(url, "/get-online-features", feast_bodies, c, args.duration, tmp))
+                   wrk(url, "/get-online-features", feast_bodies, c, args.duration, tmp, servers[-1]))
     finally:
         for s in servers:
             stop(s)
@@ -304,12 +324,13 @@ def finish(results: dict, path: str) -> None:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| run | connections | req/s | p50 ms | p99 ms | max ms | 200 | degraded | 503 | failed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | connections | req/s | p50 ms | p99 ms | max ms | 200 | degraded | 503 | failed "
+             "| server CPU µs / request |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results["runs"]:
         lines.append(f"| {r['run']} | {r['connections']} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
                      f"| {r['max_ms']:.1f} | {r['s200']} | {r['degraded']} | {r['s503']} "
-                     f"| {r['other'] + r['socket_errors']} |")
+                     f"| {r['other'] + r['socket_errors']} | {r.get('server_cpu_us_per_request', '—')} |")
     return "\n".join(lines)
 
 

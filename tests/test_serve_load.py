@@ -219,6 +219,9 @@ def test_the_deadline_is_the_shorter_of_server_and_client():
     a = Admission(Limits(deadline_ms=100))
     assert [a.budget_ms(h) for h in (None, "", "40", "250", "0", "-5", "abc", "99.5")] == [
         100, 100, 40, 100, 100, 100, 100, 99.5]
+    # The timer fires early by the answer margin: 5 ms, at most a tenth of a short deadline.
+    assert [a.limits.margin_ms(b) for b in (100, 40, 5)] == [5, 4, 0.5]
+    assert Limits(answer_margin_ms=0).margin_ms(100) == 0
 
 
 # --- a store outage -----------------------------------------------------------------------------
@@ -240,10 +243,19 @@ def test_the_breaker_fails_fast_then_lets_one_probe_through():
 
 @pytest.fixture
 def outage(world):
+    """A private Redis to pause or kill. The heap is frozen meanwhile, as in liber serve's workers
+    (``serving.server.app_from_env``): a full collection of this test process's heap took 354–378 ms
+    (measured 2026-12-06 with the whole serving suite loaded), and one landing inside a burst pushed a
+    request past its 400 ms deadline."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
     port = free_port()
     proc = start_redis(port)
     store = private_store(world, port)
     yield proc, store, port
+    gc.unfreeze()
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGCONT)
         proc.kill()
@@ -456,3 +468,47 @@ def test_two_workers_answer_and_sum_their_metrics(world):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert "2 worker processes, deadline 5000 ms, at most 4 in flight + 256 waiting each" in err
+
+
+def test_each_worker_listens_on_its_own_socket_of_one_port():
+    """SO_REUSEPORT: n sockets on one port (port 0: the kernel's choice, shared), each accepting on
+    its own; a port held without SO_REUSEPORT is refused naming it."""
+    import socket
+
+    from liber_features.serving.server import listening_sockets
+
+    socks = listening_sockets("127.0.0.1", 0, 3)
+    try:
+        ports = {s.getsockname()[1] for s in socks}
+        assert len(socks) == 3 and len(ports) == 1
+        assert [s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in socks] == [1, 1, 1]
+        # The kernel hands each new connection to one of them: 40 connections reach more than one.
+        port = ports.pop()
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        for s in socks:
+            s.setblocking(False)
+        accepted = []
+        for s in socks:
+            n = 0
+            while True:
+                try:
+                    conn, _ = s.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                n += 1
+            accepted.append(n)
+        for c in clients:
+            c.close()
+        assert sum(accepted) == 40 and sum(n > 0 for n in accepted) >= 2, accepted
+    finally:
+        for s in socks:
+            s.close()
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{held.getsockname()[1]}: "):
+            listening_sockets("127.0.0.1", held.getsockname()[1], 2)
+    finally:
+        held.close()

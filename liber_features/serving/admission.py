@@ -9,7 +9,8 @@ load passes its capacity (the queue, and with it the latency, grows without boun
   or back off;
 - each request has a deadline: ``deadline_ms`` from when the server started reading it, or the
   client's ``X-Request-Timeout`` (ms) when that is shorter. It covers the wait for a slot as well
-  as the work; a request not finished by then is answered 503 at its deadline.
+  as the work; a request not finished by then is answered 503 at its deadline, less a margin for
+  the way out (``answer_margin_ms``).
 
 Why a queue rather than refusing as soon as the slots are full: measured by bench_serve_load with
 wrk at 128 connections, refusing at once left each connection re-sending at once, and answering
@@ -21,8 +22,12 @@ deadline left, else the newest. Always newest-first starved a few waiters to the
 ordinary load (bench_serve_load, 2026-12-05, idle box, 32 connections: p99 89 ms at p50 16 ms);
 always oldest-first, under overload, spends every slot on a request that then misses its deadline.
 
-The blocking fetch + score runs in a worker thread (``anyio.to_thread``), never on the event loop,
-so a slow store reply for one user does not stall the other requests. A thread cannot be killed:
+The blocking fetch + score runs in a worker thread (a pool of ``max_in_flight`` threads per
+worker), never on the event loop, so a slow store reply for one user does not stall the other
+requests. A plain ``ThreadPoolExecutor`` and a timer on the loop rather than
+``anyio.to_thread`` + ``fail_after``: anyio's hand-off (capacity limiter, cancel scope, backend
+lookups) was 12 % of the event loop's time per request under load (py-spy, 2026-12-06), and our
+own slots already bound the threads. A thread cannot be killed:
 a request abandoned at its deadline keeps its slot until its thread returns (bounded by the
 store's socket timeout), so abandoned work still counts against ``max_in_flight``.
 """
@@ -34,6 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +62,14 @@ class Limits(BaseModel):
     max_in_flight: int = Field(4, ge=1, description="requests running at once per worker")
     max_queue: int = Field(256, ge=0, description="requests waiting for a slot (until their deadline); more are shed")
     retry_after_s: int = Field(1, ge=0, description="the Retry-After of a shed request")
+    # The deadline runs from when the app sees a request; the client's clock also counts the time
+    # before (a busy event loop reading it) and after (writing the answer). Under a Redis pause the
+    # 503s given at exactly the deadline reached wrk up to 8.4 ms after it (bench_serve_load,
+    # 2026-12-06): the timer fires this much earlier (at most a tenth of the deadline).
+    answer_margin_ms: float = Field(5.0, ge=0, description="kept back from the deadline for the way out")
+
+    def margin_ms(self, budget_ms: float) -> float:
+        return min(self.answer_margin_ms, budget_ms / 10)
 
 
 class Shed(LiberError):
@@ -76,7 +90,7 @@ class Admission:
         self._busy = 0
         # (loop, future, until when it may be served oldest-first: perf_counter())
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future, float]] = deque()
-        self._limiter = None  # an anyio.CapacityLimiter of our own: never behind other threadpool users
+        self._pool: ThreadPoolExecutor | None = None  # our own threads: never behind other users of a pool
 
     @property
     def in_flight(self) -> int:
@@ -158,36 +172,64 @@ class Admission:
         return ms
 
     async def run(self, fn: Callable[..., T], *args, t0: float, budget_ms: float) -> T:
-        import anyio
-
-        remaining = t0 + budget_ms / 1000 - time.perf_counter()
+        end = t0 + (budget_ms - self.limits.margin_ms(budget_ms)) / 1000
+        remaining = end - time.perf_counter()
         if remaining <= 0:
             raise Shed(f"deadline of {budget_ms:g} ms passed before the request could start")
         await self._acquire(remaining, budget_ms)
-        remaining = t0 + budget_ms / 1000 - time.perf_counter()
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.limits.max_in_flight)
-        lock, state = threading.Lock(), {"ran": False, "gone": False}
+        remaining = end - time.perf_counter()
+        if self._pool is None:  # one thread per slot: a slot never waits for a thread
+            self._pool = ThreadPoolExecutor(self.limits.max_in_flight, thread_name_prefix="liber-score")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        lock, state = threading.Lock(), {"ran": False, "gone": False, "expired": False}
 
-        def work() -> T:
+        def work() -> None:
             with lock:
                 if state["gone"]:  # abandoned before it started: the caller gave the slot back
-                    return None  # type: ignore[return-value]
+                    return
                 state["ran"] = True
+            result = error = None
             try:
-                return fn(*args)
+                result = fn(*args)
+            except BaseException as exc:  # handed to the request, raised there
+                error = exc
             finally:
                 self._release()
+            try:
+                loop.call_soon_threadsafe(_settle, done, result, error)
+            except RuntimeError:  # the request's loop is closed: nobody is waiting
+                pass
 
+        def expire() -> None:
+            if not done.done():
+                state["expired"] = True
+                done.cancel()
+
+        self._pool.submit(work)
+        timer = loop.call_later(max(remaining, 0), expire)
         try:
-            with anyio.fail_after(max(remaining, 0)):
-                return await anyio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=self._limiter)
-        except TimeoutError:
+            return await done
+        except asyncio.CancelledError:  # its deadline, or the request itself was cancelled
             with lock:
                 if not state["ran"]:
                     state["gone"] = True
                     self._release()
-            raise Shed(f"deadline of {budget_ms:g} ms exceeded") from None
+            if state["expired"]:
+                raise Shed(f"deadline of {budget_ms:g} ms exceeded") from None
+            raise
+        finally:
+            timer.cancel()
+
+
+def _settle(done: asyncio.Future, result, error: BaseException | None) -> None:
+    """On the request's loop: the thread's outcome, unless the request stopped waiting."""
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(result)
 
 
 class ShedEarly:
