@@ -37,11 +37,12 @@ class Backbone(nn.Module):
     name = "backbone"
 
     def __init__(self, *, n_users: int, item_text: torch.Tensor, vector_dim: int, dim: int = 32,
-                 liber: LiberVariant = "both", side_features: int = 0) -> None:
+                 liber: LiberVariant = "both", side_features: int = 0, dropout: float = 0.1) -> None:
         super().__init__()
         if liber not in ("none", "both", "summary"):
             raise ValueError(f"unknown LIBER variant {liber!r}")
         self.liber, self.dim = liber, dim
+        self.dropout = dropout  # of the subclass's MLP blocks (train.py's TrainConfig.dropout)
         self.items = ItemEmbedding(item_text, dim)
         self.users = nn.Embedding(n_users, dim)
         self.uif = UIF(vector_dim, dim, use_shift=liber == "both") if liber != "none" else None
@@ -71,6 +72,16 @@ class Backbone(nn.Module):
                 raise ValueError("this model was built with side features: pass dense (N, F)")
             parts.append(self.side(dense))  # (N, d)
         return self.head(q, user, hist, hist_mask, parts) * self.calibration[0] + self.calibration[1]
+
+    def embedding_sq_norms(self, user_idx: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
+        """Per sample (U = N, training): squared L2 norm of its user row plus its candidate's item-id
+        row → ``(N,)``, the embedding L2 penalty's term (``TrainConfig.embedding_l2``).
+
+        Only the learned id rows: the item's text projection is a dense layer (AdamW's decay covers
+        it) and its text vector is fixed. The history rows are the same id table; they are left out
+        so that the penalty does not grow with the history length (50 rows against 2).
+        """
+        return self.users(user_idx).pow(2).sum(-1) + self.items.ids(item_idx).pow(2).sum(-1)
 
     def head(self, q: torch.Tensor, user: torch.Tensor, hist: torch.Tensor, hist_mask: torch.Tensor,
              extra: list[torch.Tensor]) -> torch.Tensor:

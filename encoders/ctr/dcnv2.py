@@ -20,12 +20,11 @@ __all__ = ["DCNv2"]
 class DCNv2(Backbone):
     name = "dcnv2"
 
-    def __init__(self, *, cross_layers: int = 2, mlp: tuple[int, ...] = (128, 64),
-                 dropout: float = 0.1, **kw) -> None:
+    def __init__(self, *, cross_layers: int = 2, mlp: tuple[int, ...] = (128, 64), **kw) -> None:
         super().__init__(**kw)
         width = self.dim * (3 + self.n_parts)
         self.cross = nn.ModuleList(nn.Linear(width, width) for _ in range(cross_layers))
-        self.deep = MLP([width, *mlp[:-1]], mlp[-1], dropout)
+        self.deep = MLP([width, *mlp[:-1]], mlp[-1], self.dropout)
         self.out = nn.Linear(width + mlp[-1], 1)
 
     def head(self, q, user, hist, hist_mask, extra):

@@ -28,15 +28,14 @@ class DIN(Backbone):
     # thread here; h = 16 with 64-32 is the default). With that term written as broadcasts over
     # (N, L, d) the whole graph took 1.01 ms p50 for 100 candidates in onnxruntime; with it as one
     # GEMM (:meth:`attention`), 0.42 ms (bench/bench_onnx.py: same weights, interleaved).
-    def __init__(self, *, attention_hidden: int = 16, mlp: tuple[int, ...] = (64, 32),
-                 dropout: float = 0.1, **kw) -> None:
+    def __init__(self, *, attention_hidden: int = 16, mlp: tuple[int, ...] = (64, 32), **kw) -> None:
         super().__init__(**kw)
         d = self.dim
         self.att_q = nn.Linear(d, attention_hidden)
         self.att_k = nn.Linear(d, attention_hidden, bias=False)
         self.att_qk = nn.Linear(d, attention_hidden, bias=False)
         self.att_out = nn.Linear(attention_hidden, 1)
-        self.over = MLP([d * (3 + self.n_parts), *mlp], 1, dropout)
+        self.over = MLP([d * (3 + self.n_parts), *mlp], 1, self.dropout)
 
     def attention(self, q: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         """Activation-unit weights: q (N, d), hist (U, L, d) → (N, L), before the history mask."""

@@ -77,7 +77,7 @@ def load_checkpoint(model_dir: str | Path) -> tuple[Backbone, dict[str, Any]]:
     model = BACKBONES[cfg.backbone](
         n_users=UserVocab.from_json(meta["user_vocab"]).size, item_text=ck["item_text"],
         vector_dim=meta["vector_dim"], dim=cfg.dim,
-        liber=fusion_of(cfg.liber), side_features=side)
+        liber=fusion_of(cfg.liber), side_features=side, dropout=cfg.dropout)
     state = ck["state"]
     # Checkpoints from before calibration have no buffer for it: theirs is the identity.
     state.setdefault("calibration", torch.tensor([1.0, 0.0]))

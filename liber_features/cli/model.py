@@ -54,13 +54,18 @@ label_rule_option = click.option(
               help="train on a random subset (a quick smoke model)")
 @click.option("--side/--no-side", default=True, show_default=True,
               help="DIN / DCNv2 also read the point-in-time side row (statistics, genres, history overlap)")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="DIN / DCNv2 MLP dropout (default: TrainConfig's, chosen on validation, docs/model.md)")
+@click.option("--embedding-l2", type=click.FloatRange(min=0), default=None,
+              help="L2 penalty on the batch's user and item-id embedding rows (default: TrainConfig's)")
 @click.option("--device", default=None, help="cuda / cpu (default: cuda when available)")
 @label_rule_option
 @click.option("--out", "out_dir", default="models/liber", show_default=True, type=click.Path())
 @replace_option
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON line")
 def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, dim,
-              max_train_samples, side, device, label_rule, out_dir, replace, as_json) -> None:
+              max_train_samples, side, dropout, embedding_l2, device, label_rule, out_dir, replace,
+              as_json) -> None:
     """Train one backbone (+ LIBER) on the ledger's leak-free training set; save a checkpoint."""
     from encoders.ctr.export import save_checkpoint
     from encoders.ctr.train import TrainConfig, train
@@ -75,7 +80,8 @@ def train_cmd(ledger_url, ledger_schema, repo, backbone, variant, epochs, seed, 
         result, path = _train_gbdt(ts, _item_vectors(ts, device), variant, seed, versions, ledger, out_dir)
     else:
         cfg = TrainConfig(backbone=backbone, liber=variant, epochs=epochs, seed=seed, dim=dim,
-                          device=device, max_train_samples=max_train_samples, side=side)
+                          device=device, max_train_samples=max_train_samples, side=side,
+                          **{k: v for k, v in (("dropout", dropout), ("embedding_l2", embedding_l2)) if v is not None})
         result = train(ts, _item_vectors(ts, device), cfg, log=say)
         path = save_checkpoint(result.model, checkpoint_meta(ts, result, versions, ledger), out_dir)
     emit({"ledger": ledger.safe_url(), "repo": str(repo), "checkpoint": str(path),
