@@ -112,6 +112,13 @@ def replay_until(tmp: Path, events, catalog, ts, user: str, moment_rank: int, sh
     return t, sample, ledger, repo, store
 
 
+def random_item_text(ts) -> np.ndarray:
+    """Item text vectors without an encoder, ``(items, 8)``, seeded: rows 0 and 1 (padding, OOV) zero."""
+    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
+    text[:2] = 0
+    return text
+
+
 def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber: str = "both",
                  epochs: int = 2, side: bool = False):
     """Train a small model on ``ts`` (random item text vectors) and export it; return the result.
@@ -122,8 +129,7 @@ def export_model(model_dir: Path, ts, versions, *, backbone: str = "din", liber:
     from encoders.ctr.train import TrainConfig, train
     from liber_features.training.prepare import checkpoint_meta
 
-    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
-    text[:2] = 0
+    text = random_item_text(ts)
     r = train(ts, text, TrainConfig(backbone=backbone, liber=liber, epochs=epochs, batch_size=64,
                                     device="cpu", side=side), log=lambda _m: None)
 

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from modelkit import small_training_set
+from modelkit import random_item_text, small_training_set
 
 from encoders.ctr.calibration import fit_calibration
 from liber_features.features.repo import LiberFeatureConfig
@@ -33,8 +33,7 @@ def test_identity_where_it_cannot_fit_or_would_reverse_the_order():
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     ts = small_training_set(tmp_path_factory.mktemp("calibration"), SHAPE)[1]
-    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
-    text[:2] = 0
+    text = random_item_text(ts)
     return ts, text
 
 

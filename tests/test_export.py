@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from modelkit import small_training_set
+from modelkit import random_item_text, small_training_set
 
 from liber_features.features.memory import versions_of
 from liber_features.features.repo import LiberFeatureConfig
@@ -23,8 +23,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("export")
     ledger, ts = small_training_set(tmp, SHAPE)
-    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
-    text[:2] = 0
+    text = random_item_text(ts)
     out = {}
     _SIDE[:] = [side_rows(ts, text)]
     for backbone in ("din", "dcnv2"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modelkit import small_training_set
+from modelkit import random_item_text, small_training_set
 from pydantic import ValidationError
 
 from encoders.ctr.train import DROPOUTS, Batches, TrainConfig, batch_loss, build_model, train
@@ -19,8 +19,7 @@ SHAPE = LiberFeatureConfig(memory_slots=3, vector_dim=4, history_length=6)
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     ts = small_training_set(tmp_path_factory.mktemp("train"), SHAPE)[1]
-    text = np.random.default_rng(0).standard_normal((ts.item_vocab.size, 8)).astype(np.float32)
-    text[:2] = 0
+    text = random_item_text(ts)
     return ts, text
 
 
